@@ -1,0 +1,152 @@
+//! `r2 connect [-n NODE] TRANSPORT`: hand a byte stream to the daemon as a
+//! link, and wait until the link ends.
+
+use super::{Command, Error, Global, Result};
+use crate::client::Control;
+use crate::wire::control::{Reply, Request};
+use crate::wire::NodeId;
+use lexopt::prelude::*;
+use log::{info, warn};
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "\
+usage: r2 connect [-n NODE] TRANSPORT
+
+Links the local daemon to a neighbouring daemon over TRANSPORT: a command run
+with sh -c whose stdin and stdout reach the other daemon (socat tcp:HOST:PORT -,
+ssh HOST r2 connect -, ...), or - for this program's own stdin and stdout.
+Waits until the link ends: exit 0 at end-of-file, 1 with a message on error.
+
+  -n, --node NODE   the id the neighbour must have
+";
+
+#[derive(Debug, PartialEq)]
+pub struct Args {
+    pub expect: Option<NodeId>,
+    pub transport: String,
+}
+
+/// Parses a node id option; a bad or reserved one is a usage error.
+pub fn node_arg(v: &str) -> Result<NodeId> {
+    let id = NodeId::parse(v).map_err(|e| Error::Usage(format!("bad node id {v:?}: {e}")))?;
+    if id.is_reserved() {
+        return Err(Error::Usage(format!("{v} is a reserved id, not a node")));
+    }
+    Ok(id)
+}
+
+pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let (mut expect, mut transport) = (None, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
+            Short('v') | Long("verbose") => g.verbose += 1,
+            Short('n') | Long("node") => expect = Some(node_arg(&p.value()?.string()?)?),
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
+            Value(v) if transport.is_none() => transport = Some(v.string()?),
+            Value(v) => {
+                return Err(Error::Usage(format!("unexpected argument {v:?}: TRANSPORT is one argument (quote it)")))
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let transport = transport.ok_or_else(|| Error::Usage("no TRANSPORT given (a command, or -)".into()))?;
+    if transport.is_empty() {
+        return Err(Error::Usage("empty TRANSPORT".into()));
+    }
+    Ok(Command::Connect(Args { expect, transport }))
+}
+
+pub fn run(g: &Global, a: Args) -> Result<i32> {
+    let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let mut child: Option<Child> = None;
+    let req;
+    if a.transport == "-" {
+        req = Request::Connect { expect: a.expect, label: "stdio".into() };
+        control.request(&req, &[0, 1]).map_err(Error::Failed)?;
+        // The daemon holds the fds now; let end-of-file reach the other side
+        // when it closes them.
+        let null = OpenOptions::new().read(true).write(true).open("/dev/null");
+        if let Ok(null) = null {
+            for fd in [0, 1] {
+                // SAFETY: dup2 onto the standard fds, which this process owns;
+                // nothing in Rust holds them as owned objects.
+                unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    } else {
+        let mut c = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&a.transport)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Failed(format!("cannot run sh -c {:?}: {e}", a.transport)))?;
+        let (Some(stdin), Some(stdout)) = (c.stdin.take(), c.stdout.take()) else {
+            return Err(Error::Failed("transport pipes missing".into()));
+        };
+        req = Request::Connect { expect: a.expect, label: a.transport.clone() };
+        let sent = control.request(&req, &[stdout.as_raw_fd(), stdin.as_raw_fd()]);
+        drop((stdin, stdout));
+        child = Some(c);
+        if let Err(e) = sent {
+            reap(child);
+            return Err(Error::Failed(e));
+        }
+    }
+    let outcome = loop {
+        match control.reply() {
+            Ok(Some(Reply::Linked(id))) => info!("linked to {id}"),
+            Ok(Some(Reply::Ended { error: None })) => break Ok(0),
+            Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
+            Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
+            Ok(Some(r)) => warn!("unexpected reply {r:?}"),
+            Ok(None) => break Err(Error::Failed(control.gone())),
+            Err(e) => break Err(Error::Failed(e)),
+        }
+    };
+    reap(child);
+    outcome
+}
+
+/// Waits a little for the transport to exit on its own (its stdin reached
+/// end-of-file), then ends it.
+fn reap(child: Option<Child>) {
+    let Some(mut c) = child else { return };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{args, parse as parse_all};
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let id = NodeId([3; 32]);
+        let s = format!("{id}");
+        let (_, c) = parse_all(args(&["r2", "connect", "-n", &s, "socat - -"])).unwrap();
+        assert_eq!(c, Command::Connect(Args { expect: Some(id), transport: "socat - -".into() }));
+        let (_, c) = parse_all(args(&["r2", "connect", "-"])).unwrap();
+        assert_eq!(c, Command::Connect(Args { expect: None, transport: "-".into() }));
+        for bad in [
+            vec!["r2", "connect"],
+            vec!["r2", "connect", "-n", "xyz0", "-"],
+            vec!["r2", "connect", "-n", "11111111111111111111111111111111", "-"],
+            vec!["r2", "connect", "a", "b"],
+        ] {
+            assert!(matches!(parse_all(args(&bad)), Err(Error::Usage(_))), "{bad:?}");
+        }
+    }
+}

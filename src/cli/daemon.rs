@@ -1,0 +1,95 @@
+//! `r2d [-s SOCKET] [-k IDFILE] [-v] [--keepalive S] [--hello-timeout S] [CMD]`
+
+use super::{Command, Error, Global, Result};
+use crate::daemon::Config;
+use crate::router::Timers;
+use lexopt::prelude::*;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: r2d [-s SOCKET] [-k IDFILE] [-v] [--keepalive SECONDS] [--hello-timeout SECONDS] [CMD]
+       r2 daemon [same options]
+
+Runs a node. CMD, if given, is the tunnel process: run with sh -c once for
+each incoming tunnel.
+
+  -s, --socket SOCKET         control socket (default: $R2_SOCKET, /run/r2.sock for
+                              root, else $XDG_RUNTIME_DIR/r2.sock or /tmp/r2-UID/r2.sock)
+  -k, --id-file IDFILE        where the node id is kept (default: named after the socket,
+                              in /var/lib/r2 or $XDG_STATE_HOME/r2)
+  -v, --verbose               log more (repeat for more)
+      --keepalive SECONDS     ping a link silent this long; drop it after 3 (default 2)
+      --hello-timeout SECONDS drop a link that has not said Hello (default 5)
+";
+
+#[derive(Debug, PartialEq)]
+pub struct Args {
+    pub id_file: Option<PathBuf>,
+    pub tunnel_cmd: Option<String>,
+    pub timers: Timers,
+}
+
+impl PartialEq for Timers {
+    fn eq(&self, o: &Timers) -> bool {
+        (self.hello, self.keepalive, self.misses) == (o.hello, o.keepalive, o.misses)
+    }
+}
+
+/// Seconds (fractional allowed) as milliseconds, at least 1.
+pub fn seconds(v: &str, what: &str) -> Result<u64> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e7 => Ok(((s * 1000.0) as u64).max(1)),
+        _ => Err(Error::Usage(format!("{what}: {v:?} is not a positive number of seconds"))),
+    }
+}
+
+pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = Args { id_file: None, tunnel_cmd: None, timers: Timers::default() };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
+            Short('v') | Long("verbose") => g.verbose += 1,
+            Short('k') | Long("id-file") => a.id_file = Some(p.value()?.into()),
+            Long("keepalive") => a.timers.keepalive = seconds(&p.value()?.string()?, "--keepalive")?,
+            Long("hello-timeout") => a.timers.hello = seconds(&p.value()?.string()?, "--hello-timeout")?,
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
+            Value(v) if a.tunnel_cmd.is_none() => a.tunnel_cmd = Some(v.string()?),
+            Value(v) => {
+                return Err(Error::Usage(format!(
+                    "unexpected argument {v:?}: CMD is one argument (quote it)"
+                )))
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Daemon(a))
+}
+
+pub fn run(g: &Global, a: Args) -> Result<i32> {
+    let socket = g.socket();
+    let id_file = a.id_file.unwrap_or_else(|| crate::sys::paths::default_id_file(&socket));
+    let cfg = Config { socket, id_file, tunnel_cmd: a.tunnel_cmd, timers: a.timers };
+    crate::daemon::run(cfg).map_err(Error::Failed)?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{args, parse as parse_all};
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let (g, c) = parse_all(args(&["r2d", "-s", "/tmp/x.sock", "-k", "/tmp/x.id", "cat"])).unwrap();
+        assert_eq!(g.socket, Some(PathBuf::from("/tmp/x.sock")));
+        let Command::Daemon(a) = c else { panic!() };
+        assert_eq!(a.id_file, Some(PathBuf::from("/tmp/x.id")));
+        assert_eq!(a.tunnel_cmd.as_deref(), Some("cat"));
+        let (_, c) = parse_all(args(&["r2d", "--keepalive", "0.5"])).unwrap();
+        let Command::Daemon(a) = c else { panic!() };
+        assert_eq!(a.timers.keepalive, 500);
+        assert!(matches!(parse_all(args(&["r2d", "cat", "dog"])), Err(Error::Usage(_))));
+        assert!(matches!(parse_all(args(&["r2d", "--keepalive", "x"])), Err(Error::Usage(_))));
+        assert!(matches!(parse_all(args(&["r2d", "--bogus"])), Err(Error::Usage(_))));
+    }
+}

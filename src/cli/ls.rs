@@ -1,0 +1,85 @@
+//! `r2 ls [PATH]`: the local daemon's links, or the neighbours of a remote
+//! node asked over the network (the agreed node 1).
+
+use super::path::{describe_end, describe_fail, interpret, Reply as PathReply};
+use super::{daemon::seconds, Command, Error, Global, Result};
+use crate::client::{Control, Received};
+use crate::router::parse_list;
+use crate::wire::control::{Reply, Request};
+use crate::wire::message::nest_to;
+use crate::wire::NodeId;
+use lexopt::prelude::*;
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "\
+usage: r2 ls [-W SECONDS] [PATH]
+
+Without PATH: the local daemon's neighbours, one per line: id, a tab, and the
+link's transport command (or stdio). With PATH (NODE[/NODE...]): the ids of the
+neighbours of the node at the end of PATH, asked over the network.
+
+  -W, --timeout SECONDS   how long to wait for a remote answer (default 5)
+";
+
+#[derive(Debug, PartialEq)]
+pub struct Args {
+    pub path: Option<Vec<NodeId>>,
+    pub timeout_ms: u64,
+}
+
+pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let mut a = Args { path: None, timeout_ms: 5000 };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
+            Short('v') | Long("verbose") => g.verbose += 1,
+            Short('W') | Long("timeout") => a.timeout_ms = seconds(&p.value()?.string()?, "-W")?,
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
+            Value(v) if a.path.is_none() => a.path = Some(super::path::parse(&v.string()?)?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Ls(a))
+}
+
+pub fn run(g: &Global, a: Args) -> Result<i32> {
+    let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let Some(path) = a.path else {
+        control.request(&Request::List, &[]).map_err(Error::Failed)?;
+        return match control.expect_reply().map_err(Error::Failed)? {
+            Reply::List(links) => {
+                for (id, label) in links {
+                    println!("{id}\t{label}");
+                }
+                Ok(0)
+            }
+            r => Err(Error::Failed(format!("unexpected reply: {r:?}"))),
+        };
+    };
+    let mut ep = control.endpoint().map_err(Error::Failed)?;
+    ep.send(&nest_to(&path, &nest_to(&[NodeId::LIST], b"?"))).map_err(Error::Failed)?;
+    let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
+    loop {
+        let msg = match ep.recv(deadline).map_err(Error::Failed)? {
+            Received::Message(m) => m,
+            Received::Timeout => {
+                return Err(Error::Failed(format!("no answer within {} ms", a.timeout_ms)));
+            }
+            Received::Closed => return Err(Error::Failed("the daemon went away".into())),
+        };
+        match interpret(&msg, &path, NodeId::LIST) {
+            PathReply::Answer(body) => {
+                let ids = parse_list(body).ok_or_else(|| Error::Failed("malformed neighbour list".into()))?;
+                for id in ids {
+                    println!("{id}");
+                }
+                return Ok(0);
+            }
+            PathReply::Fail { at, about, code, text } => {
+                return Err(Error::Failed(describe_fail(at, about, code, &text, ep.daemon)))
+            }
+            PathReply::Ended { at } => return Err(Error::Failed(describe_end(at, ep.daemon))),
+            PathReply::Other => {}
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `r2 ping [-c N] [-i S] [-W S] PATH`: route-to-self probes along PATH.
+
+use super::path::{describe_end, describe_fail, interpret, Reply as PathReply};
+use super::{daemon::seconds, Command, Error, Global, Result};
+use crate::client::{Control, Received};
+use crate::wire::message::nest_to;
+use crate::wire::NodeId;
+use lexopt::prelude::*;
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "\
+usage: r2 ping [-c COUNT] [-i SECONDS] [-W SECONDS] PATH
+
+Sends probes along PATH (NODE[/NODE...]) that route back to this endpoint,
+and prints each round trip, then a summary. Exit 0 if a reply came back.
+
+  -c, --count COUNT       probes to send (default 4)
+  -i, --interval SECONDS  time between probes, fractional, 0 allowed (default 1)
+  -W, --timeout SECONDS   how long to wait for each reply (default 2)
+";
+
+#[derive(Debug, PartialEq)]
+pub struct Args {
+    pub path: Vec<NodeId>,
+    pub path_text: String,
+    pub count: u32,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    let (mut count, mut interval_ms, mut timeout_ms, mut path) = (4u32, 1000u64, 2000u64, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
+            Short('v') | Long("verbose") => g.verbose += 1,
+            Short('c') | Long("count") => {
+                let v = p.value()?.string()?;
+                count = v
+                    .parse()
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .ok_or_else(|| Error::Usage(format!("-c: {v:?} is not a positive count")))?;
+            }
+            Short('i') | Long("interval") => {
+                let v = p.value()?.string()?;
+                interval_ms = if v.parse::<f64>() == Ok(0.0) { 0 } else { seconds(&v, "-i")? };
+            }
+            Short('W') | Long("timeout") => timeout_ms = seconds(&p.value()?.string()?, "-W")?,
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
+            Value(v) if path.is_none() => path = Some(v.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let path_text = path.ok_or_else(|| Error::Usage("no PATH given".into()))?;
+    let path = super::path::parse(&path_text)?;
+    Ok(Command::Ping(Args { path, path_text, count, interval_ms, timeout_ms }))
+}
+
+pub fn run(g: &Global, a: Args) -> Result<i32> {
+    let mut ep = Control::connect(&g.socket()).and_then(|c| c.endpoint()).map_err(Error::Failed)?;
+    let hops = a.path.len();
+    println!("PING {} ({hops} hop{})", a.path_text, if hops == 1 { "" } else { "s" });
+    let start = Instant::now();
+    let (mut sent, mut rtts) = (0u32, Vec::new());
+    let mut result = Ok(());
+    'probes: for seq in 1..=a.count {
+        let t0 = Instant::now();
+        let mut payload = b"r2ping".to_vec();
+        payload.extend_from_slice(&seq.to_be_bytes());
+        let mut full = a.path.clone();
+        full.push(ep.id);
+        if let Err(e) = ep.send(&nest_to(&full, &payload)) {
+            result = Err(e);
+            break;
+        }
+        sent += 1;
+        let deadline = t0 + Duration::from_millis(a.timeout_ms);
+        loop {
+            let msg = match ep.recv(deadline) {
+                Ok(Received::Message(m)) => m,
+                Ok(Received::Timeout) => break,
+                Ok(Received::Closed) => {
+                    result = Err("the daemon went away".to_string());
+                    break 'probes;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break 'probes;
+                }
+            };
+            match interpret(&msg, &a.path, ep.id) {
+                PathReply::Answer(body) if body == payload => {
+                    let rtt = t0.elapsed().as_secs_f64() * 1000.0;
+                    println!("reply from {}: seq={seq} time={rtt:.3} ms", a.path[hops - 1]);
+                    rtts.push(rtt);
+                    break;
+                }
+                PathReply::Fail { at, about, code, text } => {
+                    result = Err(describe_fail(at, about, code, &text, ep.daemon));
+                    break 'probes;
+                }
+                PathReply::Ended { at } => {
+                    result = Err(describe_end(at, ep.daemon));
+                    break 'probes;
+                }
+                _ => {} // a late reply to an earlier probe
+            }
+        }
+        if seq < a.count {
+            let next = t0 + Duration::from_millis(a.interval_ms);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
+    let received = rtts.len() as u32;
+    let loss = if sent == 0 { 100 } else { 100 * (sent - received) / sent };
+    println!("--- {} ping statistics ---", a.path_text);
+    println!(
+        "{sent} probes sent, {received} received, {loss}% loss, time {} ms",
+        start.elapsed().as_millis()
+    );
+    if received > 0 {
+        let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = rtts.iter().copied().fold(0.0, f64::max);
+        let avg = rtts.iter().sum::<f64>() / received as f64;
+        println!("rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms");
+    }
+    result.map_err(Error::Failed)?;
+    Ok(if received > 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{args, parse as parse_all};
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let a = NodeId([4; 32]).to_string();
+        let b = NodeId([5; 32]).to_string();
+        let path = format!("{a}/{b}");
+        let (_, c) = parse_all(args(&["r2", "ping", "-c", "3", "-i", "0", "-W", "0.5", &path])).unwrap();
+        let Command::Ping(p) = c else { panic!() };
+        assert_eq!((p.count, p.interval_ms, p.timeout_ms, p.path.len()), (3, 0, 500, 2));
+        for bad in [
+            vec!["r2", "ping"],
+            vec!["r2", "ping", "-c", "0", &a],
+            vec!["r2", "ping", "-i", "-1", &a],
+            vec!["r2", "ping", "notanid"],
+            vec!["r2", "ping", "11111111111111111111111111111112"],
+            vec!["r2", "ping", ""],
+        ] {
+            assert!(matches!(parse_all(args(&bad)), Err(Error::Usage(_))), "{bad:?}");
+        }
+    }
+}

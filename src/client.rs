@@ -1,0 +1,131 @@
+//! The manager's side of the control socket: requests, replies, passing
+//! fds, and endpoints that speak link frames.
+
+use crate::sys::fdpass::send_with_fds;
+use crate::wire::control::{frame_len, Reply, Request};
+use crate::wire::message::{decode_frame, frame_prefix};
+use crate::wire::NodeId;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A connection to the local daemon.
+pub struct Control {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+impl Control {
+    /// Connects to the daemon's socket at `path`.
+    pub fn connect(path: &Path) -> Result<Control, String> {
+        match UnixStream::connect(path) {
+            Ok(stream) => Ok(Control { stream, path: path.to_owned() }),
+            Err(e) => Err(format!("no daemon listening on {}: {e}", path.display())),
+        }
+    }
+
+    /// Sends a request, with `fds` passed along.
+    pub fn request(&mut self, req: &Request, fds: &[RawFd]) -> Result<(), String> {
+        send_with_fds(&self.stream, &req.encode(), fds)
+            .map_err(|e| format!("cannot talk to the daemon on {}: {e}", self.path.display()))
+    }
+
+    /// The next reply; `None` when the daemon closed the connection.
+    pub fn reply(&mut self) -> Result<Option<Reply>, String> {
+        let mut prefix = [0u8; 4];
+        match self.stream.read_exact(&mut prefix) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(format!("reading from the daemon: {e}")),
+        }
+        let n = frame_len(prefix).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; n];
+        self.stream.read_exact(&mut body).map_err(|e| format!("reading from the daemon: {e}"))?;
+        Reply::decode(&body).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// A reply that must come; the daemon's refusal becomes an error.
+    pub fn expect_reply(&mut self) -> Result<Reply, String> {
+        match self.reply()? {
+            Some(Reply::Error(e)) => Err(format!("the daemon refused: {e}")),
+            Some(r) => Ok(r),
+            None => Err(self.gone()),
+        }
+    }
+
+    /// The message for a daemon that closed the connection unexpectedly.
+    pub fn gone(&self) -> String {
+        format!("the daemon on {} went away", self.path.display())
+    }
+
+    /// Asks for an endpoint and returns it.
+    pub fn endpoint(mut self) -> Result<Endpoint, String> {
+        self.request(&Request::Endpoint, &[])?;
+        match self.expect_reply()? {
+            Reply::Endpoint { daemon, endpoint } => {
+                Ok(Endpoint { stream: self.stream, path: self.path, daemon, id: endpoint, buf: Vec::new() })
+            }
+            r => Err(format!("unexpected reply from the daemon: {r:?}")),
+        }
+    }
+}
+
+/// An endpoint hosted by the local daemon: it sends and receives messages.
+pub struct Endpoint {
+    stream: UnixStream,
+    path: PathBuf,
+    /// The local daemon's id.
+    pub daemon: NodeId,
+    /// This endpoint's id.
+    pub id: NodeId,
+    buf: Vec<u8>,
+}
+
+/// What [`Endpoint::recv`] got.
+pub enum Received {
+    Message(Vec<u8>),
+    Timeout,
+    Closed,
+}
+
+impl Endpoint {
+    /// Sends one message (the frame prefix is added here).
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), String> {
+        let mut f = frame_prefix(msg.len()).to_vec();
+        f.extend_from_slice(msg);
+        self.stream.write_all(&f).map_err(|e| format!("sending to the daemon on {}: {e}", self.path.display()))
+    }
+
+    /// The next message, waiting until `deadline`.
+    pub fn recv(&mut self, deadline: Instant) -> Result<Received, String> {
+        loop {
+            match decode_frame(&self.buf) {
+                Ok(Some((used, msg))) => {
+                    let m = msg.to_vec();
+                    self.buf.drain(..used);
+                    return Ok(Received::Message(m));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad frame from the daemon: {e}")),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Received::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(Received::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(Received::Timeout)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading from the daemon: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The threads that own a port's fds: a reader that turns frames into
+//! router events, a writer that drains the port's queue, and for a link made
+//! by `r2 connect`, a watcher that notices when that client goes away.
+
+use super::Input;
+use crate::router::{Event, PortId};
+use crate::sys::frames::{wait_ready, write_frames, FrameReader, ReadError, WakeFd};
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::PollFlags;
+use nix::sys::socket::{shutdown, Shutdown};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::thread;
+
+/// Stack size of the per-port threads: their buffers live on the heap.
+const STACK: usize = 128 * 1024;
+
+/// The most frames written with one `writev`.
+const BATCH: usize = 64;
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    thread::Builder::new().name(name).stack_size(STACK).spawn(f).map(|_| ())
+}
+
+/// Reads frames from `fd` and hands them to the router until end-of-file,
+/// an error, or the wake pipe.
+pub fn start_reader(port: PortId, fd: OwnedFd, wake: WakeFd, events: Sender<Input>) -> std::io::Result<()> {
+    spawn(format!("rd{port}"), move || {
+        let mut r = FrameReader::new(fd, Some(wake));
+        loop {
+            let ev = match r.next_packet() {
+                Ok(Some(packet)) => Event::Received { port, packet },
+                Ok(None) => Event::Closed { port, error: None },
+                Err(ReadError::Woken) => return,
+                Err(e) => Event::Closed { port, error: Some(e.to_string()) },
+            };
+            let last = matches!(ev, Event::Closed { .. });
+            if events.send(Input::Router(ev)).is_err() || last {
+                return;
+            }
+        }
+    })
+}
+
+/// Writes the port's queue to `fd` until the queue's sender is dropped
+/// (then closes, half-closing a socket) or a write fails.
+pub fn start_writer(port: PortId, fd: OwnedFd, queue: Receiver<crate::wire::Packet>, events: Sender<Input>) -> std::io::Result<()> {
+    spawn(format!("wr{port}"), move || {
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Ok(p) = queue.recv() {
+            batch.push(p);
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write_frames(fd.as_fd(), &batch) {
+                let error = Some(format!("write error: {e}"));
+                let _ = events.send(Input::Router(Event::Closed { port, error }));
+                return;
+            }
+            batch.clear();
+        }
+        // A socket that is also the read side is half-closed, not closed.
+        let _ = shutdown(fd.as_raw_fd(), Shutdown::Write);
+    })
+}
+
+/// Waits for the `r2 connect` client on `client` to go away (it never sends
+/// after its request) and tells the router; stops at the wake pipe.
+pub fn start_watcher(port: PortId, client: OwnedFd, wake: WakeFd, events: Sender<Input>) -> std::io::Result<()> {
+    spawn(format!("cl{port}"), move || {
+        if let Ok(true) = wait_ready(client.as_fd(), PollFlags::POLLIN, Some(&wake)) {
+            let error = Some("its r2 connect client went away".to_string());
+            let _ = events.send(Input::Router(Event::Closed { port, error }));
+        }
+    })
+}

@@ -1,0 +1,510 @@
+//! The router: the state machine of the r2 protocol, with no I/O.
+//!
+//! It applies the one rule — `To(n1, m)` received from `n0` is delivered as
+//! `From(n0, m)` to `n1` — and keeps exactly the state of r2.7: neighbours
+//! (physical links, local endpoints, virtual neighbours bound by their first
+//! `From` over a carrier link) and, for each, the neighbours it has passed
+//! traffic with, so that an ending reaches everyone with `ε`.
+//!
+//! The daemon feeds it [`Event`]s stamped with the time and gets [`Action`]s
+//! back. It owns no fds, threads, clocks or randomness, so the tests drive it
+//! with values alone.
+
+use crate::wire::message::{Kind, Msg, Packet, MAX_MESSAGE};
+use crate::wire::{FailCode, NodeId};
+use log::{debug, info, warn};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// The daemon's handle for one fd-owning thing: a link or an endpoint.
+pub type PortId = u64;
+
+/// Time in milliseconds, from any fixed origin.
+pub type Millis = u64;
+
+/// The timers of r2d.8.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    /// A link that has not said Hello after this long is dropped.
+    pub hello: Millis,
+    /// A link silent this long is pinged, and again after as long.
+    pub keepalive: Millis,
+    /// A link silent for `keepalive * misses` is dead.
+    pub misses: u32,
+}
+
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers { hello: 5_000, keepalive: 2_000, misses: 3 }
+    }
+}
+
+/// What happened, as the daemon tells it.
+#[derive(Debug)]
+pub enum Event {
+    /// A new physical link; `expect` is the id `r2 connect -n` asked for.
+    LinkOpened { port: PortId, expect: Option<NodeId> },
+    /// A new local endpoint with a fresh random id.
+    EndpointOpened { port: PortId, id: NodeId },
+    /// One message arrived on a port.
+    Received { port: PortId, packet: Packet },
+    /// A port's reader reached end-of-file (`error: None`), failed, or its
+    /// client went away.
+    Closed { port: PortId, error: Option<String> },
+    /// Time passed: check timers.
+    Tick,
+}
+
+/// What the daemon must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Queue a message on a port.
+    Send { port: PortId, packet: Packet },
+    /// A link's neighbour said Hello and was accepted.
+    LinkUp { port: PortId, peer: NodeId },
+    /// Close a port after what was queued on it; `error: None` is a clean end.
+    Close { port: PortId, error: Option<String> },
+}
+
+#[derive(Debug)]
+enum Port {
+    Hello { since: Millis, expect: Option<NodeId> },
+    Link { peer: NodeId, last_rx: Millis, last_ping: Millis },
+    Endpoint { id: NodeId },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Link(PortId),
+    Endpoint(PortId),
+    /// A virtual neighbour, reached through the physical neighbour named.
+    Virtual(NodeId),
+}
+
+#[derive(Debug)]
+struct Node {
+    via: Via,
+    /// Neighbours this one has passed traffic with (kept symmetric).
+    conns: HashSet<NodeId>,
+    /// For a physical neighbour: the virtual neighbours it carries.
+    carried: HashSet<NodeId>,
+}
+
+/// The router of one daemon.
+pub struct Router {
+    own: NodeId,
+    timers: Timers,
+    now: Millis,
+    ports: HashMap<PortId, Port>,
+    nodes: HashMap<NodeId, Node>,
+}
+
+/// A message that is ε or a Fail gets no Fail in answer.
+fn is_quiet(body: &[u8]) -> bool {
+    body.is_empty() || body[0] == Kind::Fail as u8
+}
+
+impl Router {
+    pub fn new(own: NodeId, timers: Timers) -> Router {
+        Router { own, timers, now: 0, ports: HashMap::new(), nodes: HashMap::new() }
+    }
+
+    pub fn own(&self) -> NodeId {
+        self.own
+    }
+
+    /// The established links: port and neighbour id, ordered by id.
+    pub fn links(&self) -> Vec<(PortId, NodeId)> {
+        let mut v: Vec<_> = self
+            .ports
+            .iter()
+            .filter_map(|(&p, s)| match s {
+                Port::Link { peer, .. } => Some((p, *peer)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|&(_, id)| id);
+        v
+    }
+
+    /// Ports and neighbours held; both zero once everything has ended.
+    pub fn held(&self) -> (usize, usize) {
+        (self.ports.len(), self.nodes.len())
+    }
+
+    /// Handles one event at time `now`, appending the actions to `out`.
+    pub fn handle(&mut self, now: Millis, event: Event, out: &mut Vec<Action>) {
+        self.now = now;
+        match event {
+            Event::LinkOpened { port, expect } => {
+                self.ports.insert(port, Port::Hello { since: now, expect });
+                out.push(Action::Send { port, packet: Packet::hello(self.own) });
+            }
+            Event::EndpointOpened { port, id } => {
+                if id == self.own || id.is_reserved() || self.nodes.contains_key(&id) {
+                    out.push(Action::Close { port, error: Some(format!("id {id} in use")) });
+                    return;
+                }
+                self.ports.insert(port, Port::Endpoint { id });
+                self.nodes.insert(id, Node::new(Via::Endpoint(port)));
+            }
+            Event::Received { port, packet } => match self.ports.get_mut(&port) {
+                None => {}
+                Some(Port::Hello { expect, .. }) => {
+                    let expect = *expect;
+                    self.on_hello(port, expect, packet, out)
+                }
+                Some(Port::Link { peer, last_rx, .. }) => {
+                    *last_rx = now;
+                    let peer = *peer;
+                    self.on_link(port, peer, packet, out)
+                }
+                Some(Port::Endpoint { id }) => {
+                    let id = *id;
+                    self.on_endpoint(port, id, packet, out)
+                }
+            },
+            Event::Closed { port, error } => self.close(port, error, out),
+            Event::Tick => self.tick(out),
+        }
+    }
+
+    fn on_hello(&mut self, port: PortId, expect: Option<NodeId>, p: Packet, out: &mut Vec<Action>) {
+        let m = match p.msg() {
+            Ok(m) => m,
+            Err(e) => return self.close(port, Some(format!("malformed first frame: {e}")), out),
+        };
+        if m.kind == Kind::Fail && m.id == self.own {
+            let text = m.fail().map(|f| f.1).unwrap_or_default();
+            return self.close(port, Some(format!("refused by the neighbour: {text}")), out);
+        }
+        if m.kind != Kind::Hello {
+            return self.close(port, Some(format!("expected Hello, got {:?}", m.kind)), out);
+        }
+        let peer = m.id;
+        let refusal = if let Err(e) = m.check_hello() {
+            Some(e.to_string())
+        } else if peer == self.own {
+            Some(format!("the neighbour claims this node's own id {peer}"))
+        } else if peer.is_reserved() {
+            Some(format!("the neighbour claims the reserved id {peer}"))
+        } else if expect.is_some_and(|x| x != peer) {
+            let x = expect.unwrap_or(peer);
+            Some(format!("node id mismatch: expected {x}, got {peer}"))
+        } else if self.nodes.contains_key(&peer) {
+            Some(format!("already linked to {peer}"))
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
+            info!("link {port}: refusing {peer}: {text}");
+            out.push(Action::Send { port, packet: Packet::fail(peer, FailCode::Refused, &text) });
+            return self.close(port, Some(text), out);
+        }
+        info!("link {port}: neighbour {peer} is up");
+        let now = self.now;
+        self.ports.insert(port, Port::Link { peer, last_rx: now, last_ping: now });
+        self.nodes.insert(peer, Node::new(Via::Link(port)));
+        out.push(Action::LinkUp { port, peer });
+    }
+
+    fn on_link(&mut self, port: PortId, peer: NodeId, mut p: Packet, out: &mut Vec<Action>) {
+        let m = match p.msg() {
+            Ok(m) => m,
+            Err(e) => return self.close(port, Some(format!("malformed frame from {peer}: {e}")), out),
+        };
+        match m.kind {
+            Kind::Hello => self.close(port, Some(format!("{peer} said Hello twice")), out),
+            Kind::Fail => {
+                let (code, text) = m.fail().unwrap_or((FailCode::Other, String::new()));
+                if m.id == self.own && code == FailCode::Refused {
+                    let why = format!("refused by {peer}: {text}");
+                    return self.close(port, Some(why), out);
+                }
+                debug!("fail from {peer} about {}: {} {text}", m.id, code.describe());
+            }
+            Kind::To => {
+                if m.id.is_reserved() {
+                    if !is_quiet(m.body) {
+                        let text = "agreed nodes take messages from endpoints and virtual neighbours";
+                        self.fail(peer, m.id, FailCode::Refused, text, out);
+                    }
+                    return;
+                }
+                self.route(peer, p, out)
+            }
+            Kind::From => {
+                let n0 = m.id;
+                if n0 == self.own || n0.is_reserved() {
+                    return; // our keepalive echo, or nonsense: consumed
+                }
+                if m.body.is_empty() {
+                    if self.nodes.get(&n0).is_some_and(|n| n.via == Via::Virtual(peer)) {
+                        debug!("{n0} via {peer} has ended");
+                        self.end_node(n0, out);
+                    }
+                    return;
+                }
+                let inner = match Msg::parse(m.body) {
+                    Ok(i) if matches!(i.kind, Kind::To | Kind::Fail) => i,
+                    _ => {
+                        let mut f = Packet::fail(self.own, FailCode::BadMessage, "a neighbour sends To, Fail or nothing");
+                        f.push_header(Kind::To, n0);
+                        out.push(Action::Send { port, packet: f });
+                        return;
+                    }
+                };
+                match self.nodes.get(&n0).map(|n| n.via) {
+                    None => {
+                        self.nodes.insert(n0, Node::new(Via::Virtual(peer)));
+                        if let Some(c) = self.nodes.get_mut(&peer) {
+                            c.carried.insert(n0);
+                        }
+                    }
+                    Some(Via::Virtual(c)) if c == peer => {}
+                    Some(_) => {
+                        if inner.kind != Kind::Fail {
+                            debug!("{n0} via {peer} refused: id in use");
+                            let text = "id in use here (a path may not revisit a node)";
+                            let mut f = Packet::fail(n0, FailCode::IdInUse, text);
+                            f.push_header(Kind::To, n0);
+                            out.push(Action::Send { port, packet: f });
+                        }
+                        return;
+                    }
+                }
+                if inner.kind == Kind::Fail {
+                    debug!("fail from {n0} via {peer} about {}", inner.id);
+                    return;
+                }
+                p.strip();
+                self.route(n0, p, out)
+            }
+        }
+    }
+
+    fn on_endpoint(&mut self, port: PortId, id: NodeId, p: Packet, out: &mut Vec<Action>) {
+        match p.msg() {
+            Err(e) => self.close(port, Some(format!("malformed frame from endpoint: {e}")), out),
+            Ok(m) if m.kind != Kind::To => {
+                self.fail(id, self.own, FailCode::BadMessage, "an endpoint sends only To", out)
+            }
+            Ok(_) => self.route(id, p, out),
+        }
+    }
+
+    /// `p` is `To(to, body)` from neighbour `from`: deliver `From(from, body)`
+    /// to `to`, or answer with a Fail.
+    fn route(&mut self, from: NodeId, mut p: Packet, out: &mut Vec<Action>) {
+        let Ok(m) = p.msg() else { return };
+        let (to, quiet, eps) = (m.id, is_quiet(m.body), m.body.is_empty());
+        if to == NodeId::LIST {
+            if !quiet {
+                let list = self.list_body();
+                let mut r = Packet::new(Kind::From, NodeId::LIST, &list);
+                if self.send_to(from, &mut r, out).is_err() {
+                    self.fail(from, to, FailCode::TooBig, "list too big", out);
+                }
+            }
+            return;
+        }
+        if to == NodeId::TUNNEL {
+            if !quiet {
+                self.fail(from, to, FailCode::NoTunnelProcess, "this node runs no tunnel process", out);
+            }
+            return;
+        }
+        if to.is_reserved() || to == self.own || !self.nodes.contains_key(&to) {
+            if !quiet {
+                let text = if to == self.own { "a node is not its own neighbour" } else { "no such neighbour" };
+                self.fail(from, to, FailCode::NoRoute, text, out);
+            }
+            return;
+        }
+        p.set_header(Kind::From, from);
+        if eps {
+            self.disconnect(from, to);
+        } else {
+            self.connect(from, to);
+        }
+        if self.send_to(to, &mut p, out).is_err() && !quiet {
+            self.fail(from, to, FailCode::TooBig, "message over the size cap", out);
+        }
+    }
+
+    /// Sends message `p` to neighbour `n`: as it is on n's own port, or as
+    /// `To(n, p)` on its carrier. Err if that frame would be over the cap.
+    fn send_to(&mut self, n: NodeId, p: &mut Packet, out: &mut Vec<Action>) -> Result<(), ()> {
+        let port = match self.nodes.get(&n).map(|x| x.via) {
+            Some(Via::Link(port) | Via::Endpoint(port)) => port,
+            Some(Via::Virtual(carrier)) => {
+                let Some(Via::Link(port)) = self.nodes.get(&carrier).map(|c| c.via) else {
+                    return Ok(());
+                };
+                p.push_header(Kind::To, n);
+                port
+            }
+            None => return Ok(()),
+        };
+        if p.len() > MAX_MESSAGE {
+            return Err(());
+        }
+        out.push(Action::Send { port, packet: std::mem::replace(p, Packet::from_bytes(&[])) });
+        Ok(())
+    }
+
+    fn fail(&mut self, to: NodeId, about: NodeId, code: FailCode, text: &str, out: &mut Vec<Action>) {
+        let mut f = Packet::fail(about, code, text);
+        let _ = self.send_to(to, &mut f, out);
+    }
+
+    fn connect(&mut self, a: NodeId, b: NodeId) {
+        if a == b {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(&a) {
+            n.conns.insert(b);
+        }
+        if let Some(n) = self.nodes.get_mut(&b) {
+            n.conns.insert(a);
+        }
+    }
+
+    fn disconnect(&mut self, a: NodeId, b: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&a) {
+            n.conns.remove(&b);
+        }
+        if let Some(n) = self.nodes.get_mut(&b) {
+            n.conns.remove(&a);
+        }
+    }
+
+    /// Frees neighbour `n` and tells everyone it was connected with.
+    fn end_node(&mut self, n: NodeId, out: &mut Vec<Action>) {
+        let Some(node) = self.nodes.remove(&n) else { return };
+        if let Via::Virtual(c) = node.via {
+            if let Some(c) = self.nodes.get_mut(&c) {
+                c.carried.remove(&n);
+            }
+        }
+        for v in node.carried {
+            self.end_node(v, out);
+        }
+        for c in node.conns {
+            if let Some(cn) = self.nodes.get_mut(&c) {
+                cn.conns.remove(&n);
+            }
+            let mut eps = Packet::new(Kind::From, n, &[]);
+            let _ = self.send_to(c, &mut eps, out);
+        }
+    }
+
+    fn close(&mut self, port: PortId, error: Option<String>, out: &mut Vec<Action>) {
+        let Some(state) = self.ports.remove(&port) else { return };
+        match state {
+            Port::Hello { .. } => {}
+            Port::Link { peer, .. } => {
+                match &error {
+                    None => info!("link {port}: neighbour {peer} has ended"),
+                    Some(e) => warn!("link {port}: neighbour {peer} dropped: {e}"),
+                }
+                self.end_node(peer, out)
+            }
+            Port::Endpoint { id } => self.end_node(id, out),
+        }
+        out.push(Action::Close { port, error });
+    }
+
+    fn tick(&mut self, out: &mut Vec<Action>) {
+        let now = self.now;
+        let t = self.timers;
+        let mut dead = Vec::new();
+        for (&port, state) in self.ports.iter_mut() {
+            match state {
+                Port::Hello { since, .. } if now.saturating_sub(*since) >= t.hello => {
+                    dead.push((port, format!("no Hello within {} ms", t.hello)));
+                }
+                Port::Link { last_rx, last_ping, .. } => {
+                    let silent = now.saturating_sub(*last_rx);
+                    if silent >= t.keepalive * t.misses as u64 {
+                        dead.push((port, format!("silent for {silent} ms (keepalive)")));
+                    } else if silent >= t.keepalive && now.saturating_sub(*last_ping) >= t.keepalive {
+                        *last_ping = now;
+                        let ping = Packet::new(Kind::To, self.own, &now.to_be_bytes());
+                        out.push(Action::Send { port, packet: ping });
+                    }
+                }
+                _ => {}
+            }
+        }
+        dead.sort();
+        for (port, why) in dead {
+            self.close(port, Some(why), out);
+        }
+    }
+
+    /// The ls reply of node 1: a count and the ids of the physical neighbours.
+    fn list_body(&self) -> Vec<u8> {
+        let ids: BTreeSet<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.via, Via::Link(_)))
+            .map(|(id, _)| *id)
+            .take(u16::MAX as usize)
+            .collect();
+        let mut b = (ids.len() as u16).to_be_bytes().to_vec();
+        for id in ids {
+            b.extend_from_slice(&id.0);
+        }
+        b
+    }
+
+    /// Checks the state invariants; the tests and the fuzzer call it.
+    pub fn check(&self) -> Result<(), String> {
+        for (id, n) in &self.nodes {
+            for c in &n.conns {
+                let ok = self.nodes.get(c).is_some_and(|cn| cn.conns.contains(id));
+                if !ok {
+                    return Err(format!("connection {id} -> {c} is one-sided"));
+                }
+            }
+            match n.via {
+                Via::Virtual(c) => {
+                    let ok = self.nodes.get(&c).is_some_and(|cn| cn.carried.contains(id));
+                    if !ok {
+                        return Err(format!("{id} carried by {c}, which does not know"));
+                    }
+                }
+                Via::Link(p) | Via::Endpoint(p) => {
+                    let ok = match self.ports.get(&p) {
+                        Some(Port::Link { peer, .. }) => peer == id,
+                        Some(Port::Endpoint { id: e }) => e == id,
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(format!("{id} on port {p}, which is not its"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Node {
+    fn new(via: Via) -> Node {
+        Node { via, conns: HashSet::new(), carried: HashSet::new() }
+    }
+}
+
+/// Decodes the ls reply of node 1.
+pub fn parse_list(b: &[u8]) -> Option<Vec<NodeId>> {
+    let (n, rest) = (b.get(..2)?, b.get(2..)?);
+    let n = u16::from_be_bytes([n[0], n[1]]) as usize;
+    if rest.len() != n * 32 {
+        return None;
+    }
+    Some(rest.chunks(32).filter_map(NodeId::from_slice).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! Router tests with values only: routers wired to each other in memory.
+
+use super::*;
+use crate::wire::message::{nest_to, unnest_from};
+use std::collections::VecDeque;
+
+fn id(n: u8) -> NodeId {
+    NodeId([n; 32])
+}
+
+/// Routers joined by in-memory links; endpoints collect what they receive.
+struct Net {
+    routers: Vec<Router>,
+    wires: HashMap<(usize, PortId), (usize, PortId)>,
+    inbox: HashMap<(usize, PortId), Vec<Packet>>,
+    closed: Vec<(usize, PortId, Option<String>)>,
+    ups: Vec<(usize, NodeId)>,
+    queue: VecDeque<(usize, Event)>,
+    next_port: PortId,
+    now: Millis,
+}
+
+impl Net {
+    fn new(n: u8) -> Net {
+        Net {
+            routers: (1..=n).map(|i| Router::new(id(i), Timers::default())).collect(),
+            wires: HashMap::new(),
+            inbox: HashMap::new(),
+            closed: Vec::new(),
+            ups: Vec::new(),
+            queue: VecDeque::new(),
+            next_port: 100,
+            now: 1_000,
+        }
+    }
+
+    fn port(&mut self) -> PortId {
+        self.next_port += 1;
+        self.next_port
+    }
+
+    /// Links router a to router b; returns the ports.
+    fn link(&mut self, a: usize, b: usize) -> (PortId, PortId) {
+        self.link_expecting(a, b, None)
+    }
+
+    fn link_expecting(&mut self, a: usize, b: usize, expect: Option<NodeId>) -> (PortId, PortId) {
+        let (pa, pb) = (self.port(), self.port());
+        self.wires.insert((a, pa), (b, pb));
+        self.wires.insert((b, pb), (a, pa));
+        self.queue.push_back((a, Event::LinkOpened { port: pa, expect }));
+        self.queue.push_back((b, Event::LinkOpened { port: pb, expect: None }));
+        self.run();
+        (pa, pb)
+    }
+
+    fn endpoint(&mut self, a: usize, eid: NodeId) -> PortId {
+        let p = self.port();
+        self.inbox.insert((a, p), Vec::new());
+        self.queue.push_back((a, Event::EndpointOpened { port: p, id: eid }));
+        self.run();
+        p
+    }
+
+    fn send(&mut self, a: usize, port: PortId, msg: &[u8]) {
+        self.queue.push_back((a, Event::Received { port, packet: Packet::from_bytes(msg) }));
+        self.run();
+    }
+
+    /// End-of-file on a port, as when a transport dies.
+    fn cut(&mut self, a: usize, port: PortId) {
+        self.queue.push_back((a, Event::Closed { port, error: None }));
+        self.run();
+    }
+
+    fn tick(&mut self, ms: Millis) {
+        self.now += ms;
+        for i in 0..self.routers.len() {
+            self.queue.push_back((i, Event::Tick));
+        }
+        self.run();
+    }
+
+    fn run(&mut self) {
+        let mut out = Vec::new();
+        while let Some((r, ev)) = self.queue.pop_front() {
+            self.routers[r].handle(self.now, ev, &mut out);
+            for a in out.drain(..) {
+                match a {
+                    Action::Send { port, packet } => {
+                        if let Some(&(peer, pp)) = self.wires.get(&(r, port)) {
+                            self.queue.push_back((peer, Event::Received { port: pp, packet }));
+                        } else if let Some(b) = self.inbox.get_mut(&(r, port)) {
+                            b.push(packet);
+                        }
+                    }
+                    Action::LinkUp { peer, .. } => self.ups.push((r, peer)),
+                    Action::Close { port, error } => {
+                        if let Some(far) = self.wires.remove(&(r, port)) {
+                            self.wires.remove(&far);
+                            self.queue.push_back((far.0, Event::Closed { port: far.1, error: None }));
+                        }
+                        self.closed.push((r, port, error));
+                    }
+                }
+            }
+            for r in &self.routers {
+                r.check().unwrap();
+            }
+        }
+    }
+
+    fn take(&mut self, a: usize, port: PortId) -> Vec<Vec<u8>> {
+        let b = self.inbox.get_mut(&(a, port)).unwrap();
+        b.drain(..).map(|p| p.bytes().to_vec()).collect()
+    }
+}
+
+/// `From(h1, … From(hk, inner))`.
+fn nest_from(path: &[NodeId], inner: &[u8]) -> Vec<u8> {
+    let mut p = Packet::from_bytes(inner);
+    for h in path.iter().rev() {
+        p.push_header(Kind::From, *h);
+    }
+    p.bytes().to_vec()
+}
+
+fn to_msg(to: NodeId, body: &[u8]) -> Vec<u8> {
+    Packet::new(Kind::To, to, body).bytes().to_vec()
+}
+
+#[test]
+fn hello_makes_neighbours() {
+    let mut net = Net::new(2);
+    let (pa, pb) = net.link(0, 1);
+    assert_eq!(net.routers[0].links(), vec![(pa, id(2))]);
+    assert_eq!(net.routers[1].links(), vec![(pb, id(1))]);
+    assert_eq!(net.ups.len(), 2);
+}
+
+#[test]
+fn ping_one_hop() {
+    let mut net = Net::new(2);
+    net.link(0, 1);
+    let x = id(50);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), x], b"p1"));
+    assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), x], b"p1")]);
+}
+
+/// A chain 1-2-3-4; returns the ports (a side, b side) of each link.
+fn chain(n: u8) -> (Net, Vec<(PortId, PortId)>) {
+    let mut net = Net::new(n);
+    let links = (0..n as usize - 1).map(|i| net.link(i, i + 1)).collect();
+    (net, links)
+}
+
+#[test]
+fn nesting_over_three_hops() {
+    let (mut net, _) = chain(4);
+    let x = id(60);
+    let ep = net.endpoint(0, x);
+    let path = [id(2), id(3), id(4)];
+    let mut probe = path.to_vec();
+    probe.push(x);
+    net.send(0, ep, &nest_to(&probe, b"seq1"));
+    assert_eq!(net.take(0, ep), vec![nest_from(&probe, b"seq1")]);
+    // A message to the far end arrives there as From(X, m): ask D's list.
+    net.send(0, ep, &nest_to(&[id(2), id(3), id(4), NodeId::LIST], b"?"));
+    let got = net.take(0, ep);
+    let u = unnest_from(&got[0], 4);
+    assert_eq!(u.via, vec![id(2), id(3), id(4), NodeId::LIST]);
+    assert_eq!(parse_list(u.inner), Some(vec![id(3)]));
+}
+
+#[test]
+fn ls_lists_physical_neighbours_only() {
+    let (mut net, _) = chain(3);
+    let x = id(61);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), NodeId::LIST], b"?"));
+    let got = net.take(0, ep);
+    let u = unnest_from(&got[0], 4);
+    // node 2 has neighbours 1 and 3; the virtual neighbour X is not listed
+    assert_eq!(parse_list(u.inner), Some(vec![id(1), id(3)]));
+}
+
+fn expect_fail(reply: &[u8], via: &[NodeId], about: NodeId, code: FailCode) {
+    let u = unnest_from(reply, 40);
+    assert_eq!(u.via, via);
+    let m = Msg::parse(u.inner).unwrap();
+    assert_eq!((m.kind, m.id, m.fail().unwrap().0), (Kind::Fail, about, code));
+}
+
+#[test]
+fn fail_names_the_failing_hop() {
+    let (mut net, _) = chain(3);
+    let x = id(70);
+    let ep = net.endpoint(0, x);
+    // 9 is no neighbour of node 2
+    net.send(0, ep, &nest_to(&[id(2), id(9), x], b"p"));
+    expect_fail(&net.take(0, ep)[0], &[id(2)], id(9), FailCode::NoRoute);
+    // 9 is no neighbour of node 1 either: the local daemon answers
+    net.send(0, ep, &nest_to(&[id(9), x], b"p"));
+    expect_fail(&net.take(0, ep)[0], &[], id(9), FailCode::NoRoute);
+    // no tunnel process at node 3
+    net.send(0, ep, &nest_to(&[id(2), id(3), NodeId::TUNNEL], b"\x01"));
+    expect_fail(&net.take(0, ep)[0], &[id(2), id(3)], NodeId::TUNNEL, FailCode::NoTunnelProcess);
+}
+
+#[test]
+fn a_path_that_revisits_a_node_is_refused() {
+    let (mut net, _) = chain(2);
+    let x = id(80);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(1), id(2), x], b"p"));
+    let got = net.take(0, ep);
+    assert_eq!(got.len(), 1);
+    expect_fail(&got[0], &[id(2), id(1)], x, FailCode::IdInUse);
+}
+
+#[test]
+fn a_cut_reaches_both_ends_and_frees_everything() {
+    let (mut net, links) = chain(4);
+    let x = id(90);
+    let ep = net.endpoint(0, x);
+    let probe = [id(2), id(3), id(4), x];
+    net.send(0, ep, &nest_to(&probe, b"p"));
+    assert_eq!(net.take(0, ep).len(), 1);
+    // node 3 holds X (via 2) connected with 4; cut 3-4
+    net.cut(2, links[2].0);
+    assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), id(3), id(4)], b"")]);
+    assert_eq!(net.routers[3].held(), (0, 0));
+    // the endpoint ends: X is freed at every node
+    net.cut(0, ep);
+    assert_eq!(net.routers[0].held(), (1, 1));
+    assert_eq!(net.routers[1].held(), (2, 2));
+    assert_eq!(net.routers[2].held(), (1, 1));
+    net.cut(0, links[0].0);
+    net.cut(1, links[1].0);
+    for r in &net.routers {
+        assert_eq!(r.held(), (0, 0));
+    }
+}
+
+#[test]
+fn endpoint_end_reaches_the_far_node() {
+    let (mut net, _) = chain(3);
+    let x = id(91);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(3), x], b"p"));
+    assert_eq!(net.routers[2].held(), (1, 2)); // link to 2, and X
+    net.cut(0, ep);
+    assert_eq!(net.routers[2].held(), (1, 1));
+    assert_eq!(net.routers[1].held(), (2, 2));
+}
+
+#[test]
+fn hello_refusals() {
+    // -n mismatch
+    let mut net = Net::new(2);
+    let (pa, pb) = net.link_expecting(0, 1, Some(id(7)));
+    assert!(net.routers[0].links().is_empty());
+    assert!(net.routers[1].links().is_empty());
+    let err = |net: &Net, r: usize, p: PortId| {
+        net.closed.iter().find(|c| c.0 == r && c.1 == p).and_then(|c| c.2.clone()).unwrap()
+    };
+    assert!(err(&net, 0, pa).contains("mismatch"), "{}", err(&net, 0, pa));
+    assert!(err(&net, 1, pb).contains("refused by"), "{}", err(&net, 1, pb));
+
+    // the same id twice, and our own id
+    let mut net = Net::new(3);
+    net.routers[2] = Router::new(id(2), Timers::default());
+    net.link(0, 1);
+    let (pa, _) = net.link(0, 2);
+    assert!(err(&net, 0, pa).contains("already linked"));
+    assert_eq!(net.routers[0].links().len(), 1);
+    let mut net = Net::new(2);
+    net.routers[1] = Router::new(id(1), Timers::default());
+    let (pa, _) = net.link(0, 1);
+    assert!(err(&net, 0, pa).contains("own id"));
+}
+
+#[test]
+fn bad_hello_and_hello_timeout() {
+    let mut net = Net::new(1);
+    let p = net.port();
+    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None }));
+    net.run();
+    net.send(0, p, Packet::new(Kind::Hello, id(5), b"r2\x07").bytes());
+    assert!(net.closed.last().unwrap().2.as_deref().unwrap().contains("version 7"));
+    let q = net.port();
+    net.queue.push_back((0, Event::LinkOpened { port: q, expect: None }));
+    net.run();
+    net.tick(4_999);
+    assert!(net.routers[0].held().0 == 1);
+    net.tick(1);
+    assert!(net.closed.last().unwrap().2.as_deref().unwrap().contains("no Hello"));
+    assert_eq!(net.routers[0].held(), (0, 0));
+}
+
+#[test]
+fn keepalive_pings_and_detects_silence() {
+    let mut net = Net::new(2);
+    let (pa, pb) = net.link(0, 1);
+    // Wired links echo, so pings keep the link alive.
+    for _ in 0..10 {
+        net.tick(2_000);
+    }
+    assert_eq!(net.routers[0].links().len(), 1);
+    // Now the link goes silent: unwire it without closing.
+    net.wires.clear();
+    let mut out = Vec::new();
+    let t = net.now;
+    net.routers[0].handle(t + 2_000, Event::Tick, &mut out);
+    assert!(matches!(&out[..], [Action::Send { port, .. }] if *port == pa));
+    out.clear();
+    net.routers[0].handle(t + 6_000, Event::Tick, &mut out);
+    assert!(matches!(&out[..], [Action::Close { port, error: Some(_) }] if *port == pa));
+    let _ = pb;
+}
+
+#[test]
+fn malformed_frames_close_only_their_link() {
+    let (mut net, links) = chain(3);
+    let (_, pb) = links[0];
+    net.send(1, pb, &[9u8; 40]); // unknown kind
+    assert_eq!(net.routers[1].links().len(), 1);
+    assert_eq!(net.routers[2].links().len(), 1);
+    // nested garbage: answered, the link stays
+    let (mut net, links) = chain(2);
+    let (_, pb) = links[0];
+    let mut m = vec![Kind::From as u8];
+    m.extend_from_slice(&id(40).0);
+    m.extend_from_slice(&[Kind::From as u8; 40]);
+    net.send(1, pb, &m);
+    assert_eq!(net.routers[1].links().len(), 1);
+}
+
+#[test]
+fn reserved_from_a_physical_neighbour_is_refused() {
+    let (mut net, links) = chain(2);
+    let (pa, pb) = links[0];
+    net.wires.clear(); // capture what router 1 answers
+    net.inbox.insert((1, pb), Vec::new());
+    net.send(1, pb, &to_msg(NodeId::LIST, b"?"));
+    let got = net.take(1, pb);
+    expect_fail(&got[0], &[], NodeId::LIST, FailCode::Refused);
+    let _ = pa;
+}
+
+#[test]
+fn eps_and_fail_get_no_fail() {
+    let (mut net, links) = chain(2);
+    let (_, pb) = links[0];
+    net.wires.clear();
+    net.inbox.insert((1, pb), Vec::new());
+    net.send(1, pb, &to_msg(id(77), b""));
+    net.send(1, pb, Packet::new(Kind::To, id(77), Packet::fail(id(1), FailCode::NoRoute, "").bytes()).bytes());
+    assert!(net.take(1, pb).is_empty());
+}

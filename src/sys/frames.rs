@@ -1,0 +1,211 @@
+//! Blocking frame I/O on raw fds.
+//!
+//! A reader blocked in `read(2)` cannot be stopped by closing its fd from
+//! another thread, so readers `poll` their fd together with a wake pipe: the
+//! owner drops the [`Waker`] (the pipe's write end) and the reader returns.
+//! Passed fds may be non-blocking; `EAGAIN` is met with `poll`, and the
+//! flags of a shared fd are never changed.
+
+use crate::wire::message::{decode_frame, frame_prefix, Packet, WireError, LEN_PREFIX, MAX_MESSAGE};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Dropping a Waker wakes the reader that holds the matching [`WakeFd`].
+pub struct Waker(#[allow(dead_code)] OwnedFd);
+
+/// The read end of a wake pipe.
+pub struct WakeFd(OwnedFd);
+
+impl WakeFd {
+    /// Another handle on the same pipe, for a second thread to poll.
+    pub fn try_clone(&self) -> io::Result<WakeFd> {
+        self.0.try_clone().map(WakeFd)
+    }
+}
+
+/// A new wake pipe.
+pub fn wake_pair() -> io::Result<(Waker, WakeFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((Waker(w), WakeFd(r)))
+}
+
+/// Why a reader stopped other than at a frame boundary's end-of-file.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The Waker was dropped.
+    Woken,
+    /// End-of-file in the middle of a frame.
+    Truncated(usize),
+    Wire(WireError),
+    Io(io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Woken => write!(f, "stopped"),
+            ReadError::Truncated(n) => write!(f, "end of file inside a frame ({n} bytes of it)"),
+            ReadError::Wire(e) => write!(f, "malformed frame: {e}"),
+            ReadError::Io(e) => write!(f, "read error: {e}"),
+        }
+    }
+}
+
+/// Waits until `fd` is ready for `events` or the wake pipe fires (Ok(false)).
+pub fn wait_ready(fd: BorrowedFd<'_>, events: PollFlags, wake: Option<&WakeFd>) -> io::Result<bool> {
+    loop {
+        let mut fds = [PollFd::new(fd, events), PollFd::new(fd, PollFlags::empty())];
+        if let Some(w) = wake {
+            fds[1] = PollFd::new(w.0.as_fd(), PollFlags::POLLIN);
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if wake.is_some() && fds[1].any().unwrap_or(false) {
+            return Ok(false);
+        }
+        if fds[0].any().unwrap_or(false) {
+            return Ok(true);
+        }
+    }
+}
+
+/// One read into `buf`, waiting with poll on EAGAIN. Err(Woken) when woken.
+pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8], wake: Option<&WakeFd>) -> Result<usize, ReadError> {
+    loop {
+        if wake.is_some() && !wait_ready(fd, PollFlags::POLLIN, wake).map_err(ReadError::Io)? {
+            return Err(ReadError::Woken);
+        }
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                if wake.is_none() {
+                    wait_ready(fd, PollFlags::POLLIN, None).map_err(ReadError::Io)?;
+                }
+            }
+            Err(e) => return Err(ReadError::Io(e.into())),
+        }
+    }
+}
+
+/// Writes all of `bufs`, waiting with poll on EAGAIN.
+pub fn write_all(fd: BorrowedFd<'_>, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match nix::sys::uio::writev(fd, bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                wait_ready(fd, PollFlags::POLLOUT, None)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes frames: each packet with its length prefix, in one `writev`.
+pub fn write_frames(fd: BorrowedFd<'_>, packets: &[Packet]) -> io::Result<()> {
+    let prefixes: Vec<[u8; LEN_PREFIX]> = packets.iter().map(|p| frame_prefix(p.len())).collect();
+    let mut iov = Vec::with_capacity(packets.len() * 2);
+    for (p, pre) in packets.iter().zip(&prefixes) {
+        iov.push(IoSlice::new(pre));
+        iov.push(IoSlice::new(p.bytes()));
+    }
+    write_all(fd, &mut iov)
+}
+
+/// Reads frames from an fd, one [`Packet`] at a time.
+pub struct FrameReader {
+    fd: OwnedFd,
+    wake: Option<WakeFd>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    pub fn new(fd: OwnedFd, wake: Option<WakeFd>) -> FrameReader {
+        FrameReader { fd, wake, buf: vec![0; 2 * (LEN_PREFIX + MAX_MESSAGE)], start: 0, end: 0 }
+    }
+
+    /// The next message; Ok(None) at end-of-file between frames.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
+        loop {
+            match decode_frame(&self.buf[self.start..self.end]).map_err(ReadError::Wire)? {
+                Some((used, msg)) => {
+                    let p = Packet::from_bytes(msg);
+                    self.start += used;
+                    return Ok(Some(p));
+                }
+                None => {}
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = read_some(self.fd.as_fd(), &mut self.buf[self.end..], self.wake.as_ref())?;
+            if n == 0 {
+                return match self.end - self.start {
+                    0 => Ok(None),
+                    k => Err(ReadError::Truncated(k)),
+                };
+            }
+            self.end += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::Kind;
+    use crate::wire::NodeId;
+
+    #[test]
+    fn frames_through_a_pipe() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let ps: Vec<Packet> =
+            (0..50u8).map(|i| Packet::new(Kind::To, NodeId([i; 32]), &vec![i; i as usize * 1000])).collect();
+        let writer = std::thread::spawn(move || {
+            write_frames(w.as_fd(), &ps).unwrap();
+            ps
+        });
+        let mut fr = FrameReader::new(r, None);
+        let mut got = Vec::new();
+        while let Some(p) = fr.next_packet().unwrap() {
+            got.push(p);
+        }
+        assert_eq!(got, writer.join().unwrap());
+    }
+
+    #[test]
+    fn truncated_and_oversized() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, &[0, 0, 0, 40, 1, 2, 3]).unwrap();
+        drop(w);
+        let e = FrameReader::new(r, None).next_packet().unwrap_err();
+        assert!(matches!(e, ReadError::Truncated(7)));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, &[0xff, 0xff, 0xff, 0xff]).unwrap();
+        let e = FrameReader::new(r, None).next_packet().unwrap_err();
+        assert!(matches!(e, ReadError::Wire(WireError::BadLength(_))));
+    }
+
+    #[test]
+    fn a_waker_stops_a_blocked_reader() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let (waker, wake) = wake_pair().unwrap();
+        let t = std::thread::spawn(move || FrameReader::new(r, Some(wake)).next_packet());
+        drop(waker);
+        assert!(matches!(t.join().unwrap(), Err(ReadError::Woken)));
+    }
+}

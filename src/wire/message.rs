@@ -1,0 +1,444 @@
+//! Link messages and frames.
+//!
+//! ```text
+//! frame   = length:u32be message          (33 <= length <= MAX_MESSAGE)
+//! message = kind:u8 id:[u8;32] body       (body: the rest, may be empty)
+//! ```
+//!
+//! A `To`/`From` body is itself a message (or empty: ε, "I have ended"), so
+//! nested messages carry no length of their own and are decoded one layer at a
+//! time, never recursively. A [`Packet`] owns one message with spare room in
+//! front, so a router can peel or add a 33-byte header without copying.
+
+use super::id::{NodeId, ID_LEN, MAX_HOPS};
+use std::fmt;
+
+/// Size of a message header: kind and id.
+pub const HEADER: usize = 1 + ID_LEN;
+/// Size of a frame's length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// The most data one message carries.
+pub const MAX_DATA: usize = 64 * 1024;
+/// The largest message: the data plus a header for each hop, the tunnel
+/// node and one spare layer.
+pub const MAX_MESSAGE: usize = MAX_DATA + HEADER * (MAX_HOPS + 2);
+/// Room kept in front of a received message for headers added on the way.
+pub const HEADROOM: usize = 2 * HEADER;
+
+/// Hello magic and the protocol version this build speaks.
+pub const HELLO_MAGIC: &[u8; 2] = b"r2";
+pub const VERSION: u8 = 1;
+
+/// The kind byte of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 0,
+    To = 1,
+    From = 2,
+    Fail = 3,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::Hello,
+            1 => Kind::To,
+            2 => Kind::From,
+            3 => Kind::Fail,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes are not a frame or a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// A frame length below one header or above the cap.
+    BadLength(u32),
+    /// A message shorter than its header.
+    Short(usize),
+    UnknownKind(u8),
+    /// A Hello with the wrong magic or version.
+    BadHello(String),
+    /// A Fail without a code.
+    BadFail,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::BadLength(n) => {
+                write!(f, "frame length {n} outside {HEADER}..={MAX_MESSAGE}")
+            }
+            WireError::Short(n) => write!(f, "message of {n} bytes is shorter than a header"),
+            WireError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
+            WireError::BadHello(s) => write!(f, "bad hello: {s}"),
+            WireError::BadFail => write!(f, "fail message without a code"),
+        }
+    }
+}
+
+/// Why a node could not be reached (the code of a Fail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FailCode {
+    NoRoute = 1,
+    IdInUse = 2,
+    Refused = 3,
+    NoTunnelProcess = 4,
+    TooManyTunnels = 5,
+    TooBig = 6,
+    BadMessage = 7,
+    Overload = 8,
+    RateLimited = 9,
+    Other = 255,
+}
+
+impl FailCode {
+    pub fn from_u8(b: u8) -> FailCode {
+        match b {
+            1 => FailCode::NoRoute,
+            2 => FailCode::IdInUse,
+            3 => FailCode::Refused,
+            4 => FailCode::NoTunnelProcess,
+            5 => FailCode::TooManyTunnels,
+            6 => FailCode::TooBig,
+            7 => FailCode::BadMessage,
+            8 => FailCode::Overload,
+            9 => FailCode::RateLimited,
+            _ => FailCode::Other,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailCode::NoRoute => "no route",
+            FailCode::IdInUse => "id in use",
+            FailCode::Refused => "refused",
+            FailCode::NoTunnelProcess => "no tunnel process",
+            FailCode::TooManyTunnels => "too many tunnels",
+            FailCode::TooBig => "message too big",
+            FailCode::BadMessage => "bad message",
+            FailCode::Overload => "overload",
+            FailCode::RateLimited => "rate limited",
+            FailCode::Other => "failed",
+        }
+    }
+}
+
+/// A borrowed view of one message: its kind, id and body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub kind: Kind,
+    pub id: NodeId,
+    pub body: &'a [u8],
+}
+
+impl<'a> Msg<'a> {
+    /// Decodes the outer layer of a message.
+    pub fn parse(b: &'a [u8]) -> Result<Msg<'a>, WireError> {
+        if b.len() < HEADER {
+            return Err(WireError::Short(b.len()));
+        }
+        let kind = Kind::from_u8(b[0]).ok_or(WireError::UnknownKind(b[0]))?;
+        let id = NodeId::from_slice(&b[1..]).ok_or(WireError::Short(b.len()))?;
+        Ok(Msg { kind, id, body: &b[HEADER..] })
+    }
+
+    /// The code and text of a Fail.
+    pub fn fail(&self) -> Result<(FailCode, String), WireError> {
+        let (&code, text) = self.body.split_first().ok_or(WireError::BadFail)?;
+        Ok((FailCode::from_u8(code), String::from_utf8_lossy(text).into_owned()))
+    }
+
+    /// Checks a Hello's magic and version.
+    pub fn check_hello(&self) -> Result<(), WireError> {
+        let b = self.body;
+        if b.len() < 3 || &b[..2] != HELLO_MAGIC {
+            return Err(WireError::BadHello("not an r2 peer (wrong magic)".into()));
+        }
+        if b[2] != VERSION {
+            return Err(WireError::BadHello(format!(
+                "protocol version {} (this node speaks {VERSION})",
+                b[2]
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Looks for one frame at the start of `buf`. Returns the frame's total size
+/// and its message, `None` when more bytes are needed, or an error for a
+/// length outside the caps — checked before anything is allocated.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(usize, &[u8])>, WireError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let n = len as usize;
+    if !(HEADER..=MAX_MESSAGE).contains(&n) {
+        return Err(WireError::BadLength(len));
+    }
+    match buf.get(LEN_PREFIX..LEN_PREFIX + n) {
+        Some(m) => Ok(Some((LEN_PREFIX + n, m))),
+        None => Ok(None),
+    }
+}
+
+/// The length prefix of a frame carrying `msg_len` bytes.
+pub fn frame_prefix(msg_len: usize) -> [u8; LEN_PREFIX] {
+    (msg_len as u32).to_be_bytes()
+}
+
+/// One owned message, with room in front for headers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Packet {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl fmt::Debug for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.msg() {
+            Ok(m) => write!(f, "{:?}({}, {} bytes)", m.kind, m.id, m.body.len()),
+            Err(_) => write!(f, "Packet({:?})", self.bytes()),
+        }
+    }
+}
+
+impl Packet {
+    /// A packet holding a copy of `msg`, with headroom.
+    pub fn from_bytes(msg: &[u8]) -> Packet {
+        let mut buf = Vec::with_capacity(HEADROOM + msg.len());
+        buf.resize(HEADROOM, 0);
+        buf.extend_from_slice(msg);
+        Packet { buf, start: HEADROOM }
+    }
+
+    /// A new message `kind(id, body)`.
+    pub fn new(kind: Kind, id: NodeId, body: &[u8]) -> Packet {
+        let mut buf = Vec::with_capacity(HEADROOM + HEADER + body.len());
+        buf.resize(HEADROOM, 0);
+        buf.push(kind as u8);
+        buf.extend_from_slice(&id.0);
+        buf.extend_from_slice(body);
+        Packet { buf, start: HEADROOM }
+    }
+
+    /// `Hello(own)`.
+    pub fn hello(own: NodeId) -> Packet {
+        let mut body = HELLO_MAGIC.to_vec();
+        body.push(VERSION);
+        Packet::new(Kind::Hello, own, &body)
+    }
+
+    /// `Fail(about, code, text)`.
+    pub fn fail(about: NodeId, code: FailCode, text: &str) -> Packet {
+        let mut body = vec![code as u8];
+        let mut end = text.len().min(200);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        body.extend_from_slice(&text.as_bytes()[..end]);
+        Packet::new(Kind::Fail, about, &body)
+    }
+
+    /// The message bytes (without the frame's length prefix).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes the outer layer.
+    pub fn msg(&self) -> Result<Msg<'_>, WireError> {
+        Msg::parse(self.bytes())
+    }
+
+    /// Drops the outer header, so the packet holds its body. The caller has
+    /// checked that there is a header.
+    pub fn strip(&mut self) {
+        self.start = (self.start + HEADER).min(self.buf.len());
+    }
+
+    /// Rewrites the outer header in place. The caller has checked that there
+    /// is a header.
+    pub fn set_header(&mut self, kind: Kind, id: NodeId) {
+        if let Some(h) = self.buf.get_mut(self.start..self.start + HEADER) {
+            h[0] = kind as u8;
+            h[1..].copy_from_slice(&id.0);
+        }
+    }
+
+    /// Wraps the packet in one more header: it becomes `kind(id, old)`.
+    pub fn push_header(&mut self, kind: Kind, id: NodeId) {
+        if self.start < HEADER {
+            let mut buf = Vec::with_capacity(HEADROOM + HEADER + self.len());
+            buf.resize(HEADROOM + HEADER, 0);
+            buf.extend_from_slice(self.bytes());
+            self.buf = buf;
+            self.start = HEADROOM + HEADER;
+        }
+        self.start -= HEADER;
+        self.set_header(kind, id);
+    }
+}
+
+/// Builds `To(h1, To(h2, … To(hk, inner)))` for a path of hops.
+pub fn nest_to(path: &[NodeId], inner: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len() * HEADER + inner.len());
+    for h in path {
+        out.push(Kind::To as u8);
+        out.extend_from_slice(&h.0);
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// What came back along a path: `From(h1, … From(hj, inner))`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unnested<'a> {
+    /// The hops the reply came through, outermost first.
+    pub via: Vec<NodeId>,
+    /// The first message that is not a `From`, or the empty body (ε).
+    pub inner: &'a [u8],
+}
+
+/// Peels `From` layers iteratively (never recursively), at most `max` of
+/// them; stops at the first thing that is not a `From`.
+pub fn unnest_from(mut b: &[u8], max: usize) -> Unnested<'_> {
+    let mut via = Vec::new();
+    while via.len() < max {
+        match Msg::parse(b) {
+            Ok(m) if m.kind == Kind::From => {
+                via.push(m.id);
+                b = m.body;
+            }
+            _ => break,
+        }
+    }
+    Unnested { via, inner: b }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    fn frame(msg: &[u8]) -> Vec<u8> {
+        let mut f = frame_prefix(msg.len()).to_vec();
+        f.extend_from_slice(msg);
+        f
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let p = Packet::new(Kind::To, id(3), b"hello");
+        let f = frame(p.bytes());
+        let (used, m) = decode_frame(&f).unwrap().unwrap();
+        assert_eq!(used, f.len());
+        let m = Msg::parse(m).unwrap();
+        assert_eq!((m.kind, m.id, m.body), (Kind::To, id(3), &b"hello"[..]));
+    }
+
+    #[test]
+    fn every_truncation_waits_for_more() {
+        let p = Packet::new(Kind::From, id(9), &[1, 2, 3, 4, 5]);
+        let f = frame(p.bytes());
+        for cut in 0..f.len() {
+            assert_eq!(decode_frame(&f[..cut]), Ok(None), "cut at {cut}");
+        }
+        // Two frames back to back decode one at a time.
+        let mut two = f.clone();
+        two.extend_from_slice(&f);
+        assert_eq!(decode_frame(&two).unwrap().unwrap().0, f.len());
+    }
+
+    #[test]
+    fn length_caps_checked_first() {
+        for bad in [0u32, 1, (HEADER - 1) as u32, (MAX_MESSAGE + 1) as u32, u32::MAX] {
+            let f = bad.to_be_bytes();
+            assert_eq!(decode_frame(&f), Err(WireError::BadLength(bad)));
+        }
+        let max = (MAX_MESSAGE as u32).to_be_bytes();
+        assert_eq!(decode_frame(&max), Ok(None));
+    }
+
+    #[test]
+    fn garbage_messages() {
+        assert_eq!(Msg::parse(&[1; 10]), Err(WireError::Short(10)));
+        assert_eq!(Msg::parse(&[9; 40]), Err(WireError::UnknownKind(9)));
+        let mut seed = 12345u32;
+        for _ in 0..10_000 {
+            let len = (seed % 80) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (seed >> 16) as u8
+                })
+                .collect();
+            let _ = decode_frame(&bytes);
+            let _ = Msg::parse(&bytes).map(|m| (m.fail(), m.check_hello()));
+            let _ = unnest_from(&bytes, MAX_HOPS);
+        }
+    }
+
+    #[test]
+    fn hello_checks() {
+        let h = Packet::hello(id(1));
+        assert_eq!(h.msg().unwrap().check_hello(), Ok(()));
+        let bad = Packet::new(Kind::Hello, id(1), b"r3\x01");
+        assert!(bad.msg().unwrap().check_hello().is_err());
+        let v9 = Packet::new(Kind::Hello, id(1), b"r2\x09");
+        assert!(v9.msg().unwrap().check_hello().is_err());
+    }
+
+    #[test]
+    fn headers_in_place() {
+        let mut p = Packet::from_bytes(&nest_to(&[id(1), id(2)], b"x"));
+        p.strip();
+        assert_eq!(p.msg().unwrap().id, id(2));
+        p.set_header(Kind::From, id(7));
+        p.push_header(Kind::To, id(8));
+        p.push_header(Kind::To, id(9));
+        p.push_header(Kind::To, id(10)); // beyond the headroom: reallocates
+        let u = unnest_from(p.bytes(), 10);
+        assert!(u.via.is_empty());
+        let m = p.msg().unwrap();
+        assert_eq!((m.kind, m.id), (Kind::To, id(10)));
+        let mut q = p.clone();
+        for want in [id(10), id(9), id(8)] {
+            assert_eq!(q.msg().unwrap().id, want);
+            q.strip();
+        }
+        let m = q.msg().unwrap();
+        assert_eq!((m.kind, m.id, m.body), (Kind::From, id(7), &b"x"[..]));
+    }
+
+    #[test]
+    fn unnest_replies() {
+        let mut p = Packet::fail(id(4), FailCode::NoRoute, "x");
+        p.push_header(Kind::From, id(2));
+        p.push_header(Kind::From, id(1));
+        let u = unnest_from(p.bytes(), MAX_HOPS);
+        assert_eq!(u.via, vec![id(1), id(2)]);
+        let m = Msg::parse(u.inner).unwrap();
+        assert_eq!(m.kind, Kind::Fail);
+        assert_eq!(m.fail().unwrap(), (FailCode::NoRoute, "x".to_string()));
+        // ε at the end of a chain
+        let mut e = Packet::new(Kind::From, id(5), b"");
+        e.push_header(Kind::From, id(6));
+        let u = unnest_from(e.bytes(), MAX_HOPS);
+        assert_eq!((u.via, u.inner), (vec![id(6), id(5)], &b""[..]));
+    }
+}
