@@ -59,15 +59,11 @@ pub fn describe_fail(at: Option<NodeId>, about: NodeId, code: FailCode, text: &s
     } else {
         about.to_string()
     };
-    let base = match code {
+    match code {
         FailCode::NoRoute => format!("no route to {what} at {at}"),
-        FailCode::IdInUse => format!("{what} is already in use at {at} (does the path revisit a node?)"),
-        c => format!("{} at {at} ({what})", c.describe()),
-    };
-    if text.is_empty() {
-        base
-    } else {
-        format!("{base}: {text}")
+        FailCode::IdInUse => format!("refused at {at}: the path revisits a node ({what} is in use there)"),
+        c if text.is_empty() => format!("{} at {at} ({what})", c.describe()),
+        c => format!("{} at {at} ({what}): {text}", c.describe()),
     }
 }
 

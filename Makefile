@@ -1,0 +1,54 @@
+# r2 — build, install, test. See README.md.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR = $(DESTDIR)$(PREFIX)/bin
+MANDIR = $(DESTDIR)$(PREFIX)/share/man
+CARGO ?= cargo
+MUSL = x86_64-unknown-linux-musl
+
+.PHONY: all build release install uninstall static test check fmt clippy manlint demo bench stress clean
+
+all: release
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+install: release
+	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man7 $(MANDIR)/man8
+	install -m 0755 target/release/r2 $(BINDIR)/r2
+	ln -sf r2 $(BINDIR)/r2d
+	install -m 0644 man/r2.1 $(MANDIR)/man1/r2.1
+	install -m 0644 man/r2.7 $(MANDIR)/man7/r2.7
+	install -m 0644 man/r2d.8 $(MANDIR)/man8/r2d.8
+
+uninstall:
+	rm -f $(BINDIR)/r2 $(BINDIR)/r2d $(MANDIR)/man1/r2.1 $(MANDIR)/man7/r2.7 $(MANDIR)/man8/r2d.8
+
+# A static binary: needs `rustup target add x86_64-unknown-linux-musl`.
+static:
+	$(CARGO) build --release --target $(MUSL)
+	@ls -l target/$(MUSL)/release/r2
+
+test:
+	$(CARGO) test --release
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets --release -- -D warnings
+
+manlint:
+	mandoc -Tlint -Wwarning man/r2.1 man/r2d.8 man/r2.7
+
+check: fmt clippy test manlint
+
+demo: release
+	sh tests/demo.sh target/release/r2
+
+clean:
+	$(CARGO) clean
