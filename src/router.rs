@@ -247,7 +247,8 @@ impl Router {
                 let inner = match Msg::parse(m.body) {
                     Ok(i) if matches!(i.kind, Kind::To | Kind::Fail) => i,
                     _ => {
-                        let mut f = Packet::fail(self.own, FailCode::BadMessage, "a neighbour sends To, Fail or nothing");
+                        let mut f =
+                            Packet::fail(self.own, FailCode::BadMessage, "a neighbour sends To, Fail or nothing");
                         f.push_header(Kind::To, n0);
                         out.push(Action::Send { port, packet: f });
                         return;

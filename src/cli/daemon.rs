@@ -54,11 +54,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("hello-timeout") => a.timers.hello = seconds(&p.value()?.string()?, "--hello-timeout")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
             Value(v) if a.tunnel_cmd.is_none() => a.tunnel_cmd = Some(v.string()?),
-            Value(v) => {
-                return Err(Error::Usage(format!(
-                    "unexpected argument {v:?}: CMD is one argument (quote it)"
-                )))
-            }
+            Value(v) => return Err(Error::Usage(format!("unexpected argument {v:?}: CMD is one argument (quote it)"))),
             _ => return Err(arg.unexpected().into()),
         }
     }

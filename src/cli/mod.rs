@@ -101,9 +101,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(Global, Command)> {
             Ok((g, a))
         }
         "r2" => parse_manager(&mut p),
-        other => Err(Error::Usage(format!(
-            "run as {other:?}: this program runs as r2 (commands: {COMMANDS}) or r2d"
-        ))),
+        other => Err(Error::Usage(format!("run as {other:?}: this program runs as r2 (commands: {COMMANDS}) or r2d"))),
     }
 }
 
@@ -124,9 +122,7 @@ fn parse_manager(p: &mut lexopt::Parser) -> Result<(Global, Command)> {
                     "ping" => ping::parse(p, &mut g)?,
                     "id" => id::parse(p, &mut g)?,
                     "help" => Command::Help(USAGE),
-                    _ => {
-                        return Err(Error::Usage(format!("unknown command {cmd:?} (commands: {COMMANDS})")))
-                    }
+                    _ => return Err(Error::Usage(format!("unknown command {cmd:?} (commands: {COMMANDS})"))),
                 };
                 return Ok((g, c));
             }

@@ -113,12 +113,9 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         }
     }
     let received = rtts.len() as u32;
-    let loss = if sent == 0 { 100 } else { 100 * (sent - received) / sent };
+    let loss = (100 * (sent - received)).checked_div(sent).unwrap_or(100);
     println!("--- {} ping statistics ---", a.path_text);
-    println!(
-        "{sent} probes sent, {received} received, {loss}% loss, time {} ms",
-        start.elapsed().as_millis()
-    );
+    println!("{sent} probes sent, {received} received, {loss}% loss, time {} ms", start.elapsed().as_millis());
     if received > 0 {
         let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
         let max = rtts.iter().copied().fold(0.0, f64::max);

@@ -22,8 +22,7 @@ pub fn random_id(src: &mut impl Read) -> std::io::Result<NodeId> {
 pub fn load_or_create(path: &Path) -> Result<NodeId, String> {
     match fs::read_to_string(path) {
         Ok(s) => {
-            let id = NodeId::parse(s.trim())
-                .map_err(|e| format!("id file {} is corrupt: {e}", path.display()))?;
+            let id = NodeId::parse(s.trim()).map_err(|e| format!("id file {} is corrupt: {e}", path.display()))?;
             if id.is_reserved() {
                 return Err(format!("id file {} holds a reserved id", path.display()));
             }

@@ -204,7 +204,14 @@ impl Daemon {
     }
 
     /// Starts the threads of a port that reads `rfd` and writes `wfd`.
-    fn open_port(&mut self, port: PortId, rfd: OwnedFd, wfd: OwnedFd, client: Option<UnixStream>, label: String) -> std::io::Result<()> {
+    fn open_port(
+        &mut self,
+        port: PortId,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        client: Option<UnixStream>,
+        label: String,
+    ) -> std::io::Result<()> {
         let (waker, wake) = wake_pair()?;
         let (qtx, qrx) = unbounded();
         if let Some(c) = &client {

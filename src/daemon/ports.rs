@@ -43,7 +43,12 @@ pub fn start_reader(port: PortId, fd: OwnedFd, wake: WakeFd, events: Sender<Inpu
 
 /// Writes the port's queue to `fd` until the queue's sender is dropped
 /// (then closes, half-closing a socket) or a write fails.
-pub fn start_writer(port: PortId, fd: OwnedFd, queue: Receiver<crate::wire::Packet>, events: Sender<Input>) -> std::io::Result<()> {
+pub fn start_writer(
+    port: PortId,
+    fd: OwnedFd,
+    queue: Receiver<crate::wire::Packet>,
+    events: Sender<Input>,
+) -> std::io::Result<()> {
     spawn(format!("wr{port}"), move || {
         let mut batch = Vec::with_capacity(BATCH);
         while let Ok(p) = queue.recv() {

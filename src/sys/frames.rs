@@ -139,13 +139,10 @@ impl FrameReader {
     /// The next message; Ok(None) at end-of-file between frames.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
-            match decode_frame(&self.buf[self.start..self.end]).map_err(ReadError::Wire)? {
-                Some((used, msg)) => {
-                    let p = Packet::from_bytes(msg);
-                    self.start += used;
-                    return Ok(Some(p));
-                }
-                None => {}
+            if let Some((used, msg)) = decode_frame(&self.buf[self.start..self.end]).map_err(ReadError::Wire)? {
+                let p = Packet::from_bytes(msg);
+                self.start += used;
+                return Ok(Some(p));
             }
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);

@@ -38,9 +38,14 @@ pub enum Reply {
     /// The link is up: the neighbour said Hello with this id.
     Linked(NodeId),
     /// The link or tunnel has ended; `error` is None for a clean end.
-    Ended { error: Option<String> },
+    Ended {
+        error: Option<String>,
+    },
     /// The endpoint's id, and the daemon's.
-    Endpoint { daemon: NodeId, endpoint: NodeId },
+    Endpoint {
+        daemon: NodeId,
+        endpoint: NodeId,
+    },
     /// The request is refused.
     Error(String),
 }
@@ -196,9 +201,7 @@ impl Reply {
             Reply::Linked(id) => Enc::new(R_LINKED).id(id).done(),
             Reply::Ended { error: None } => Enc::new(R_ENDED).byte(0).done(),
             Reply::Ended { error: Some(s) } => Enc::new(R_ENDED).byte(1).str(s).done(),
-            Reply::Endpoint { daemon, endpoint } => {
-                Enc::new(R_ENDPOINT).id(daemon).id(endpoint).done()
-            }
+            Reply::Endpoint { daemon, endpoint } => Enc::new(R_ENDPOINT).id(daemon).id(endpoint).done(),
             Reply::Error(s) => Enc::new(R_ERROR).str(s).done(),
         }
     }

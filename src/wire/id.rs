@@ -61,9 +61,7 @@ impl NodeId {
         let mut out = [0u8; ID_LEN];
         // Decode into a larger buffer so that an over-long id reports its length.
         let mut buf = [0u8; 64];
-        let n = bs58::decode(s)
-            .onto(&mut buf[..])
-            .map_err(|e| IdError::NotBase58(e.to_string()))?;
+        let n = bs58::decode(s).onto(&mut buf[..]).map_err(|e| IdError::NotBase58(e.to_string()))?;
         if n != ID_LEN {
             return Err(IdError::WrongLength(n));
         }

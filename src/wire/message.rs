@@ -159,10 +159,7 @@ impl<'a> Msg<'a> {
             return Err(WireError::BadHello("not an r2 peer (wrong magic)".into()));
         }
         if b[2] != VERSION {
-            return Err(WireError::BadHello(format!(
-                "protocol version {} (this node speaks {VERSION})",
-                b[2]
-            )));
+            return Err(WireError::BadHello(format!("protocol version {} (this node speaks {VERSION})", b[2])));
         }
         Ok(())
     }

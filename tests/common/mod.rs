@@ -1,0 +1,256 @@
+//! Test harness: real daemons and clients of the built binary, on short
+//! temporary socket paths, each process in its own process group so that
+//! everything a test starts is ended when the test's handles drop.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A generous bound for things that should happen at once.
+pub const SOON: Duration = Duration::from_secs(10);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_r2"))
+}
+
+/// Polls `cond` until it holds, or panics after `limit` naming `what`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > end {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temporary directory under /tmp (short, for socket paths), with `r2`
+/// and `r2d` symlinks in `bin/`; removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/r2t-{}-{tag}{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        symlink(bin(), dir.join("bin/r2")).unwrap();
+        symlink(bin(), dir.join("bin/r2d")).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// PATH with this scratch's bin first, so that `r2` in shell commands
+    /// and socat `exec:` runs the binary under test.
+    pub fn env_path(&self) -> String {
+        format!("{}:{}", self.dir.join("bin").display(), std::env::var("PATH").unwrap_or_default())
+    }
+
+    /// A command run by `sh -c` with this scratch's PATH, in its own
+    /// process group.
+    pub fn sh(&self, script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script).env("PATH", self.env_path()).current_dir(&self.dir).process_group(0);
+        c
+    }
+
+    /// `r2 -s SOCKET ARGS…`, run to completion with a bound.
+    pub fn r2(&self, sock: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new(bin());
+        c.arg("-s").arg(sock).args(args);
+        run_bounded(c, SOON)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command to completion, killing it if it outlives `limit`.
+pub fn run_bounded(mut c: Command, limit: Duration) -> Output {
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let child = c.spawn().expect("spawn");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            kill_group(pid, libc_sig::KILL);
+            panic!("{c:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+pub mod libc_sig {
+    pub const TERM: i32 = 15;
+    pub const KILL: i32 = 9;
+    pub const STOP: i32 = 19;
+    pub const CONT: i32 = 18;
+}
+
+/// Sends a signal to a whole process group (ignoring errors).
+pub fn kill_group(pgid: i32, sig: i32) {
+    let _ =
+        Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{pgid}")).stderr(Stdio::null()).status();
+}
+
+/// Sends a signal to one process.
+pub fn kill_pid(pid: u32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+}
+
+/// A child process, its group killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(mut c: Command, name: &str, stderr: &Path) -> Proc {
+        c.process_group(0);
+        c.stderr(fs::File::create(stderr).unwrap());
+        let child = c.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, with a bound.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > end {
+                panic!("{} did not exit within {limit:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        if self.is_running() {
+            kill_group(pid, libc_sig::TERM);
+            let end = Instant::now() + Duration::from_secs(3);
+            while self.is_running() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        kill_group(pid, libc_sig::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub proc: Proc,
+    pub sock: PathBuf,
+    pub id: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `r2d -s NAME.sock -k NAME.id EXTRA…` and waits until it answers.
+    pub fn start(s: &Scratch, name: &str, extra: &[&str]) -> Daemon {
+        let sock = s.path(&format!("{name}.sock"));
+        let log = s.path(&format!("{name}.log"));
+        let mut c = Command::new(s.path("bin/r2d"));
+        c.arg("-s").arg(&sock).arg("-k").arg(s.path(&format!("{name}.id"))).arg("-v").args(extra);
+        c.env("PATH", s.env_path()).stdin(Stdio::null()).stdout(Stdio::null());
+        let mut proc = Proc::spawn(c, name, &log);
+        let mut id = String::new();
+        wait_for(&format!("daemon {name} to answer"), SOON, || {
+            assert!(proc.is_running(), "daemon {name} died: {}", fs::read_to_string(&log).unwrap_or_default());
+            let out = s.r2(&sock, &["id"]);
+            id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            out.status.success()
+        });
+        Daemon { proc, sock, id, log }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The ids the daemon lists as its neighbours.
+    pub fn neighbours(&self, s: &Scratch) -> Vec<String> {
+        let out = s.r2(&self.sock, &["ls"]);
+        assert!(out.status.success(), "ls: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').next().unwrap_or("").to_string()).collect()
+    }
+
+    /// Waits until the neighbour list is exactly `ids`.
+    pub fn wait_neighbours(&self, s: &Scratch, ids: &[&str], limit: Duration) {
+        let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_for(&format!("{} to list {want:?}", self.proc.name), limit, || {
+            let mut got = self.neighbours(s);
+            got.sort();
+            got == want
+        });
+    }
+}
+
+/// `r2 connect` from daemon `d` over `transport`, in the background.
+pub fn connect(s: &Scratch, d: &Daemon, opts: &[&str], transport: &str, name: &str) -> Proc {
+    let mut c = Command::new(s.path("bin/r2"));
+    c.arg("-s").arg(&d.sock).arg("connect").args(opts).arg(transport);
+    c.env("PATH", s.env_path()).current_dir(&s.dir).stdin(Stdio::null()).stdout(Stdio::null());
+    Proc::spawn(c, name, &s.path(&format!("{name}.err")))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn need(cmd: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status();
+    assert!(ok.map(|s| s.success()).unwrap_or(false), "this test needs `{cmd}` (installed by .ci/run)");
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn exists(p: impl AsRef<OsStr>) -> bool {
+    Path::new(p.as_ref()).exists()
+}
