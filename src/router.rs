@@ -50,6 +50,11 @@ pub enum Event {
     /// A port's reader reached end-of-file (`error: None`), failed, or its
     /// client went away.
     Closed { port: PortId, error: Option<String> },
+    /// The tunnel node sends a tunnel message (the packet holds just it) to
+    /// neighbour `to`.
+    FromTunnel { to: NodeId, packet: Packet },
+    /// The tunnel node cannot serve `to`: it gets `Fail(0, code, text)`.
+    TunnelFail { to: NodeId, code: FailCode, text: String },
     /// Time passed: check timers.
     Tick,
 }
@@ -63,6 +68,11 @@ pub enum Action {
     LinkUp { port: PortId, peer: NodeId },
     /// Close a port after what was queued on it; `error: None` is a clean end.
     Close { port: PortId, error: Option<String> },
+    /// A tunnel message (the packet holds just it) from neighbour `peer`,
+    /// reached through the physical neighbour `via` (None: a local endpoint).
+    Tunnel { peer: NodeId, via: Option<NodeId>, packet: Packet },
+    /// Neighbour `peer` has ended, or ended its tunnel: end its instance.
+    TunnelGone { peer: NodeId },
 }
 
 #[derive(Debug)]
@@ -83,7 +93,8 @@ enum Via {
 #[derive(Debug)]
 struct Node {
     via: Via,
-    /// Neighbours this one has passed traffic with (kept symmetric).
+    /// Neighbours this one has passed traffic with (kept symmetric; the
+    /// tunnel node, which has no entry of its own, is listed one-sided).
     conns: HashSet<NodeId>,
     /// For a physical neighbour: the virtual neighbours it carries.
     carried: HashSet<NodeId>,
@@ -92,6 +103,8 @@ struct Node {
 /// The router of one daemon.
 pub struct Router {
     own: NodeId,
+    /// Whether this node runs a tunnel process (is node 0 there).
+    tunnels: bool,
     timers: Timers,
     now: Millis,
     ports: HashMap<PortId, Port>,
@@ -105,7 +118,13 @@ fn is_quiet(body: &[u8]) -> bool {
 
 impl Router {
     pub fn new(own: NodeId, timers: Timers) -> Router {
-        Router { own, timers, now: 0, ports: HashMap::new(), nodes: HashMap::new() }
+        Router { own, tunnels: false, timers, now: 0, ports: HashMap::new(), nodes: HashMap::new() }
+    }
+
+    /// A router whose node runs a tunnel process.
+    pub fn with_tunnels(mut self) -> Router {
+        self.tunnels = true;
+        self
     }
 
     pub fn own(&self) -> NodeId {
@@ -164,6 +183,13 @@ impl Router {
                 }
             },
             Event::Closed { port, error } => self.close(port, error, out),
+            Event::FromTunnel { to, mut packet } => {
+                if self.nodes.get(&to).is_some_and(|n| n.conns.contains(&NodeId::TUNNEL)) {
+                    packet.push_header(Kind::From, NodeId::TUNNEL);
+                    let _ = self.send_to(to, &mut packet, out);
+                }
+            }
+            Event::TunnelFail { to, code, text } => self.fail(to, NodeId::TUNNEL, code, &text, out),
             Event::Tick => self.tick(out),
         }
     }
@@ -309,10 +335,7 @@ impl Router {
             return;
         }
         if to == NodeId::TUNNEL {
-            if !quiet {
-                self.fail(from, to, FailCode::NoTunnelProcess, "this node runs no tunnel process", out);
-            }
-            return;
+            return self.route_to_tunnel(from, p, out);
         }
         if to.is_reserved() || to == self.own || !self.nodes.contains_key(&to) {
             if !quiet {
@@ -330,6 +353,31 @@ impl Router {
         if self.send_to(to, &mut p, out).is_err() && !quiet {
             self.fail(from, to, FailCode::TooBig, "message over the size cap", out);
         }
+    }
+
+    /// `p` is `To(0, m)` from neighbour `from`: hand the tunnel message `m`
+    /// to the tunnel node, or say why not.
+    fn route_to_tunnel(&mut self, from: NodeId, mut p: Packet, out: &mut Vec<Action>) {
+        let Ok(m) = p.msg() else { return };
+        if m.body.is_empty() {
+            if let Some(n) = self.nodes.get_mut(&from) {
+                if n.conns.remove(&NodeId::TUNNEL) {
+                    out.push(Action::TunnelGone { peer: from });
+                }
+            }
+            return;
+        }
+        if !self.tunnels {
+            return self.fail(from, NodeId::TUNNEL, FailCode::NoTunnelProcess, "", out);
+        }
+        let Some(node) = self.nodes.get_mut(&from) else { return };
+        node.conns.insert(NodeId::TUNNEL);
+        let via = match node.via {
+            Via::Virtual(c) => Some(c),
+            _ => None,
+        };
+        p.strip();
+        out.push(Action::Tunnel { peer: from, via, packet: p });
     }
 
     /// Sends message `p` to neighbour `n`: as it is on n's own port, or as
@@ -391,6 +439,10 @@ impl Router {
             self.end_node(v, out);
         }
         for c in node.conns {
+            if c == NodeId::TUNNEL {
+                out.push(Action::TunnelGone { peer: n });
+                continue;
+            }
             if let Some(cn) = self.nodes.get_mut(&c) {
                 cn.conns.remove(&n);
             }
@@ -462,7 +514,7 @@ impl Router {
     /// Checks the state invariants; the tests and the fuzzer call it.
     pub fn check(&self) -> Result<(), String> {
         for (id, n) in &self.nodes {
-            for c in &n.conns {
+            for c in n.conns.iter().filter(|&&c| c != NodeId::TUNNEL) {
                 let ok = self.nodes.get(c).is_some_and(|cn| cn.conns.contains(id));
                 if !ok {
                     return Err(format!("connection {id} -> {c} is one-sided"));

@@ -1,16 +1,13 @@
 //! `r2 connect [-n NODE] TRANSPORT`: hand a byte stream to the daemon as a
 //! link, and wait until the link ends.
 
+use super::transport::Transport;
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::{Reply, Request};
 use crate::wire::NodeId;
 use lexopt::prelude::*;
 use log::{info, warn};
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
 usage: r2 connect [-n NODE] TRANSPORT
@@ -62,69 +59,30 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
-    let mut child: Option<Child> = None;
-    let req;
-    if a.transport == "-" {
-        req = Request::Connect { expect: a.expect, label: "stdio".into() };
-        control.request(&req, &[0, 1]).map_err(Error::Failed)?;
-        // The daemon holds the fds now; let end-of-file reach the other side
-        // when it closes them.
-        let null = OpenOptions::new().read(true).write(true).open("/dev/null");
-        if let Ok(null) = null {
-            for fd in [0, 1] {
-                // SAFETY: dup2 onto the standard fds, which this process owns;
-                // nothing in Rust holds them as owned objects.
-                unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
-            }
-        }
+    let (mut t, label) = if a.transport == "-" {
+        (Transport::stdio(), "stdio".to_string())
     } else {
-        let mut c = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&a.transport)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Failed(format!("cannot run sh -c {:?}: {e}", a.transport)))?;
-        let (Some(stdin), Some(stdout)) = (c.stdin.take(), c.stdout.take()) else {
-            return Err(Error::Failed("transport pipes missing".into()));
-        };
-        req = Request::Connect { expect: a.expect, label: a.transport.clone() };
-        let sent = control.request(&req, &[stdout.as_raw_fd(), stdin.as_raw_fd()]);
-        drop((stdin, stdout));
-        child = Some(c);
-        if let Err(e) = sent {
-            reap(child);
-            return Err(Error::Failed(e));
-        }
-    }
-    let outcome = loop {
-        match control.reply() {
-            Ok(Some(Reply::Linked(id))) => info!("linked to {id}"),
-            Ok(Some(Reply::Ended { error: None })) => break Ok(0),
-            Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
-            Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
-            Ok(Some(r)) => warn!("unexpected reply {r:?}"),
-            Ok(None) => break Err(Error::Failed(control.gone())),
-            Err(e) => break Err(Error::Failed(e)),
-        }
+        (Transport::command(&a.transport, false)?, a.transport.clone())
     };
-    reap(child);
+    let req = Request::Connect { expect: a.expect, label };
+    let sent = control.request(&req, &t.raw_fds());
+    t.handed_over();
+    let outcome = match sent {
+        Err(e) => Err(Error::Failed(e)),
+        Ok(()) => loop {
+            match control.reply() {
+                Ok(Some(Reply::Linked(id))) => info!("linked to {id}"),
+                Ok(Some(Reply::Ended { error: None })) => break Ok(0),
+                Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
+                Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
+                Ok(Some(r)) => warn!("unexpected reply {r:?}"),
+                Ok(None) => break Err(Error::Failed(control.gone())),
+                Err(e) => break Err(Error::Failed(e)),
+            }
+        },
+    };
+    t.reap();
     outcome
-}
-
-/// Waits a little for the transport to exit on its own (its stdin reached
-/// end-of-file), then ends it.
-fn reap(child: Option<Child>) {
-    let Some(mut c) = child else { return };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
 }
 
 #[cfg(test)]

@@ -7,17 +7,21 @@ use lexopt::prelude::*;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: r2d [-s SOCKET] [-k IDFILE] [-v] [--keepalive SECONDS] [--hello-timeout SECONDS] [CMD]
+usage: r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [--max-tunnels N] [--keepalive SECONDS]
+           [--hello-timeout SECONDS] [CMD]
        r2 daemon [same options]
 
 Runs a node. CMD, if given, is the tunnel process: run with sh -c once for
-each incoming tunnel.
+each incoming tunnel, its stdin and stdout joined to the tunnel, R2_PEER and
+R2_VIA in its environment.
 
   -s, --socket SOCKET         control socket (default: $R2_SOCKET, /run/r2.sock for
                               root, else $XDG_RUNTIME_DIR/r2.sock or /tmp/r2-UID/r2.sock)
   -k, --id-file IDFILE        where the node id is kept (default: named after the socket,
                               in /var/lib/r2 or $XDG_STATE_HOME/r2)
   -v, --verbose               log more (repeat for more)
+  -p, --packet                give CMD packet pipes (O_DIRECT): one write, one message
+      --max-tunnels N         run at most N tunnel processes at once (default 1024)
       --keepalive SECONDS     ping a link silent this long; drop it after 3 (default 2)
       --hello-timeout SECONDS drop a link that has not said Hello (default 5)
 ";
@@ -25,6 +29,8 @@ each incoming tunnel.
 #[derive(Debug, PartialEq)]
 pub struct Args {
     pub id_file: Option<PathBuf>,
+    pub packet: bool,
+    pub max_tunnels: usize,
     pub tunnel_cmd: Option<String>,
     pub timers: Timers,
 }
@@ -44,12 +50,17 @@ pub fn seconds(v: &str, what: &str) -> Result<u64> {
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut a = Args { id_file: None, tunnel_cmd: None, timers: Timers::default() };
+    let mut a = Args { id_file: None, packet: false, max_tunnels: 1024, tunnel_cmd: None, timers: Timers::default() };
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
             Short('k') | Long("id-file") => a.id_file = Some(p.value()?.into()),
+            Short('p') | Long("packet") => a.packet = true,
+            Long("max-tunnels") => {
+                let v = p.value()?.string()?;
+                a.max_tunnels = v.parse().map_err(|_| Error::Usage(format!("--max-tunnels: {v:?} is not a count")))?;
+            }
             Long("keepalive") => a.timers.keepalive = seconds(&p.value()?.string()?, "--keepalive")?,
             Long("hello-timeout") => a.timers.hello = seconds(&p.value()?.string()?, "--hello-timeout")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
@@ -64,7 +75,17 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let socket = g.socket();
     let id_file = a.id_file.unwrap_or_else(|| crate::sys::paths::default_id_file(&socket));
-    let cfg = Config { socket, id_file, tunnel_cmd: a.tunnel_cmd, timers: a.timers };
+    if a.packet && a.tunnel_cmd.is_none() {
+        return Err(Error::Usage("-p needs CMD, the tunnel process".into()));
+    }
+    let cfg = Config {
+        socket,
+        id_file,
+        tunnel_cmd: a.tunnel_cmd,
+        packet: a.packet,
+        max_tunnels: a.max_tunnels,
+        timers: a.timers,
+    };
     crate::daemon::run(cfg).map_err(Error::Failed)?;
     Ok(0)
 }

@@ -1,12 +1,12 @@
 //! `r2 ls [PATH]`: the local daemon's links, or the neighbours of a remote
 //! node asked over the network (the agreed node 1).
 
-use super::path::{describe_end, describe_fail, interpret, Reply as PathReply};
 use super::{daemon::seconds, Command, Error, Global, Result};
 use crate::client::{Control, Received};
 use crate::router::parse_list;
 use crate::wire::control::{Reply, Request};
 use crate::wire::message::nest_to;
+use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::NodeId;
 use lexopt::prelude::*;
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@ mod id;
 mod ls;
 mod path;
 mod ping;
+mod transport;
+mod tunnel;
 
 use lexopt::prelude::*;
 use std::ffi::OsString;
@@ -47,7 +49,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const USAGE: &str = "\
 usage: r2 [-s SOCKET] [-v] COMMAND [ARG...]
-       r2d [-s SOCKET] [-k IDFILE] [-v] [CMD]
+       r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [CMD]
 
 commands:
   daemon [CMD]             run a node (the same as r2d)
@@ -56,6 +58,8 @@ commands:
   ls [PATH]                list the neighbours of this node, or of the node at PATH
   ping [-c N] [-i S] [-W S] PATH
                            measure the round trip along PATH and back
+  tunnel [-p] PATH TRANSPORT
+                           join a program (or - for stdio) to a remote tunnel process
   id                       print this node's id
 
 options:
@@ -68,7 +72,7 @@ See r2(1), r2d(8) and r2(7).
 ";
 
 /// The command names, for messages.
-const COMMANDS: &str = "daemon, connect, ls, ping, id";
+const COMMANDS: &str = "daemon, connect, tunnel, ls, ping, id";
 
 /// The program name a path was run as.
 fn program_name(argv0: &OsString) -> String {
@@ -82,6 +86,7 @@ pub enum Command {
     Version,
     Daemon(daemon::Args),
     Connect(connect::Args),
+    Tunnel(tunnel::Args),
     Ls(ls::Args),
     Ping(ping::Args),
     Id,
@@ -118,6 +123,7 @@ fn parse_manager(p: &mut lexopt::Parser) -> Result<(Global, Command)> {
                 let c = match cmd.as_str() {
                     "daemon" => daemon::parse(p, &mut g)?,
                     "connect" => connect::parse(p, &mut g)?,
+                    "tunnel" => tunnel::parse(p, &mut g)?,
                     "ls" => ls::parse(p, &mut g)?,
                     "ping" => ping::parse(p, &mut g)?,
                     "id" => id::parse(p, &mut g)?,
@@ -168,6 +174,7 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
             init_logger("r2", log::LevelFilter::Warn, g.verbose);
             match cmd {
                 Command::Connect(a) => connect::run(&g, a),
+                Command::Tunnel(a) => tunnel::run(&g, a),
                 Command::Ls(a) => ls::run(&g, a),
                 Command::Ping(a) => ping::run(&g, a),
                 Command::Id => id::run(&g),
@@ -182,6 +189,7 @@ pub fn command_name(cmd: &Command) -> &'static str {
     match cmd {
         Command::Daemon(_) => "r2d",
         Command::Connect(_) => "r2 connect",
+        Command::Tunnel(_) => "r2 tunnel",
         Command::Ls(_) => "r2 ls",
         Command::Ping(_) => "r2 ping",
         Command::Id => "r2 id",

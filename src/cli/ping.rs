@@ -1,9 +1,9 @@
 //! `r2 ping [-c N] [-i S] [-W S] PATH`: route-to-self probes along PATH.
 
-use super::path::{describe_end, describe_fail, interpret, Reply as PathReply};
 use super::{daemon::seconds, Command, Error, Global, Result};
 use crate::client::{Control, Received};
 use crate::wire::message::nest_to;
+use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::NodeId;
 use lexopt::prelude::*;
 use std::time::{Duration, Instant};

@@ -70,6 +70,19 @@ fn serve(mut stream: UnixStream, own: NodeId, events: Sender<Input>) {
             };
             Input::Connect { stream, rfd, wfd, expect, label }
         }
+        Request::Tunnel { path, packet } => {
+            let mut fds = fds.into_iter();
+            let (Some(rfd), Some(wfd)) = (fds.next(), fds.next()) else {
+                let text = "tunnel needs two file descriptors".to_string();
+                let _ = stream.write_all(&Reply::Error(text).encode());
+                return;
+            };
+            if path.is_empty() || path.len() > crate::wire::id::MAX_HOPS || path.iter().any(|h| h.is_reserved()) {
+                let _ = stream.write_all(&Reply::Error("bad path".into()).encode());
+                return;
+            }
+            Input::Tunnel { stream, rfd, wfd, path, packet }
+        }
     };
     let _ = events.send(input);
 }

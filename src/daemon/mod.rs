@@ -3,33 +3,44 @@
 //! ```text
 //! link reader ─┐                               ┌─> link writer (queue per port)
 //! endpoint rd ─┼─> inputs (bounded) ─> router ─┼─> endpoint writer
-//! control     ─┤        + tick                 └─> control reply
+//! tunnel rd/wr ┤        + tick                 ├─> tunnel writer
+//! control     ─┤                               └─> control reply
 //! signals     ─┘
 //! ```
 //!
-//! One event loop owns the router and the table of ports; every fd is owned
-//! by one reader or one writer thread. Closing a port is dropping its queue's
-//! sender (the writer flushes and closes) and its waker (the reader stops).
+//! One event loop owns the router, the table of ports and the tunnel ends;
+//! every fd is owned by one reader or one writer thread. Closing a port is
+//! dropping its queue's sender (the writer flushes and closes) and its
+//! waker (the reader stops).
 
 mod control;
 pub mod identity;
 mod listener;
 mod ports;
 mod signals;
+pub mod tunnel;
 
 use crate::router::{Action, Event, PortId, Router, Timers};
 use crate::sys::frames::{wake_pair, Waker};
 use crate::wire::control::Reply;
-use crate::wire::{NodeId, Packet};
+use crate::wire::message::{Kind, HEADER};
+use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
+use crate::wire::tunnel::{TunnelMsg, DEFAULT_WINDOW};
+use crate::wire::{FailCode, NodeId, Packet};
 use crossbeam_channel::{bounded, select, tick, unbounded, Sender};
 use log::{debug, info, warn};
+use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{send, MsgFlags};
+use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use tunnel::{Key, Side, TunnelEnd};
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -38,22 +49,59 @@ pub struct Config {
     pub id_file: PathBuf,
     /// The tunnel process, run with `sh -c` once per incoming tunnel.
     pub tunnel_cmd: Option<String>,
+    /// Give the tunnel process packet pipes (O_DIRECT).
+    pub packet: bool,
+    /// The most tunnel processes running at once.
+    pub max_tunnels: usize,
     pub timers: Timers,
 }
 
 /// What the event loop is told, by the threads around it.
 pub enum Input {
     Router(Event),
-    Connect { stream: UnixStream, rfd: OwnedFd, wfd: OwnedFd, expect: Option<NodeId>, label: String },
-    Endpoint { stream: UnixStream },
-    List { stream: UnixStream },
-    Signal(nix::sys::signal::Signal),
+    Connect {
+        stream: UnixStream,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        expect: Option<NodeId>,
+        label: String,
+    },
+    Endpoint {
+        stream: UnixStream,
+    },
+    Tunnel {
+        stream: UnixStream,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        path: Vec<NodeId>,
+        packet: bool,
+    },
+    List {
+        stream: UnixStream,
+    },
+    /// A read of a tunnel program's output; None at its end.
+    TunnelRead {
+        key: Key,
+        packet: Option<Packet>,
+    },
+    /// `n` bytes were written to a tunnel program.
+    TunnelWritten {
+        key: Key,
+        n: usize,
+    },
+    /// A tunnel program's input is closed (or failed).
+    TunnelWriterDone {
+        key: Key,
+        error: Option<String>,
+    },
+    Signal(Signal),
 }
 
-/// A port's side of the loop: its queue, its reader's waker and, for links
-/// made by `r2 connect`, the client to report to.
+/// A port's side of the loop: its queue (none for a tunnel's endpoint,
+/// which the loop serves itself), its threads' waker and, for ports made by
+/// `r2 connect` and `r2 tunnel`, the client to report to.
 struct PortIo {
-    queue: Sender<Packet>,
+    queue: Option<Sender<Packet>>,
     _waker: Waker,
     client: Option<UnixStream>,
     label: String,
@@ -63,14 +111,14 @@ struct PortIo {
 const INPUT_QUEUE: usize = 1024;
 /// How often timers are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a tunnel process has between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs the daemon until a signal ends it.
 pub fn run(cfg: Config) -> Result<(), String> {
     signals::block()?;
+    raise_fd_limit();
     let own = identity::load_or_create(&cfg.id_file)?;
-    if cfg.tunnel_cmd.is_some() {
-        info!("tunnel process: {}", cfg.tunnel_cmd.as_deref().unwrap_or(""));
-    }
     if let Some(dir) = cfg.socket.parent() {
         if dir == crate::sys::paths::private_tmp_dir(nix::unistd::geteuid()) {
             crate::sys::paths::ensure_private_dir(dir)?;
@@ -102,9 +150,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     info!("node {own} listening on {}", cfg.socket.display());
+    if let Some(cmd) = &cfg.tunnel_cmd {
+        info!("tunnel process: {cmd}{}", if cfg.packet { " (packet pipes)" } else { "" });
+    }
+    let mut router = Router::new(own, cfg.timers);
+    if cfg.tunnel_cmd.is_some() {
+        router = router.with_tunnels();
+    }
     let mut d = Daemon {
-        router: Router::new(own, cfg.timers),
+        router,
+        cfg,
         ports: HashMap::new(),
+        tunnels: HashMap::new(),
+        reaping: Vec::new(),
         next_port: 0,
         start: Instant::now(),
         urandom: File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
@@ -115,6 +173,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     loop {
         select! {
             recv(rx) -> input => match input {
+                Ok(Input::Signal(Signal::SIGCHLD)) => d.reap(),
                 Ok(Input::Signal(sig)) => {
                     info!("{sig}: shutting down");
                     break;
@@ -122,7 +181,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 Ok(input) => d.on_input(input),
                 Err(_) => break,
             },
-            recv(ticker) -> _ => d.router_event(Event::Tick),
+            recv(ticker) -> _ => {
+                d.router_event(Event::Tick);
+                d.reap();
+            }
         }
     }
     d.shutdown();
@@ -130,9 +192,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Many tunnels need many fds: raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 struct Daemon {
     router: Router,
+    cfg: Config,
     ports: HashMap<PortId, PortIo>,
+    tunnels: HashMap<Key, TunnelEnd>,
+    /// Tunnel processes told to end, with when to stop asking nicely.
+    reaping: Vec<(Child, Instant)>,
     next_port: PortId,
     start: Instant,
     urandom: File,
@@ -147,6 +223,15 @@ fn reply(stream: &UnixStream, r: &Reply) {
     match send(stream.as_raw_fd(), &bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
         Ok(n) if n == bytes.len() => {}
         Ok(_) | Err(_) => debug!("a control client missed a reply"),
+    }
+}
+
+/// An exit status as one byte, as a shell reports it.
+fn status_byte(s: std::process::ExitStatus) -> u8 {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 255,
     }
 }
 
@@ -176,10 +261,7 @@ impl Daemon {
                 self.router_event(Event::LinkOpened { port, expect });
             }
             Input::Endpoint { stream } => {
-                let id = match identity::random_id(&mut self.urandom) {
-                    Ok(id) => id,
-                    Err(e) => return warn!("no randomness for an endpoint id: {e}"),
-                };
+                let Some(id) = self.fresh_id() else { return };
                 let fds = stream.try_clone().and_then(|a| Ok((OwnedFd::from(a), OwnedFd::from(stream.try_clone()?))));
                 let (rfd, wfd) = match fds {
                     Ok(f) => f,
@@ -194,7 +276,34 @@ impl Daemon {
                 debug!("endpoint {id} on port {port}");
                 self.router_event(Event::EndpointOpened { port, id });
             }
+            Input::Tunnel { stream, rfd, wfd, path, packet } => self.open_tunnel(stream, rfd, wfd, path, packet),
+            Input::TunnelRead { key, packet } => self.tunnel_read(key, packet),
+            Input::TunnelWritten { key, n } => {
+                if let Some(g) = self.tunnels.get_mut(&key).and_then(|t| t.flow.written(n)) {
+                    self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
+                }
+            }
+            Input::TunnelWriterDone { key, error } => {
+                if let Some(t) = self.tunnels.get_mut(&key) {
+                    t.writer_done = true;
+                    if let Some(e) = error {
+                        debug!("tunnel {key:?}: its program's input: {e}");
+                        t.output_failed = true;
+                    }
+                }
+                self.tunnel_check_done(key);
+            }
             Input::Signal(_) => {}
+        }
+    }
+
+    fn fresh_id(&mut self) -> Option<NodeId> {
+        match identity::random_id(&mut self.urandom) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!("no randomness for an endpoint id: {e}");
+                None
+            }
         }
     }
 
@@ -220,12 +329,14 @@ impl Daemon {
         }
         ports::start_writer(port, wfd, qrx, self.inputs.clone())?;
         ports::start_reader(port, rfd, wake, self.inputs.clone())?;
-        self.ports.insert(port, PortIo { queue: qtx, _waker: waker, client, label });
+        self.ports.insert(port, PortIo { queue: Some(qtx), _waker: waker, client, label });
         Ok(())
     }
 
     fn router_event(&mut self, ev: Event) {
         let now = self.now();
+        // Acting may feed the router again (tunnel ends do): each call
+        // works on a vector of its own, reused when it is the outermost.
         let mut actions = std::mem::take(&mut self.actions);
         self.router.handle(now, ev, &mut actions);
         for a in actions.drain(..) {
@@ -236,27 +347,297 @@ impl Daemon {
 
     fn act(&mut self, a: Action) {
         match a {
-            Action::Send { port, packet } => {
-                if let Some(p) = self.ports.get(&port) {
-                    let _ = p.queue.send(packet);
+            Action::Send { port, packet } => match self.ports.get(&port) {
+                Some(PortIo { queue: Some(q), .. }) => {
+                    let _ = q.send(packet);
                 }
-            }
+                Some(PortIo { queue: None, .. }) => self.tunnel_client_receive(port, packet),
+                None => {}
+            },
             Action::LinkUp { port, peer } => {
                 if let Some(c) = self.ports.get(&port).and_then(|p| p.client.as_ref()) {
                     reply(c, &Reply::Linked(peer));
                 }
             }
             Action::Close { port, error } => {
+                let end = self.tunnels.remove(&Key::Client(port));
                 if let Some(p) = self.ports.remove(&port) {
                     if let Some(c) = &p.client {
-                        reply(c, &Reply::Ended { error });
+                        match (end.as_ref().and_then(|t| t.exit), &error) {
+                            (Some(status), None) => reply(c, &Reply::Exit(status)),
+                            _ => reply(c, &Reply::Ended { error }),
+                        }
                     }
+                }
+            }
+            Action::Tunnel { peer, via, packet } => self.tunnel_server_receive(peer, via, packet),
+            Action::TunnelGone { peer } => {
+                if let Some(t) = self.tunnels.remove(&Key::Server(peer)) {
+                    debug!("tunnel for {peer} ended");
+                    self.end_instance(t);
                 }
             }
         }
     }
 
-    /// Ends every port: clients are told, links and endpoints are closed.
+    // --- the caller's side of tunnels ---------------------------------
+
+    fn open_tunnel(&mut self, stream: UnixStream, rfd: OwnedFd, wfd: OwnedFd, path: Vec<NodeId>, packet: bool) {
+        let Some(id) = self.fresh_id() else { return };
+        let port = self.new_port();
+        let key = Key::Client(port);
+        let headroom = (path.len() + 1) * HEADER;
+        let side = Side::Client { port, path: path.clone() };
+        let started =
+            TunnelEnd::start(key, side, rfd, wfd, headroom, packet, DEFAULT_WINDOW, &self.inputs).and_then(|end| {
+                let (waker, wake) = wake_pair()?;
+                ports::start_watcher(port, OwnedFd::from(stream.try_clone()?), wake, self.inputs.clone())?;
+                Ok((end, waker))
+            });
+        let (end, waker) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                reply(&stream, &Reply::Ended { error: Some(format!("cannot start the tunnel: {e}")) });
+                return;
+            }
+        };
+        debug!("tunnel {id} on port {port} to {path:?}");
+        self.tunnels.insert(key, end);
+        self.ports.insert(port, PortIo { queue: None, _waker: waker, client: Some(stream), label: String::new() });
+        self.router_event(Event::EndpointOpened { port, id });
+        self.tunnel_send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode());
+    }
+
+    /// A message from the router to a tunnel's endpoint: what came back
+    /// along its path.
+    fn tunnel_client_receive(&mut self, port: PortId, mut packet: Packet) {
+        let key = Key::Client(port);
+        let own = self.router.own();
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        let Side::Client { path, .. } = &t.side else { return };
+        let (offset, msg) = match interpret(packet.bytes(), path, NodeId::TUNNEL) {
+            PathReply::Answer(inner) => match TunnelMsg::decode(inner) {
+                Ok(m) => (packet.len() - inner.len(), owned(m)),
+                Err(e) => return debug!("tunnel {key:?}: {e}"),
+            },
+            PathReply::Fail { at, about, code, text } => {
+                let why = describe_fail(at, about, code, &text, own);
+                return self.router_event(Event::Closed { port, error: Some(why) });
+            }
+            PathReply::Ended { at } => {
+                let why = describe_end(at, own);
+                return self.router_event(Event::Closed { port, error: Some(why) });
+            }
+            PathReply::Other => return,
+        };
+        match msg {
+            Owned::Data(n) => {
+                if t.flow.received(n).is_err() {
+                    let why = "the tunnel process's side sent beyond its credit".to_string();
+                    return self.router_event(Event::Closed { port, error: Some(why) });
+                }
+                packet.advance(offset + 1);
+                if !t.write(packet) {
+                    if let Some(g) = t.flow.written(n) {
+                        self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
+                    }
+                }
+            }
+            Owned::Eof => t.close_output(),
+            Owned::Credit(n) => t.add_credit(n),
+            Owned::Exit(s) => t.exit = Some(s),
+            Owned::Open => {}
+        }
+        self.tunnel_check_done(key);
+    }
+
+    /// The caller's side is done when the far side has exited and all its
+    /// output is written out.
+    fn tunnel_check_done(&mut self, key: Key) {
+        let Key::Client(port) = key else { return self.server_maybe_exit(key) };
+        let done = self.tunnels.get(&key).is_some_and(|t| t.exit.is_some() && t.got_eof && t.writer_done);
+        if done {
+            self.router_event(Event::Closed { port, error: None });
+        }
+    }
+
+    /// Sends a tunnel message from the end `key` to its peer.
+    fn tunnel_send(&mut self, key: Key, msg: &[u8]) {
+        let mut p = Packet::from_parts(msg.to_vec(), 0);
+        self.tunnel_send_packet(key, &mut p);
+    }
+
+    fn tunnel_send_packet(&mut self, key: Key, p: &mut Packet) {
+        let Some(t) = self.tunnels.get(&key) else { return };
+        let p = std::mem::replace(p, Packet::from_parts(Vec::new(), 0));
+        match &t.side {
+            Side::Client { port, path } => {
+                let mut p = p;
+                p.push_header(Kind::To, NodeId::TUNNEL);
+                for h in path.iter().rev() {
+                    p.push_header(Kind::To, *h);
+                }
+                let port = *port;
+                self.router_event(Event::Received { port, packet: p });
+            }
+            Side::Server { peer, .. } => {
+                let to = *peer;
+                self.router_event(Event::FromTunnel { to, packet: p });
+            }
+        }
+    }
+
+    /// A read of a tunnel program's output (None: its end).
+    fn tunnel_read(&mut self, key: Key, packet: Option<Packet>) {
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        match packet {
+            Some(mut p) => self.tunnel_send_packet(key, &mut p),
+            None => {
+                t.sent_eof = true;
+                self.tunnel_send(key, &TunnelMsg::Eof.encode());
+                self.server_maybe_exit(key);
+            }
+        }
+    }
+
+    // --- the far side: instances of the tunnel process -----------------
+
+    fn tunnel_server_receive(&mut self, peer: NodeId, via: Option<NodeId>, mut packet: Packet) {
+        let key = Key::Server(peer);
+        let msg = match TunnelMsg::decode(packet.bytes()) {
+            Ok(m) => owned(m),
+            Err(e) => {
+                let text = e.to_string();
+                return self.router_event(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text });
+            }
+        };
+        if let Owned::Open = msg {
+            return self.start_instance(peer, via, &packet);
+        }
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        match msg {
+            Owned::Data(n) => {
+                if t.flow.received(n).is_err() {
+                    warn!("tunnel for {peer}: data beyond credit; ending it");
+                    let text = "data beyond credit".to_string();
+                    if let Some(t) = self.tunnels.remove(&key) {
+                        self.end_instance(t);
+                    }
+                    return self.router_event(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
+                }
+                packet.advance(1);
+                if !t.write(packet) {
+                    if let Some(g) = t.flow.written(n) {
+                        self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
+                    }
+                }
+            }
+            Owned::Eof => t.close_output(),
+            Owned::Credit(n) => t.add_credit(n),
+            Owned::Exit(_) | Owned::Open => {}
+        }
+    }
+
+    fn start_instance(&mut self, peer: NodeId, via: Option<NodeId>, open: &Packet) {
+        let key = Key::Server(peer);
+        if self.tunnels.contains_key(&key) {
+            return; // one instance per neighbour, ever
+        }
+        let Some(cmd) = self.cfg.tunnel_cmd.clone() else { return };
+        let window = match TunnelMsg::decode(open.bytes()) {
+            Ok(TunnelMsg::Open { window }) => window,
+            _ => return,
+        };
+        let running = self.tunnels.keys().filter(|k| matches!(k, Key::Server(_))).count();
+        if running >= self.cfg.max_tunnels {
+            let text = format!("{} tunnels already", self.cfg.max_tunnels);
+            warn!("tunnel for {peer} refused: {text}");
+            return self.router_event(Event::TunnelFail { to: peer, code: FailCode::TooManyTunnels, text });
+        }
+        match self.spawn_instance(key, peer, via, &cmd) {
+            Ok(end) => {
+                info!("tunnel for {peer}: started {cmd:?}");
+                end.add_credit(window);
+                self.tunnels.insert(key, end);
+                self.tunnel_send(key, &TunnelMsg::Credit(DEFAULT_WINDOW).encode());
+            }
+            Err(e) => {
+                warn!("tunnel for {peer}: cannot start {cmd:?}: {e}");
+                let text = format!("cannot start the tunnel process: {e}");
+                self.router_event(Event::TunnelFail { to: peer, code: FailCode::Refused, text });
+            }
+        }
+    }
+
+    fn spawn_instance(&mut self, key: Key, peer: NodeId, via: Option<NodeId>, cmd: &str) -> std::io::Result<TunnelEnd> {
+        let (in_r, in_w) = pipe(self.cfg.packet)?;
+        let (out_r, out_w) = pipe(self.cfg.packet)?;
+        let side = Side::Server { peer, child: None };
+        let mut end =
+            TunnelEnd::start(key, side, out_r, in_w, 2 * HEADER, self.cfg.packet, DEFAULT_WINDOW, &self.inputs)?;
+        // If this fails, dropping `end` stops its threads.
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("R2_PEER", peer.to_string())
+            .env("R2_VIA", via.map(|v| v.to_string()).unwrap_or_default())
+            .stdin(Stdio::from(in_r))
+            .stdout(Stdio::from(out_w))
+            .process_group(0)
+            .spawn()?;
+        end.side = Side::Server { peer, child: Some(child) };
+        Ok(end)
+    }
+
+    /// Sends Exit once the instance has exited and its output has ended.
+    fn server_maybe_exit(&mut self, key: Key) {
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        if let (Side::Server { .. }, true, Some(s), false) = (&t.side, t.sent_eof, t.exit, t.exit_sent) {
+            t.exit_sent = true;
+            self.tunnel_send(key, &TunnelMsg::Exit(s).encode());
+        }
+    }
+
+    /// Ends an instance: its pipes close, its process group gets SIGTERM,
+    /// and it is reaped (SIGKILL if it lingers).
+    fn end_instance(&mut self, t: TunnelEnd) {
+        if let Side::Server { child: Some(c), .. } = t.side {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            self.reaping.push((c, Instant::now() + KILL_GRACE));
+        }
+    }
+
+    /// Collects exited tunnel processes (on SIGCHLD and every tick).
+    fn reap(&mut self) {
+        let mut exited = Vec::new();
+        for (key, t) in self.tunnels.iter_mut() {
+            if let Side::Server { child: Some(c), peer } = &mut t.side {
+                if let Ok(Some(status)) = c.try_wait() {
+                    info!("tunnel for {peer}: process exited ({status})");
+                    t.exit = Some(status_byte(status));
+                    if let Side::Server { child, .. } = &mut t.side {
+                        *child = None;
+                    }
+                    exited.push(*key);
+                }
+            }
+        }
+        for key in exited {
+            self.server_maybe_exit(key);
+        }
+        let now = Instant::now();
+        self.reaping.retain_mut(|(c, deadline)| match c.try_wait() {
+            Ok(Some(_)) | Err(_) => false,
+            Ok(None) => {
+                if now > *deadline {
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                }
+                true
+            }
+        });
+    }
+
+    /// Ends every port and tunnel: clients are told, children reaped.
     fn shutdown(&mut self) {
         let error = Some("the daemon is shutting down".to_string());
         for (_, p) in self.ports.drain() {
@@ -264,5 +645,50 @@ impl Daemon {
                 reply(c, &Reply::Ended { error: error.clone() });
             }
         }
+        let ends: Vec<TunnelEnd> = self.tunnels.drain().map(|(_, t)| t).collect();
+        for t in ends {
+            self.end_instance(t);
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while !self.reaping.is_empty() {
+            if Instant::now() > deadline {
+                for (c, _) in &mut self.reaping {
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                    let _ = c.wait();
+                }
+                break;
+            }
+            self.reaping.retain_mut(|(c, _)| matches!(c.try_wait(), Ok(None)));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A pipe, close-on-exec, packet mode if asked.
+fn pipe(packet: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let mut flags = OFlag::O_CLOEXEC;
+    if packet {
+        flags |= OFlag::O_DIRECT;
+    }
+    Ok(nix::unistd::pipe2(flags)?)
+}
+
+/// A tunnel message without its borrowed data (only the data's size).
+enum Owned {
+    Open,
+    Data(usize),
+    Eof,
+    Credit(u32),
+    Exit(u8),
+}
+
+fn owned(m: TunnelMsg<'_>) -> Owned {
+    match m {
+        TunnelMsg::Open { .. } => Owned::Open,
+        TunnelMsg::Data(d) => Owned::Data(d.len()),
+        TunnelMsg::Eof => Owned::Eof,
+        TunnelMsg::Credit(n) => Owned::Credit(n),
+        TunnelMsg::Exit(s) => Owned::Exit(s),
     }
 }

@@ -2,9 +2,10 @@
 
 use nix::sys::signal::{SigSet, Signal};
 
-/// The signals the daemon takes: the ones that end it.
+/// The signals the daemon takes: the ones that end it, and SIGCHLD.
 pub fn set() -> SigSet {
     let mut s = SigSet::empty();
+    s.add(Signal::SIGCHLD);
     s.add(Signal::SIGINT);
     s.add(Signal::SIGTERM);
     s.add(Signal::SIGHUP);

@@ -15,6 +15,8 @@ struct Net {
     inbox: HashMap<(usize, PortId), Vec<Packet>>,
     closed: Vec<(usize, PortId, Option<String>)>,
     ups: Vec<(usize, NodeId)>,
+    tunnel_msgs: Vec<(usize, NodeId, Option<NodeId>, Vec<u8>)>,
+    tunnels_gone: Vec<(usize, NodeId)>,
     queue: VecDeque<(usize, Event)>,
     next_port: PortId,
     now: Millis,
@@ -28,6 +30,8 @@ impl Net {
             inbox: HashMap::new(),
             closed: Vec::new(),
             ups: Vec::new(),
+            tunnel_msgs: Vec::new(),
+            tunnels_gone: Vec::new(),
             queue: VecDeque::new(),
             next_port: 100,
             now: 1_000,
@@ -95,6 +99,10 @@ impl Net {
                         }
                     }
                     Action::LinkUp { peer, .. } => self.ups.push((r, peer)),
+                    Action::Tunnel { peer, via, packet } => {
+                        self.tunnel_msgs.push((r, peer, via, packet.bytes().to_vec()))
+                    }
+                    Action::TunnelGone { peer } => self.tunnels_gone.push((r, peer)),
                     Action::Close { port, error } => {
                         if let Some(far) = self.wires.remove(&(r, port)) {
                             self.wires.remove(&far);
@@ -358,4 +366,44 @@ fn eps_and_fail_get_no_fail() {
     net.send(1, pb, &to_msg(id(77), b""));
     net.send(1, pb, Packet::new(Kind::To, id(77), Packet::fail(id(1), FailCode::NoRoute, "").bytes()).bytes());
     assert!(net.take(1, pb).is_empty());
+}
+
+#[test]
+fn tunnel_messages_reach_node_0_and_come_back() {
+    let (mut net, links) = chain(3);
+    net.routers[2] = Router::new(id(3), Timers::default()).with_tunnels();
+    // relink 2-3 with the new router 3
+    net.cut(1, links[1].0);
+    net.link(1, 2);
+    let x = id(99);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(3), NodeId::TUNNEL], b"\x01open"));
+    assert_eq!(net.tunnel_msgs, vec![(2, x, Some(id(2)), b"\x01open".to_vec())]);
+    // node 0 answers
+    net.queue.push_back((2, Event::FromTunnel { to: x, packet: Packet::from_bytes(b"\x04credit") }));
+    net.run();
+    assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), id(3), NodeId::TUNNEL], b"\x04credit")]);
+    // the endpoint ends: the instance is told
+    net.cut(0, ep);
+    assert_eq!(net.tunnels_gone, vec![(2, x)]);
+    assert_eq!(net.routers[2].held(), (1, 1));
+    // and without a tunnel process, the caller is told at once
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), NodeId::TUNNEL], b"\x01open"));
+    expect_fail(&net.take(0, ep)[0], &[id(2)], NodeId::TUNNEL, FailCode::NoTunnelProcess);
+}
+
+#[test]
+fn a_broken_path_ends_the_instance() {
+    let mut net = Net::new(3);
+    net.routers[2] = Router::new(id(3), Timers::default()).with_tunnels();
+    let _ab = net.link(0, 1);
+    let (bc, _) = net.link(1, 2);
+    let x = id(98);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(3), NodeId::TUNNEL], b"\x01open"));
+    net.cut(1, bc);
+    assert_eq!(net.tunnels_gone, vec![(2, x)]);
+    assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), id(3)], b"")]);
+    assert_eq!(net.routers[2].held(), (0, 0));
 }

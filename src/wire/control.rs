@@ -28,6 +28,10 @@ pub enum Request {
     Connect { expect: Option<NodeId>, label: String },
     /// Host an endpoint for this connection: it speaks link frames.
     Endpoint,
+    /// Join the program on the two passed fds (read its output, write its
+    /// input) to the tunnel process of the node at the end of `path`.
+    /// `packet`: the fds are packet pipes.
+    Tunnel { path: Vec<NodeId>, packet: bool },
 }
 
 /// What the daemon answers.
@@ -48,6 +52,8 @@ pub enum Reply {
     },
     /// The request is refused.
     Error(String),
+    /// The tunnel has ended normally: the far tunnel process's exit status.
+    Exit(u8),
 }
 
 /// A control frame that does not decode.
@@ -129,6 +135,7 @@ const T_ID: u8 = 1;
 const T_LIST: u8 = 2;
 const T_CONNECT: u8 = 3;
 const T_ENDPOINT: u8 = 4;
+const T_TUNNEL: u8 = 5;
 
 const R_ID: u8 = 0x81;
 const R_LIST: u8 = 0x82;
@@ -136,6 +143,7 @@ const R_LINKED: u8 = 0x83;
 const R_ENDED: u8 = 0x84;
 const R_ENDPOINT: u8 = 0x85;
 const R_ERROR: u8 = 0x86;
+const R_EXIT: u8 = 0x87;
 
 /// The length of the control frame whose 4-byte prefix is `prefix`.
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ControlError> {
@@ -161,6 +169,13 @@ impl Request {
                 };
                 e.str(label).done()
             }
+            Request::Tunnel { path, packet } => {
+                let mut e = Enc::new(T_TUNNEL).byte(*packet as u8).byte(path.len() as u8);
+                for id in path {
+                    e = e.id(id);
+                }
+                e.done()
+            }
         }
     }
 
@@ -178,6 +193,12 @@ impl Request {
                     x => return Err(ControlError(format!("flag {x}"))),
                 };
                 Request::Connect { expect, label: d.str()? }
+            }
+            T_TUNNEL => {
+                let packet = d.byte()? != 0;
+                let n = d.byte()? as usize;
+                let path = (0..n).map(|_| d.id()).collect::<Result<Vec<_>, _>>()?;
+                Request::Tunnel { path, packet }
             }
             t => return Err(ControlError(format!("unknown request {t}"))),
         };
@@ -203,6 +224,7 @@ impl Reply {
             Reply::Ended { error: Some(s) } => Enc::new(R_ENDED).byte(1).str(s).done(),
             Reply::Endpoint { daemon, endpoint } => Enc::new(R_ENDPOINT).id(daemon).id(endpoint).done(),
             Reply::Error(s) => Enc::new(R_ERROR).str(s).done(),
+            Reply::Exit(s) => Enc::new(R_EXIT).byte(*s).done(),
         }
     }
 
@@ -225,6 +247,7 @@ impl Reply {
             },
             R_ENDPOINT => Reply::Endpoint { daemon: d.id()?, endpoint: d.id()? },
             R_ERROR => Reply::Error(d.str()?),
+            R_EXIT => Reply::Exit(d.byte()?),
             t => return Err(ControlError(format!("unknown reply {t}"))),
         };
         d.end()?;
@@ -245,6 +268,8 @@ mod tests {
             Request::Endpoint,
             Request::Connect { expect: None, label: "stdio".into() },
             Request::Connect { expect: Some(a), label: "socat tcp:x:1 -".into() },
+            Request::Tunnel { path: vec![a, a], packet: true },
+            Request::Tunnel { path: vec![a], packet: false },
         ];
         for r in reqs {
             let f = r.encode();
@@ -261,6 +286,7 @@ mod tests {
             Reply::Ended { error: Some("refused".into()) },
             Reply::Endpoint { daemon: a, endpoint: NodeId([1; 32]) },
             Reply::Error("no".into()),
+            Reply::Exit(130),
         ];
         for r in replies {
             let f = r.encode();

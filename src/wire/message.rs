@@ -19,9 +19,9 @@ pub const HEADER: usize = 1 + ID_LEN;
 pub const LEN_PREFIX: usize = 4;
 /// The most data one message carries.
 pub const MAX_DATA: usize = 64 * 1024;
-/// The largest message: the data plus a header for each hop, the tunnel
-/// node and one spare layer.
-pub const MAX_MESSAGE: usize = MAX_DATA + HEADER * (MAX_HOPS + 2);
+/// The largest message: the data, a tunnel message's tag, and a header for
+/// each hop, the tunnel node and one spare layer.
+pub const MAX_MESSAGE: usize = MAX_DATA + 1 + HEADER * (MAX_HOPS + 2);
 /// Room kept in front of a received message for headers added on the way.
 pub const HEADROOM: usize = 2 * HEADER;
 
@@ -221,6 +221,17 @@ impl Packet {
         buf.extend_from_slice(&id.0);
         buf.extend_from_slice(body);
         Packet { buf, start: HEADROOM }
+    }
+
+    /// A packet from a buffer whose message starts at `start`.
+    pub fn from_parts(buf: Vec<u8>, start: usize) -> Packet {
+        let start = start.min(buf.len());
+        Packet { buf, start }
+    }
+
+    /// Drops the first `n` bytes of the message.
+    pub fn advance(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
     }
 
     /// `Hello(own)`.

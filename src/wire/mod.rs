@@ -5,6 +5,8 @@
 pub mod control;
 pub mod id;
 pub mod message;
+pub mod path;
+pub mod tunnel;
 
 pub use id::NodeId;
 pub use message::{FailCode, Packet};

@@ -1,0 +1,86 @@
+//! The programs `r2 connect` and `r2 tunnel` hand to the daemon: a command
+//! run with `sh -c` as the invoking user, or this process's own stdio.
+
+use super::{Error, Result};
+use nix::fcntl::OFlag;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fds the daemon will read from and write to, and the child behind
+/// them (None for stdio).
+pub struct Transport {
+    pub child: Option<Child>,
+    /// Kept open until the daemon has its own copies.
+    fds: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Transport {
+    /// Starts `sh -c CMD` with its stdin and stdout on pipes (packet pipes
+    /// with `packet`); stderr is shared with this process.
+    pub fn command(cmd: &str, packet: bool) -> Result<Transport> {
+        let pipe = || {
+            let mut flags = OFlag::O_CLOEXEC;
+            if packet {
+                flags |= OFlag::O_DIRECT;
+            }
+            nix::unistd::pipe2(flags).map_err(|e| Error::Failed(format!("pipe: {e}")))
+        };
+        let (to_child_r, to_child_w) = pipe()?;
+        let (from_child_r, from_child_w) = pipe()?;
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::from(to_child_r))
+            .stdout(Stdio::from(from_child_w))
+            .spawn()
+            .map_err(|e| Error::Failed(format!("cannot run sh -c {cmd:?}: {e}")))?;
+        Ok(Transport { child: Some(child), fds: Some((from_child_r, to_child_w)) })
+    }
+
+    /// This process's stdin and stdout.
+    pub fn stdio() -> Transport {
+        Transport { child: None, fds: None }
+    }
+
+    /// The (read, write) fds to pass.
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        match &self.fds {
+            Some((r, w)) => [r.as_raw_fd(), w.as_raw_fd()],
+            None => [0, 1],
+        }
+    }
+
+    /// Once the daemon holds the fds: close ours, so that end-of-file
+    /// reaches the program when the daemon closes its copies. For stdio,
+    /// 0 and 1 become /dev/null.
+    pub fn handed_over(&mut self) {
+        if self.fds.take().is_some() {
+            return;
+        }
+        if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+            for fd in [0, 1] {
+                // SAFETY: dup2 onto the standard fds, which no Rust object
+                // in this process owns.
+                unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+
+    /// Waits a little for the program to exit on its own (its input has
+    /// reached end-of-file), then ends it.
+    pub fn reap(&mut self) {
+        self.fds = None;
+        let Some(c) = &mut self.child else { return };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -1,0 +1,273 @@
+//! Tunnel ends: a program's stdio joined to a tunnel, on either side.
+//!
+//! The caller's side (`r2 tunnel`) is an endpoint whose messages travel
+//! along a path to node 0 of a far daemon; the far side is that daemon's
+//! instance of its tunnel process. Both sides are the same machine: a reader
+//! thread turns each read of the program's output into one Data message,
+//! as far as the peer's credit allows; a writer thread writes each Data
+//! message with one write and reports it, and credit is granted back as
+//! data is written out (r2.7, "Flow control").
+
+use super::Input;
+use crate::router::PortId;
+use crate::sys::frames::{read_some, write_all, ReadError, WakeFd, Waker};
+use crate::wire::message::MAX_DATA;
+use crate::wire::tunnel::DATA;
+use crate::wire::{NodeId, Packet};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Child;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// The size of one packet in packet mode (pipe(7): PIPE_BUF).
+pub const PACKET: usize = 4096;
+
+/// Names a tunnel end: the caller's by its endpoint's port, the far side's
+/// by the caller's endpoint id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Client(PortId),
+    Server(NodeId),
+}
+
+/// The receiving half of flow control: how much the peer may still send,
+/// and when to grant more. Pure.
+#[derive(Debug)]
+pub struct Flow {
+    window: u64,
+    peer_credit: u64,
+    unacked: u64,
+}
+
+/// The peer sent more than it was granted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverCredit;
+
+impl Flow {
+    /// The peer starts with `window` bytes of credit.
+    pub fn new(window: u32) -> Flow {
+        Flow { window: window as u64, peer_credit: window as u64, unacked: 0 }
+    }
+
+    /// `n` bytes of data arrived.
+    pub fn received(&mut self, n: usize) -> Result<(), OverCredit> {
+        self.peer_credit = self.peer_credit.checked_sub(n as u64).ok_or(OverCredit)?;
+        Ok(())
+    }
+
+    /// `n` bytes were written out (or discarded): returns a grant to send
+    /// once half a window has drained.
+    pub fn written(&mut self, n: usize) -> Option<u32> {
+        self.unacked += n as u64;
+        if self.unacked < self.window / 2 {
+            return None;
+        }
+        let g = self.unacked.min(u32::MAX as u64);
+        self.unacked -= g;
+        self.peer_credit += g;
+        Some(g as u32)
+    }
+}
+
+/// Which side a tunnel end is on.
+pub enum Side {
+    /// The caller: `path` leads to the far daemon; the endpoint is on `port`.
+    Client { port: PortId, path: Vec<NodeId> },
+    /// The far side: an instance of the tunnel process for `peer`.
+    Server { peer: NodeId, child: Option<Child> },
+}
+
+/// One tunnel end and the threads around its program's pipes.
+pub struct TunnelEnd {
+    pub side: Side,
+    /// The queue to the writer of the program's input; dropped at Eof.
+    output: Option<Sender<Packet>>,
+    /// The program's input is gone: later data is discarded.
+    pub output_failed: bool,
+    pub writer_done: bool,
+    _stop_reader: Waker,
+    credit: Arc<AtomicI64>,
+    credit_wake: Sender<()>,
+    pub flow: Flow,
+    pub sent_eof: bool,
+    pub got_eof: bool,
+    /// The tunnel process's exit status (on the caller's side: as reported).
+    pub exit: Option<u8>,
+    pub exit_sent: bool,
+}
+
+impl TunnelEnd {
+    /// Starts the threads for a program that is read through `rfd` and
+    /// written through `wfd`. `headroom`: room for the headers that the
+    /// reader's packets will get. `packet`: the pipes are packet pipes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        key: Key,
+        side: Side,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        headroom: usize,
+        packet: bool,
+        window: u32,
+        events: &Sender<Input>,
+    ) -> std::io::Result<TunnelEnd> {
+        let (stop, wake) = crate::sys::frames::wake_pair()?;
+        let credit = Arc::new(AtomicI64::new(0));
+        let (credit_wake, credit_rx) = bounded(1);
+        let (otx, orx) = unbounded();
+        start_writer(key, wfd, orx, events.clone())?;
+        let reader = Reader { key, fd: rfd, stop: wake, credit: credit.clone(), credit_rx, headroom, packet };
+        reader.start(events.clone())?;
+        Ok(TunnelEnd {
+            side,
+            output: Some(otx),
+            output_failed: false,
+            writer_done: false,
+            _stop_reader: stop,
+            credit,
+            credit_wake,
+            flow: Flow::new(window),
+            sent_eof: false,
+            got_eof: false,
+            exit: None,
+            exit_sent: false,
+        })
+    }
+
+    /// The peer granted `n` more bytes.
+    pub fn add_credit(&self, n: u32) {
+        self.credit.fetch_add(n as i64, Ordering::AcqRel);
+        let _ = self.credit_wake.try_send(());
+    }
+
+    /// Queues data for the program; false if it is being discarded (the
+    /// program's input has ended), so the caller grants it as written.
+    pub fn write(&mut self, data: Packet) -> bool {
+        match &self.output {
+            Some(q) if !self.output_failed => q.send(data).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The peer's direction has ended: close the program's input once what
+    /// was queued is written.
+    pub fn close_output(&mut self) {
+        self.got_eof = true;
+        self.output = None;
+    }
+}
+
+/// The reader of a program's output.
+struct Reader {
+    key: Key,
+    fd: OwnedFd,
+    stop: WakeFd,
+    credit: Arc<AtomicI64>,
+    credit_rx: Receiver<()>,
+    headroom: usize,
+    packet: bool,
+}
+
+impl Reader {
+    fn start(self, events: Sender<Input>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("tunnel-rd".into())
+            .stack_size(128 * 1024)
+            .spawn(move || self.run(events))
+            .map(|_| ())
+    }
+
+    fn run(self, events: Sender<Input>) {
+        let need = if self.packet { PACKET as i64 } else { 1 };
+        loop {
+            let avail = loop {
+                let c = self.credit.load(Ordering::Acquire);
+                if c >= need {
+                    break c as usize;
+                }
+                if self.credit_rx.recv().is_err() {
+                    return;
+                }
+            };
+            let max = if self.packet { MAX_DATA } else { avail.min(MAX_DATA) };
+            let mut buf = vec![0u8; self.headroom + 1 + max];
+            let got = read_some(self.fd.as_fd(), &mut buf[self.headroom + 1..], Some(&self.stop));
+            let packet = match got {
+                Ok(0) => None,
+                Ok(n) => {
+                    self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                    buf.truncate(self.headroom + 1 + n);
+                    buf[self.headroom] = DATA;
+                    Some(Packet::from_parts(buf, self.headroom))
+                }
+                Err(ReadError::Woken) => return,
+                Err(e) => {
+                    log::debug!("tunnel {:?}: {e}", self.key);
+                    None
+                }
+            };
+            let eof = packet.is_none();
+            if events.send(Input::TunnelRead { key: self.key, packet }).is_err() || eof {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes each queued message to the program with one write; reports what
+/// was written; closes the program's input when the queue's sender drops.
+fn start_writer(key: Key, fd: OwnedFd, queue: Receiver<Packet>, events: Sender<Input>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("tunnel-wr".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut error = None;
+            while let Ok(p) = queue.recv() {
+                if let Err(e) = write_all(fd.as_fd(), &mut [IoSlice::new(p.bytes())]) {
+                    error = Some(e.to_string());
+                    break;
+                }
+                if events.send(Input::TunnelWritten { key, n: p.len() }).is_err() {
+                    return;
+                }
+            }
+            drop(fd);
+            let _ = events.send(Input::TunnelWriterDone { key, error });
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_grants_at_half_a_window() {
+        let mut f = Flow::new(1000);
+        assert_eq!(f.received(600), Ok(()));
+        assert_eq!(f.written(400), None);
+        assert_eq!(f.written(200), Some(600));
+        assert_eq!(f.received(1000), Ok(()));
+        assert_eq!(f.received(1), Err(OverCredit));
+    }
+
+    #[test]
+    fn flow_never_lets_the_peer_exceed_a_window_in_flight() {
+        let mut f = Flow::new(256);
+        let mut granted_total = 256u64;
+        let mut sent_total = 0u64;
+        for step in 0..10_000u64 {
+            let n = (step * 7919 % 97 + 1) as usize;
+            if sent_total + n as u64 <= granted_total {
+                f.received(n).unwrap();
+                sent_total += n as u64;
+                if let Some(g) = f.written(n) {
+                    granted_total += g as u64;
+                }
+            }
+            assert!(granted_total - sent_total <= 256);
+        }
+    }
+}

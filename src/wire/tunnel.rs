@@ -1,0 +1,107 @@
+//! Tunnel messages: the bodies of `To(0, ·)` and `From(0, ·)`.
+//!
+//! ```text
+//! tunnel message = tag:u8 rest
+//! Open   = 1 window:u32be   the caller starts CMD and grants window bytes
+//! Data   = 2 bytes          never empty; one read on one side, one write on the other
+//! Eof    = 3                this direction has ended (half-close)
+//! Credit = 4 n:u32be        the sender may send n more bytes of data
+//! Exit   = 5 status:u8      CMD's exit status (128+N when killed by signal N)
+//! ```
+
+use std::fmt;
+
+pub const OPEN: u8 = 1;
+pub const DATA: u8 = 2;
+pub const EOF: u8 = 3;
+pub const CREDIT: u8 = 4;
+pub const EXIT: u8 = 5;
+
+/// The default flow-control window of a tunnel direction.
+pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+/// The largest window a peer may grant.
+pub const MAX_WINDOW: u32 = 1024 * 1024;
+
+/// One decoded tunnel message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelMsg<'a> {
+    Open { window: u32 },
+    Data(&'a [u8]),
+    Eof,
+    Credit(u32),
+    Exit(u8),
+}
+
+/// A tunnel message that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadTunnelMsg(pub String);
+
+impl fmt::Display for BadTunnelMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad tunnel message: {}", self.0)
+    }
+}
+
+fn u32_of(b: &[u8]) -> Result<u32, BadTunnelMsg> {
+    let a: [u8; 4] = b.try_into().map_err(|_| BadTunnelMsg(format!("{} bytes where 4 belong", b.len())))?;
+    Ok(u32::from_be_bytes(a))
+}
+
+impl<'a> TunnelMsg<'a> {
+    pub fn decode(b: &'a [u8]) -> Result<TunnelMsg<'a>, BadTunnelMsg> {
+        let (&tag, rest) = b.split_first().ok_or_else(|| BadTunnelMsg("empty".into()))?;
+        let m = match tag {
+            OPEN => {
+                let window = u32_of(rest)?;
+                if window == 0 || window > MAX_WINDOW {
+                    return Err(BadTunnelMsg(format!("window {window}")));
+                }
+                TunnelMsg::Open { window }
+            }
+            DATA if rest.is_empty() => return Err(BadTunnelMsg("empty data".into())),
+            DATA => TunnelMsg::Data(rest),
+            EOF if rest.is_empty() => TunnelMsg::Eof,
+            CREDIT => TunnelMsg::Credit(u32_of(rest)?),
+            EXIT if rest.len() == 1 => TunnelMsg::Exit(rest[0]),
+            t => return Err(BadTunnelMsg(format!("tag {t} with {} bytes", rest.len()))),
+        };
+        Ok(m)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match *self {
+            TunnelMsg::Open { window } => [&[OPEN][..], &window.to_be_bytes()].concat(),
+            TunnelMsg::Data(d) => [&[DATA][..], d].concat(),
+            TunnelMsg::Eof => vec![EOF],
+            TunnelMsg::Credit(n) => [&[CREDIT][..], &n.to_be_bytes()].concat(),
+            TunnelMsg::Exit(s) => vec![EXIT, s],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        for m in [
+            TunnelMsg::Open { window: 4096 },
+            TunnelMsg::Data(b"x"),
+            TunnelMsg::Eof,
+            TunnelMsg::Credit(99),
+            TunnelMsg::Exit(130),
+        ] {
+            assert_eq!(TunnelMsg::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in [&[][..], &[DATA], &[OPEN, 0, 0, 0, 0], &[OPEN, 1], &[EOF, 1], &[EXIT], &[9, 9], &[CREDIT, 1, 2]] {
+            assert!(TunnelMsg::decode(bad).is_err(), "{bad:?}");
+        }
+        let too_big = TunnelMsg::Open { window: MAX_WINDOW + 1 }.encode();
+        assert!(TunnelMsg::decode(&too_big).is_err());
+    }
+}
