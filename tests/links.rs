@@ -187,23 +187,6 @@ fn killed_transport_is_noticed_everywhere() {
     assert!(err.contains("broke"), "{err}");
 }
 
-/// The pids of processes named `name` among the descendants of `pid`.
-fn children_named(pid: u32, name: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        for k in kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()) {
-            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
-            if comm.trim() == name {
-                found.push(k);
-            }
-            stack.push(k);
-        }
-    }
-    found
-}
-
 /// A link that sends garbage is closed; the daemon goes on serving.
 #[test]
 fn garbage_closes_only_its_link() {

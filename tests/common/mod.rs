@@ -77,6 +77,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::env::var_os("R2_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+            return;
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -253,4 +257,21 @@ pub fn is_root() -> bool {
 
 pub fn exists(p: impl AsRef<OsStr>) -> bool {
     Path::new(p.as_ref()).exists()
+}
+
+/// The pids of processes named `name` among the descendants of `pid`.
+pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let kids = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for k in kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                found.push(k);
+            }
+            stack.push(k);
+        }
+    }
+    found
 }

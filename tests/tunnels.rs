@@ -1,0 +1,286 @@
+//! Tunnels end to end: real daemons running real tunnel processes (cat,
+//! wc, sha256sum, sshd), clients with stdio and with commands, over one hop
+//! and several, many at once, and when things break.
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Daemons `d0…dn` in a line, each linked to the next by a pipeline
+/// transport; the last runs `cmd` as its tunnel process.
+struct Line {
+    daemons: Vec<Daemon>,
+    _links: Vec<Proc>,
+}
+
+impl Line {
+    fn new(s: &Scratch, hops: usize, cmd: &[&str]) -> Line {
+        let mut daemons = Vec::new();
+        for i in 0..=hops {
+            let extra: &[&str] = if i == hops { cmd } else { &[] };
+            daemons.push(Daemon::start(s, &format!("d{i}"), extra));
+        }
+        let mut links = Vec::new();
+        for i in 0..hops {
+            let t = format!("R2_SOCKET={} r2 connect -", daemons[i + 1].sock.display());
+            links.push(connect(s, &daemons[i], &[], &t, &format!("link{i}")));
+        }
+        for i in 0..hops {
+            let next = daemons[i + 1].id.clone();
+            wait_for("links", SOON, || daemons[i].neighbours(s).contains(&next));
+        }
+        Line { daemons, _links: links }
+    }
+
+    /// The path from the first daemon to the last.
+    fn path(&self) -> String {
+        self.daemons[1..].iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join("/")
+    }
+
+    fn first(&self) -> &Daemon {
+        &self.daemons[0]
+    }
+
+    fn last(&self) -> &Daemon {
+        self.daemons.last().unwrap()
+    }
+}
+
+/// `r2 -s SOCK tunnel ARGS…` with `stdin` from a file (or nothing) and
+/// stdout to a file; bounded.
+fn tunnel(
+    s: &Scratch,
+    sock: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    stdout: &str,
+) -> std::process::Output {
+    let mut c = Command::new(bin());
+    c.arg("-s").arg(sock).arg("tunnel").args(args).env("PATH", s.env_path()).current_dir(&s.dir);
+    let out = std::fs::File::create(s.path(stdout)).unwrap();
+    let input = match stdin {
+        Some(f) => Stdio::from(std::fs::File::open(s.path(f)).unwrap()),
+        None => Stdio::null(),
+    };
+    c.stdin(input).stdout(out).stderr(Stdio::piped()).process_group(0);
+    let child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            kill_group(pid, libc_sig::KILL);
+            panic!("r2 tunnel {args:?} did not finish");
+        }
+    }
+}
+
+fn sh_out(s: &Scratch, script: &str) -> String {
+    let o = run_bounded(s.sh(script), Duration::from_secs(60));
+    assert!(o.status.success(), "{script}: {}", stderr_of(&o));
+    stdout_of(&o).trim().to_string()
+}
+
+/// The children of a process that run `name`.
+fn children(pid: u32, name: &str) -> Vec<u32> {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace()
+        .filter_map(|k| k.parse::<u32>().ok())
+        .filter(|k| std::fs::read_to_string(format!("/proc/{k}/cmdline")).unwrap_or_default().contains(name))
+        .collect()
+}
+
+/// Zombie children of a process.
+fn zombies(pid: u32) -> usize {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace()
+        .filter(|k| std::fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default().contains(") Z "))
+        .count()
+}
+
+#[test]
+fn hello_through_cat() {
+    let s = Scratch::new("hello");
+    let l = Line::new(&s, 1, &["cat"]);
+    std::fs::write(s.path("in"), "hello\n").unwrap();
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(std::fs::read_to_string(s.path("out")).unwrap(), "hello\n");
+    wait_for("the instance to be reaped", SOON, || children(l.last().proc.pid(), "cat").is_empty());
+    assert_eq!(zombies(l.last().proc.pid()), 0);
+}
+
+fn bulk(hops: usize) {
+    let s = Scratch::new(&format!("bulk{hops}"));
+    let l = Line::new(&s, hops, &["cat"]);
+    sh_out(&s, "head -c 67108864 /dev/urandom > in");
+    let t0 = Instant::now();
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let sums = sh_out(&s, "sha256sum < in; sha256sum < out");
+    let v: Vec<&str> = sums.lines().collect();
+    assert_eq!(v[0], v[1], "64 MiB there and back over {hops} hops");
+    eprintln!("64 MiB there and back over {hops} hop(s): {secs:.2} s");
+}
+
+#[test]
+fn bulk_64_mib_one_hop() {
+    bulk(1);
+}
+
+#[test]
+fn bulk_64_mib_three_hops() {
+    bulk(3);
+}
+
+#[test]
+fn half_close_reaches_the_remote_process() {
+    let s = Scratch::new("half");
+    let l = Line::new(&s, 1, &["wc -c"]);
+    sh_out(&s, "head -c 1000000 /dev/urandom > in");
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim(), "1000000");
+}
+
+#[test]
+fn exit_status_and_environment() {
+    let s = Scratch::new("exit");
+    let l = Line::new(&s, 1, &["echo \"peer=$R2_PEER via=$R2_VIA\"; exit 7"]);
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], None, "out");
+    assert_eq!(o.status.code(), Some(7), "{}", stderr_of(&o));
+    let out = std::fs::read_to_string(s.path("out")).unwrap();
+    assert!(out.contains(&format!("via={}", l.first().id)), "{out}");
+    assert!(out.starts_with("peer=") && out.len() > 60, "{out}");
+    // a transport command on the caller's side
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "cat > got"], None, "out2");
+    assert_eq!(o.status.code(), Some(7));
+    assert!(std::fs::read_to_string(s.path("got")).unwrap().contains("peer="));
+}
+
+#[test]
+fn errors_a_user_sees() {
+    let s = Scratch::new("terr");
+    let l = Line::new(&s, 2, &[]);
+    // no tunnel process at the far end
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], None, "out");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("runs no tunnel process"), "{}", stderr_of(&o));
+    // no route, naming the hop
+    let ghost = "6Xb2RtEfug8nxD6A7Afvd3SPt4ePCibjFHLcyRqVqFgC";
+    let path = format!("{}/{ghost}", l.daemons[1].id);
+    let o = tunnel(&s, &l.first().sock, &[&path, "-"], None, "out");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains(&format!("no route to {ghost} at {}", l.daemons[1].id)), "{}", stderr_of(&o));
+    assert_eq!(stderr_of(&o).lines().count(), 1);
+}
+
+/// A transport killed mid-tunnel: both sides end within a second, and the
+/// remote process gets EOF and is reaped. Then the same with the client.
+#[test]
+fn a_broken_path_or_a_killed_client_ends_the_tunnel() {
+    need("socat");
+    let s = Scratch::new("tbreak");
+    let a = Daemon::start(&s, "a", &[]);
+    let b = Daemon::start(&s, "b", &["cat > /dev/null"]);
+    let port = free_port();
+    let mut srv = s.sh(&format!("exec socat tcp-l:{port},bind=127.0.0.1,reuseaddr,fork exec:'r2 connect -'"));
+    srv.env("R2_SOCKET", &b.sock);
+    let _srv = Proc::spawn(srv, "srv", &s.path("srv.err"));
+    let link = connect(&s, &a, &[], &format!("socat tcp:127.0.0.1:{port},retry=50,interval=0.1 -"), "link");
+    a.wait_neighbours(&s, &[&b.id], SOON);
+    let start_client = |name: &str| {
+        let mut c = Command::new(bin());
+        c.arg("-s").arg(&a.sock).args(["tunnel", &b.id, "sleep 1000"]);
+        Proc::spawn(c, name, &s.path(&format!("{name}.err")))
+    };
+    let mut client = start_client("t1");
+    wait_for("the remote instance", SOON, || children(b.proc.pid(), "cat").len() == 1);
+    for p in children_named(link.pid(), "socat") {
+        kill_pid(p, libc_sig::KILL);
+    }
+    let t0 = Instant::now();
+    assert_eq!(client.wait_exit(Duration::from_secs(3)).code(), Some(1));
+    wait_for("the remote instance to be reaped", Duration::from_secs(3), || {
+        children(b.proc.pid(), "cat").is_empty() && zombies(b.proc.pid()) == 0
+    });
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let err = std::fs::read_to_string(s.path("t1.err")).unwrap();
+    assert!(err.contains("broke"), "{err}");
+    drop(link);
+    // The client killed: the remote instance is ended and reaped.
+    let _link = connect(&s, &a, &[], &format!("socat tcp:127.0.0.1:{port} -"), "link2");
+    a.wait_neighbours(&s, &[&b.id], SOON);
+    let mut client = start_client("t2");
+    wait_for("the remote instance", SOON, || children(b.proc.pid(), "cat").len() == 1);
+    kill_pid(client.pid(), libc_sig::KILL);
+    client.wait_exit(SOON);
+    wait_for("the remote instance to be reaped", Duration::from_secs(3), || {
+        children(b.proc.pid(), "cat").is_empty() && zombies(b.proc.pid()) == 0
+    });
+}
+
+/// 100 tunnels through one link, all open before any sends, each echoing
+/// its own data.
+#[test]
+fn a_hundred_concurrent_tunnels() {
+    let s = Scratch::new("many");
+    let l = Line::new(&s, 1, &["cat"]);
+    let n = 100;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let script = format!(
+            "until [ -e go ]; do sleep 0.02; done; head -c 65536 /dev/urandom > in.{i}; cat in.{i}; exec >&-; cat > out.{i}"
+        );
+        let mut c = Command::new(bin());
+        c.arg("-s").arg(&l.first().sock).args(["tunnel", &l.path(), &script]).current_dir(&s.dir);
+        clients.push(Proc::spawn(c, &format!("c{i}"), &s.path(&format!("c{i}.err"))));
+    }
+    wait_for("100 instances", Duration::from_secs(30), || children(l.last().proc.pid(), "cat").len() == n);
+    std::fs::write(s.path("go"), "").unwrap();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let st = c.wait_exit(Duration::from_secs(60));
+        assert!(st.success(), "client {i}: {}", std::fs::read_to_string(s.path(&format!("c{i}.err"))).unwrap());
+    }
+    for i in 0..n {
+        let a = std::fs::read(s.path(&format!("in.{i}"))).unwrap();
+        let b = std::fs::read(s.path(&format!("out.{i}"))).unwrap();
+        assert!(a == b, "tunnel {i} echoed other data");
+    }
+    wait_for("all instances reaped", SOON, || children(l.last().proc.pid(), "cat").is_empty());
+}
+
+/// OpenSSH over r2: ssh with `r2 tunnel` as its ProxyCommand, to an sshd
+/// in inetd mode as the tunnel process.
+#[test]
+fn ssh_over_r2() {
+    assert!(is_root(), "this test needs root (sshd)");
+    need("ssh");
+    need("ssh-keygen");
+    assert!(exists("/usr/sbin/sshd"), "this test needs /usr/sbin/sshd (openssh-server)");
+    let s = Scratch::new("ssh");
+    sh_out(&s, "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey");
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let cfg = format!(
+        "HostKey {d}/hostkey\nAuthorizedKeysFile {d}/userkey.pub\nPermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\nLogLevel ERROR\n",
+        d = s.dir.display()
+    );
+    std::fs::write(s.path("sshd_config"), cfg).unwrap();
+    let sshd = format!("/usr/sbin/sshd -i -f {}/sshd_config", s.dir.display());
+    let l = Line::new(&s, 2, &[&sshd]);
+    let proxy = format!("{} -s {} tunnel {} -", bin().display(), l.first().sock.display(), l.path());
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-i"]).arg(s.path("userkey"));
+    c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]);
+    c.arg("-o").arg(format!("ProxyCommand={proxy}"));
+    c.args(["root@r2-node", "echo over-r2 $((6*7))"]);
+    let o = run_bounded(c, Duration::from_secs(30));
+    assert!(o.status.success(), "ssh: {}", stderr_of(&o));
+    assert_eq!(stdout_of(&o).trim(), "over-r2 42");
+}
