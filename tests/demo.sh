@@ -1,6 +1,7 @@
 #!/bin/sh
 # make demo: two daemons on temporary sockets, a link between them, ls on
-# both, and a ping. Cleans up after itself. Usage: demo.sh PATH-TO-r2
+# both, a ping, and data through a tunnel. Cleans up after itself.
+# Usage: demo.sh PATH-TO-r2
 set -eu
 bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 dir=$(mktemp -d /tmp/r2-demo.XXXXXX)
@@ -36,9 +37,9 @@ answers() {
 	done
 }
 
-say "r2d -s $dir/a.sock &   # and b.sock: two nodes"
+say "r2d -s a.sock &  r2d -s b.sock \"tr a-z A-Z\" &   # two nodes; b's tunnel process is tr"
 r2d -s "$dir/a.sock" -k "$dir/a.id" 2>"$dir/a.log" & pids="$pids $!"
-r2d -s "$dir/b.sock" -k "$dir/b.id" 2>"$dir/b.log" & pids="$pids $!"
+r2d -s "$dir/b.sock" -k "$dir/b.id" "tr a-z A-Z" 2>"$dir/b.log" & pids="$pids $!"
 answers "$dir/a.sock"; answers "$dir/b.sock"
 A=$(r2 -s "$dir/a.sock" id); B=$(r2 -s "$dir/b.sock" id)
 echo "a is $A"
@@ -60,5 +61,9 @@ say "r2 -s b.sock ls $A   # asked over the network"
 r2 -s "$dir/b.sock" ls "$A"
 say "r2 -s a.sock ping -c 3 -i 0.2 $B"
 r2 -s "$dir/a.sock" ping -c 3 -i 0.2 "$B"
+say "echo 'hello through a tunnel' | r2 -s a.sock tunnel $B -"
+echo 'hello through a tunnel' | r2 -s "$dir/a.sock" tunnel "$B" -
+say "head -c 10000000 /dev/zero | r2 -s a.sock tunnel $B - | wc -c"
+head -c 10000000 /dev/zero | r2 -s "$dir/a.sock" tunnel "$B" - | wc -c
 echo
 echo "demo done"

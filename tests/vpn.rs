@@ -74,9 +74,8 @@ impl Netns {
 
     /// `(rx_packets, tx_packets)` of a device in the namespace.
     fn packets(&self, dev: &str) -> (u64, u64) {
-        let o = self.sh(&format!(
-            "cat /sys/class/net/{dev}/statistics/rx_packets /sys/class/net/{dev}/statistics/tx_packets"
-        ));
+        let o = self
+            .sh(&format!("cat /sys/class/net/{dev}/statistics/rx_packets /sys/class/net/{dev}/statistics/tx_packets"));
         let v: Vec<u64> = stdout_of(&o).split_whitespace().filter_map(|x| x.parse().ok()).collect();
         assert_eq!(v.len(), 2, "no {dev} in {}", self.0);
         (v[0], v[1])

@@ -16,7 +16,7 @@ use crate::wire::tunnel::DATA;
 use crate::wire::{NodeId, Packet};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::io::IoSlice;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -233,6 +233,8 @@ fn start_writer(key: Key, fd: OwnedFd, queue: Receiver<Packet>, events: Sender<I
                     return;
                 }
             }
+            // A socket that is also the read side is half-closed, not closed.
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
             drop(fd);
             let _ = events.send(Input::TunnelWriterDone { key, error });
         })

@@ -1,0 +1,98 @@
+//! Flow control: a tunnel whose consumer is stopped must not slow another
+//! tunnel on the same link, nor grow any daemon's memory with the data in
+//! flight; it completes intact once the consumer runs again.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A ping-pong of one byte, `n` times, through a tunnel to `cat`; returns
+/// the sorted round trips in microseconds.
+fn ping_pong(s: &Scratch, sock: &std::path::Path, path: &str, n: usize, out: &str) -> Vec<u64> {
+    let perl = format!(
+        r#"perl -MTime::HiRes=time -e '
+            $| = 1;
+            syswrite(STDOUT, "echo\n");
+            my @rtt;
+            for (1..{n}) {{
+                my $t = time;
+                syswrite(STDOUT, "x") == 1 or die;
+                sysread(STDIN, my $b, 1) == 1 or die "no echo";
+                push @rtt, int((time - $t) * 1e6);
+            }}
+            open my $f, ">", "{out}" or die;
+            print $f join("\n", sort {{ $a <=> $b }} @rtt), "\n";
+        '"#
+    );
+    let mut c = Command::new(bin());
+    c.arg("-s").arg(sock).args(["tunnel", path, &perl]).current_dir(&s.dir);
+    let o = run_bounded(c, Duration::from_secs(60));
+    assert!(o.status.success(), "ping-pong: {}", stderr_of(&o));
+    std::fs::read_to_string(s.path(out)).unwrap().lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+fn median(v: &[u64]) -> u64 {
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_stopped_consumer_stalls_only_its_own_tunnel() {
+    need("perl");
+    let s = Scratch::new("flow");
+    let a = Daemon::start(&s, "a", &[]);
+    let b = Daemon::start(&s, "b", &["read mode; if [ \"$mode\" = bulk ]; then exec sha256sum; else exec cat; fi"]);
+    let _l = connect(&s, &a, &[], &format!("R2_SOCKET={} r2 connect -", b.sock.display()), "link");
+    a.wait_neighbours(&s, &[&b.id], SOON);
+    let base = ping_pong(&s, &a.sock, &b.id, 200, "base");
+    let idle = (rss_kib(a.proc.pid()), rss_kib(b.proc.pid()));
+
+    // 256 MiB offered to a sha256sum that is stopped as soon as it starts.
+    let size = 256u64 << 20;
+    let script = format!("{{ echo bulk; head -c {size} /dev/zero; }}; exec >&-; cat > sum");
+    let mut c = Command::new(bin());
+    c.arg("-s").arg(&a.sock).args(["tunnel", &b.id, &script]).current_dir(&s.dir);
+    let mut bulk = Proc::spawn(c, "bulk", &s.path("bulk.err"));
+    let mut sha = Vec::new();
+    wait_for("sha256sum to start", SOON, || {
+        sha = children_named(b.proc.pid(), "sha256sum");
+        !sha.is_empty()
+    });
+    kill_pid(sha[0], libc_sig::STOP);
+    // Let the window fill; the other tunnel must not notice.
+    let during = ping_pong(&s, &a.sock, &b.id, 200, "during");
+    let held = (rss_kib(a.proc.pid()), rss_kib(b.proc.pid()));
+    assert!(bulk.is_running(), "the bulk tunnel waits for its consumer");
+    eprintln!(
+        "ping-pong median: {} us idle, {} us beside a stalled tunnel; p99 {} / {} us",
+        median(&base),
+        median(&during),
+        base[base.len() * 99 / 100],
+        during[during.len() * 99 / 100]
+    );
+    eprintln!("RSS KiB: a {} -> {}, b {} -> {}", idle.0, held.0, idle.1, held.1);
+    assert!(
+        median(&during) <= 5 * median(&base) + 5_000,
+        "latency beside a stalled tunnel: {} us vs {} us",
+        median(&during),
+        median(&base)
+    );
+    // Memory: the windows (256 KiB each way), not the 256 MiB offered.
+    for (i, h) in [idle.0, idle.1].iter().zip([held.0, held.1]) {
+        assert!(h <= i + 8 * 1024, "RSS grew from {i} KiB to {h} KiB with a stalled tunnel");
+    }
+    kill_pid(sha[0], libc_sig::CONT);
+    assert!(bulk.wait_exit(Duration::from_secs(120)).success());
+    let o = run_bounded(s.sh(&format!("head -c {size} /dev/zero | sha256sum")), Duration::from_secs(60));
+    assert_eq!(std::fs::read_to_string(s.path("sum")).unwrap(), stdout_of(&o));
+}
