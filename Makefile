@@ -7,7 +7,7 @@ MANDIR = $(DESTDIR)$(PREFIX)/share/man
 CARGO ?= cargo
 MUSL = x86_64-unknown-linux-musl
 
-.PHONY: all build release install uninstall static test check fmt clippy manlint demo bench stress clean
+.PHONY: all build release install uninstall static test check fmt clippy manlint demo bench stress fuzz clean
 
 all: release
 
@@ -52,3 +52,12 @@ demo: release
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing (not in CI): each target for FUZZ_TIME seconds. Needs a nightly
+# toolchain and `cargo install cargo-fuzz`. The corpus and any crash found
+# are replayed on stable by tests/fuzz_corpus.rs.
+FUZZ_TIME ?= 60
+fuzz:
+	cd fuzz && for t in frames router; do \
+		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
+	done

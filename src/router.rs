@@ -559,5 +559,6 @@ pub fn parse_list(b: &[u8]) -> Option<Vec<NodeId>> {
     Some(rest.chunks(32).filter_map(NodeId::from_slice).collect())
 }
 
+pub mod fuzz;
 #[cfg(test)]
 mod tests;

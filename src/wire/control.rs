@@ -195,7 +195,11 @@ impl Request {
                 Request::Connect { expect, label: d.str()? }
             }
             T_TUNNEL => {
-                let packet = d.byte()? != 0;
+                let packet = match d.byte()? {
+                    0 => false,
+                    1 => true,
+                    x => return Err(ControlError(format!("packet flag {x}"))),
+                };
                 let n = d.byte()? as usize;
                 let path = (0..n).map(|_| d.id()).collect::<Result<Vec<_>, _>>()?;
                 Request::Tunnel { path, packet }

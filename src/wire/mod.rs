@@ -3,6 +3,7 @@
 //! imports from the rest of the crate.
 
 pub mod control;
+pub mod fuzz;
 pub mod id;
 pub mod message;
 pub mod path;
