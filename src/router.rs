@@ -22,7 +22,7 @@ pub type PortId = u64;
 pub type Millis = u64;
 
 /// The timers of r2d.8.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timers {
     /// A link that has not said Hello after this long is dropped.
     pub hello: Millis,
@@ -35,6 +35,66 @@ pub struct Timers {
 impl Default for Timers {
     fn default() -> Timers {
         Timers { hello: 5_000, keepalive: 2_000, misses: 3 }
+    }
+}
+
+/// What a daemon lets its neighbours do (r2d.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Relay between two neighbours that are not local endpoints.
+    pub transit: bool,
+    /// The most virtual neighbours one link may carry.
+    pub max_virtual: usize,
+    /// The most Fails answered per second on one port; the rest are dropped.
+    pub fails_per_second: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { transit: true, max_virtual: 4096, fails_per_second: 100 }
+    }
+}
+
+/// Counters of what the router has done, for `r2 stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub links_up: u64,
+    pub links_down: u64,
+    pub links_refused: u64,
+    pub endpoints_opened: u64,
+    pub endpoints_closed: u64,
+    pub virtual_bound: u64,
+    pub virtual_freed: u64,
+    pub messages_routed: u64,
+    pub fails_sent: u64,
+    pub dropped_malformed: u64,
+    pub dropped_rate_limited: u64,
+    pub dropped_no_transit: u64,
+    pub dropped_too_many_virtual: u64,
+    pub dropped_id_in_use: u64,
+    pub dropped_other: u64,
+}
+
+impl Counters {
+    /// Name and value of each counter.
+    pub fn list(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("links_up", self.links_up),
+            ("links_down", self.links_down),
+            ("links_refused", self.links_refused),
+            ("endpoints_opened", self.endpoints_opened),
+            ("endpoints_closed", self.endpoints_closed),
+            ("virtual_bound", self.virtual_bound),
+            ("virtual_freed", self.virtual_freed),
+            ("messages_routed", self.messages_routed),
+            ("fails_sent", self.fails_sent),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_rate_limited", self.dropped_rate_limited),
+            ("dropped_no_transit", self.dropped_no_transit),
+            ("dropped_too_many_virtual", self.dropped_too_many_virtual),
+            ("dropped_id_in_use", self.dropped_id_in_use),
+            ("dropped_other", self.dropped_other),
+        ]
     }
 }
 
@@ -105,6 +165,10 @@ pub struct Router {
     own: NodeId,
     /// Whether this node runs a tunnel process (is node 0 there).
     tunnels: bool,
+    policy: Policy,
+    counters: Counters,
+    /// Fails answered per port in the current second: (second, count).
+    fail_budget: HashMap<PortId, (u64, u32)>,
     timers: Timers,
     now: Millis,
     ports: HashMap<PortId, Port>,
@@ -118,7 +182,27 @@ fn is_quiet(body: &[u8]) -> bool {
 
 impl Router {
     pub fn new(own: NodeId, timers: Timers) -> Router {
-        Router { own, tunnels: false, timers, now: 0, ports: HashMap::new(), nodes: HashMap::new() }
+        Router {
+            own,
+            tunnels: false,
+            policy: Policy::default(),
+            counters: Counters::default(),
+            fail_budget: HashMap::new(),
+            timers,
+            now: 0,
+            ports: HashMap::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// A router with this policy.
+    pub fn with_policy(mut self, policy: Policy) -> Router {
+        self.policy = policy;
+        self
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     /// A router whose node runs a tunnel process.
@@ -150,6 +234,19 @@ impl Router {
         (self.ports.len(), self.nodes.len())
     }
 
+    /// The id of the endpoint on `port`.
+    pub fn endpoint_id(&self, port: PortId) -> Option<NodeId> {
+        match self.ports.get(&port)? {
+            Port::Endpoint { id } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The number of virtual neighbours held.
+    pub fn virtual_count(&self) -> usize {
+        self.nodes.values().filter(|n| matches!(n.via, Via::Virtual(_))).count()
+    }
+
     /// Handles one event at time `now`, appending the actions to `out`.
     pub fn handle(&mut self, now: Millis, event: Event, out: &mut Vec<Action>) {
         self.now = now;
@@ -165,6 +262,7 @@ impl Router {
                 }
                 self.ports.insert(port, Port::Endpoint { id });
                 self.nodes.insert(id, Node::new(Via::Endpoint(port)));
+                self.counters.endpoints_opened += 1;
             }
             Event::Received { port, packet } => match self.ports.get_mut(&port) {
                 None => {}
@@ -223,6 +321,7 @@ impl Router {
         };
         if let Some(text) = refusal {
             info!("link {port}: refusing {peer}: {text}");
+            self.counters.links_refused += 1;
             out.push(Action::Send { port, packet: Packet::fail(peer, FailCode::Refused, &text) });
             return self.close(port, Some(text), out);
         }
@@ -230,13 +329,17 @@ impl Router {
         let now = self.now;
         self.ports.insert(port, Port::Link { peer, last_rx: now, last_ping: now });
         self.nodes.insert(peer, Node::new(Via::Link(port)));
+        self.counters.links_up += 1;
         out.push(Action::LinkUp { port, peer });
     }
 
     fn on_link(&mut self, port: PortId, peer: NodeId, mut p: Packet, out: &mut Vec<Action>) {
         let m = match p.msg() {
             Ok(m) => m,
-            Err(e) => return self.close(port, Some(format!("malformed frame from {peer}: {e}")), out),
+            Err(e) => {
+                self.counters.dropped_malformed += 1;
+                return self.close(port, Some(format!("malformed frame from {peer}: {e}")), out);
+            }
         };
         match m.kind {
             Kind::Hello => self.close(port, Some(format!("{peer} said Hello twice")), out),
@@ -282,19 +385,32 @@ impl Router {
                 };
                 match self.nodes.get(&n0).map(|n| n.via) {
                     None => {
+                        let carried = self.nodes.get(&peer).map_or(0, |c| c.carried.len());
+                        if carried >= self.policy.max_virtual {
+                            self.counters.dropped_too_many_virtual += 1;
+                            if inner.kind != Kind::Fail {
+                                let text = "too many virtual neighbours on this link";
+                                let mut f = Packet::fail(n0, FailCode::Refused, text);
+                                f.push_header(Kind::To, n0);
+                                self.reply_on(port, f, out);
+                            }
+                            return;
+                        }
                         self.nodes.insert(n0, Node::new(Via::Virtual(peer)));
+                        self.counters.virtual_bound += 1;
                         if let Some(c) = self.nodes.get_mut(&peer) {
                             c.carried.insert(n0);
                         }
                     }
                     Some(Via::Virtual(c)) if c == peer => {}
                     Some(_) => {
+                        self.counters.dropped_id_in_use += 1;
                         if inner.kind != Kind::Fail {
                             debug!("{n0} via {peer} refused: id in use");
                             let text = "id in use here (a path may not revisit a node)";
                             let mut f = Packet::fail(n0, FailCode::IdInUse, text);
                             f.push_header(Kind::To, n0);
-                            out.push(Action::Send { port, packet: f });
+                            self.reply_on(port, f, out);
                         }
                         return;
                     }
@@ -311,7 +427,10 @@ impl Router {
 
     fn on_endpoint(&mut self, port: PortId, id: NodeId, p: Packet, out: &mut Vec<Action>) {
         match p.msg() {
-            Err(e) => self.close(port, Some(format!("malformed frame from endpoint: {e}")), out),
+            Err(e) => {
+                self.counters.dropped_malformed += 1;
+                self.close(port, Some(format!("malformed frame from endpoint: {e}")), out)
+            }
             Ok(m) if m.kind != Kind::To => {
                 self.fail(id, self.own, FailCode::BadMessage, "an endpoint sends only To", out)
             }
@@ -344,6 +463,14 @@ impl Router {
             }
             return;
         }
+        if !self.policy.transit && from != to && !self.is_endpoint(from) && !self.is_endpoint(to) {
+            self.counters.dropped_no_transit += 1;
+            if !quiet {
+                self.fail(from, to, FailCode::Refused, "this node does not relay (no transit)", out);
+            }
+            return;
+        }
+        self.counters.messages_routed += 1;
         p.set_header(Kind::From, from);
         if eps {
             self.disconnect(from, to);
@@ -401,9 +528,48 @@ impl Router {
         Ok(())
     }
 
+    fn is_endpoint(&self, n: NodeId) -> bool {
+        self.nodes.get(&n).is_some_and(|x| matches!(x.via, Via::Endpoint(_)))
+    }
+
+    /// The port a message to neighbour `n` leaves by.
+    fn port_of(&self, n: NodeId) -> Option<PortId> {
+        match self.nodes.get(&n)?.via {
+            Via::Link(p) | Via::Endpoint(p) => Some(p),
+            Via::Virtual(c) => self.port_of(c),
+        }
+    }
+
+    /// Takes one Fail from a port's budget for this second; false when it
+    /// is spent (the Fail is dropped).
+    fn fail_allowed(&mut self, port: PortId) -> bool {
+        let second = self.now / 1000;
+        let b = self.fail_budget.entry(port).or_insert((second, 0));
+        if b.0 != second {
+            *b = (second, 0);
+        }
+        if b.1 >= self.policy.fails_per_second {
+            self.counters.dropped_rate_limited += 1;
+            return false;
+        }
+        b.1 += 1;
+        self.counters.fails_sent += 1;
+        true
+    }
+
+    /// Sends a Fail (already addressed) on `port`, within the rate limit.
+    fn reply_on(&mut self, port: PortId, f: Packet, out: &mut Vec<Action>) {
+        if self.fail_allowed(port) {
+            out.push(Action::Send { port, packet: f });
+        }
+    }
+
     fn fail(&mut self, to: NodeId, about: NodeId, code: FailCode, text: &str, out: &mut Vec<Action>) {
-        let mut f = Packet::fail(about, code, text);
-        let _ = self.send_to(to, &mut f, out);
+        let Some(port) = self.port_of(to) else { return };
+        if self.fail_allowed(port) {
+            let mut f = Packet::fail(about, code, text);
+            let _ = self.send_to(to, &mut f, out);
+        }
     }
 
     fn connect(&mut self, a: NodeId, b: NodeId) {
@@ -430,6 +596,11 @@ impl Router {
     /// Frees neighbour `n` and tells everyone it was connected with.
     fn end_node(&mut self, n: NodeId, out: &mut Vec<Action>) {
         let Some(node) = self.nodes.remove(&n) else { return };
+        match node.via {
+            Via::Link(_) => self.counters.links_down += 1,
+            Via::Endpoint(_) => self.counters.endpoints_closed += 1,
+            Via::Virtual(_) => self.counters.virtual_freed += 1,
+        }
         if let Via::Virtual(c) = node.via {
             if let Some(c) = self.nodes.get_mut(&c) {
                 c.carried.remove(&n);
@@ -453,6 +624,7 @@ impl Router {
 
     fn close(&mut self, port: PortId, error: Option<String>, out: &mut Vec<Action>) {
         let Some(state) = self.ports.remove(&port) else { return };
+        self.fail_budget.remove(&port);
         match state {
             Port::Hello { .. } => {}
             Port::Link { peer, .. } => {

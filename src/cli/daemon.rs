@@ -2,12 +2,14 @@
 
 use super::{Command, Error, Global, Result};
 use crate::daemon::Config;
-use crate::router::Timers;
+use crate::router::{Policy, Timers};
+use crate::wire::NodeId;
 use lexopt::prelude::*;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [--max-tunnels N] [--keepalive SECONDS]
+usage: r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [--allow NODE]... [--no-transit]
+           [--max-tunnels N] [--max-virtual N] [--keepalive SECONDS]
            [--hello-timeout SECONDS] [CMD]
        r2 daemon [same options]
 
@@ -21,7 +23,12 @@ R2_VIA in its environment.
                               in /var/lib/r2 or $XDG_STATE_HOME/r2)
   -v, --verbose               log more (repeat for more)
   -p, --packet                give CMD packet pipes (O_DIRECT): one write, one message
+      --allow NODE            open tunnels only for callers reaching this node through
+                              neighbour NODE (repeat for more; default: anyone)
+      --no-transit            relay nothing between other nodes: serve only this node's
+                              own endpoints, ping, ls and tunnel process
       --max-tunnels N         run at most N tunnel processes at once (default 1024)
+      --max-virtual N         carry at most N virtual neighbours per link (default 4096)
       --keepalive SECONDS     ping a link silent this long; drop it after 3 (default 2)
       --hello-timeout SECONDS drop a link that has not said Hello (default 5)
 ";
@@ -31,14 +38,10 @@ pub struct Args {
     pub id_file: Option<PathBuf>,
     pub packet: bool,
     pub max_tunnels: usize,
+    pub allow: Vec<NodeId>,
+    pub policy: Policy,
     pub tunnel_cmd: Option<String>,
     pub timers: Timers,
-}
-
-impl PartialEq for Timers {
-    fn eq(&self, o: &Timers) -> bool {
-        (self.hello, self.keepalive, self.misses) == (o.hello, o.keepalive, o.misses)
-    }
 }
 
 /// Seconds (fractional allowed) as milliseconds, at least 1.
@@ -50,17 +53,28 @@ pub fn seconds(v: &str, what: &str) -> Result<u64> {
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut a = Args { id_file: None, packet: false, max_tunnels: 1024, tunnel_cmd: None, timers: Timers::default() };
+    let mut a = Args {
+        id_file: None,
+        packet: false,
+        max_tunnels: 1024,
+        allow: Vec::new(),
+        policy: Policy::default(),
+        tunnel_cmd: None,
+        timers: Timers::default(),
+    };
+    let count = |v: String, what: &str| -> Result<usize> {
+        v.parse().map_err(|_| Error::Usage(format!("{what}: {v:?} is not a count")))
+    };
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
             Short('k') | Long("id-file") => a.id_file = Some(p.value()?.into()),
             Short('p') | Long("packet") => a.packet = true,
-            Long("max-tunnels") => {
-                let v = p.value()?.string()?;
-                a.max_tunnels = v.parse().map_err(|_| Error::Usage(format!("--max-tunnels: {v:?} is not a count")))?;
-            }
+            Long("max-tunnels") => a.max_tunnels = count(p.value()?.string()?, "--max-tunnels")?,
+            Long("max-virtual") => a.policy.max_virtual = count(p.value()?.string()?, "--max-virtual")?,
+            Long("no-transit") => a.policy.transit = false,
+            Long("allow") => a.allow.push(super::connect::node_arg(&p.value()?.string()?)?),
             Long("keepalive") => a.timers.keepalive = seconds(&p.value()?.string()?, "--keepalive")?,
             Long("hello-timeout") => a.timers.hello = seconds(&p.value()?.string()?, "--hello-timeout")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
@@ -84,6 +98,8 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         tunnel_cmd: a.tunnel_cmd,
         packet: a.packet,
         max_tunnels: a.max_tunnels,
+        allow: a.allow,
+        policy: a.policy,
         timers: a.timers,
     };
     crate::daemon::run(cfg).map_err(Error::Failed)?;

@@ -12,37 +12,50 @@ use lexopt::prelude::*;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-usage: r2 ls [-W SECONDS] [PATH]
+usage: r2 ls [-l] [-W SECONDS] [PATH]
 
 Without PATH: the local daemon's neighbours, one per line: id, a tab, and the
 link's transport command (or stdio). With PATH (NODE[/NODE...]): the ids of the
 neighbours of the node at the end of PATH, asked over the network.
 
+  -l, --long              with counters: ID UPTIME_S RX_BYTES RX_FRAMES TX_BYTES
+                          TX_FRAMES TRANSPORT, tab-separated (local only)
   -W, --timeout SECONDS   how long to wait for a remote answer (default 5)
 ";
 
 #[derive(Debug, PartialEq)]
 pub struct Args {
+    pub long: bool,
     pub path: Option<Vec<NodeId>>,
     pub timeout_ms: u64,
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut a = Args { path: None, timeout_ms: 5000 };
+    let mut a = Args { long: false, path: None, timeout_ms: 5000 };
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
+            Short('l') | Long("long") => a.long = true,
             Short('W') | Long("timeout") => a.timeout_ms = seconds(&p.value()?.string()?, "-W")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
             Value(v) if a.path.is_none() => a.path = Some(super::path::parse(&v.string()?)?),
             _ => return Err(arg.unexpected().into()),
         }
     }
+    if a.long && a.path.is_some() {
+        return Err(Error::Usage("-l shows the local daemon's links; it takes no PATH".into()));
+    }
     Ok(Command::Ls(a))
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
+    if a.long {
+        for l in super::stats::link_lines(&super::stats::fetch(g)?) {
+            println!("{l}");
+        }
+        return Ok(0);
+    }
     let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
     let Some(path) = a.path else {
         control.request(&Request::List, &[]).map_err(Error::Failed)?;

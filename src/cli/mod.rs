@@ -7,6 +7,7 @@ mod id;
 mod ls;
 mod path;
 mod ping;
+mod stats;
 mod transport;
 mod tunnel;
 
@@ -55,11 +56,12 @@ commands:
   daemon [CMD]             run a node (the same as r2d)
   connect [-n NODE] TRANSPORT
                            use a program (or - for stdio) as a link to a neighbour
-  ls [PATH]                list the neighbours of this node, or of the node at PATH
+  ls [-l] [PATH]           list the neighbours of this node, or of the node at PATH
   ping [-c N] [-i S] [-W S] PATH
                            measure the round trip along PATH and back
   tunnel [-p] PATH TRANSPORT
                            join a program (or - for stdio) to a remote tunnel process
+  stats                    print the daemon's counters (links, tunnels, totals)
   id                       print this node's id
 
 options:
@@ -72,7 +74,7 @@ See r2(1), r2d(8) and r2(7).
 ";
 
 /// The command names, for messages.
-const COMMANDS: &str = "daemon, connect, tunnel, ls, ping, id";
+const COMMANDS: &str = "daemon, connect, tunnel, ls, ping, stats, id";
 
 /// The program name a path was run as.
 fn program_name(argv0: &OsString) -> String {
@@ -90,6 +92,7 @@ pub enum Command {
     Ls(ls::Args),
     Ping(ping::Args),
     Id,
+    Stats,
 }
 
 /// Parses a whole command line, `argv[0]` included.
@@ -127,6 +130,7 @@ fn parse_manager(p: &mut lexopt::Parser) -> Result<(Global, Command)> {
                     "ls" => ls::parse(p, &mut g)?,
                     "ping" => ping::parse(p, &mut g)?,
                     "id" => id::parse(p, &mut g)?,
+                    "stats" => stats::parse(p, &mut g)?,
                     "help" => Command::Help(USAGE),
                     _ => return Err(Error::Usage(format!("unknown command {cmd:?} (commands: {COMMANDS})"))),
                 };
@@ -178,6 +182,7 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
                 Command::Ls(a) => ls::run(&g, a),
                 Command::Ping(a) => ping::run(&g, a),
                 Command::Id => id::run(&g),
+                Command::Stats => stats::run(&g),
                 _ => Ok(0),
             }
         }
@@ -193,6 +198,7 @@ pub fn command_name(cmd: &Command) -> &'static str {
         Command::Ls(_) => "r2 ls",
         Command::Ping(_) => "r2 ping",
         Command::Id => "r2 id",
+        Command::Stats => "r2 stats",
         Command::Help(_) | Command::Version => "r2",
     }
 }

@@ -60,6 +60,7 @@ fn serve(mut stream: UnixStream, own: NodeId, events: Sender<Input>) {
             return;
         }
         Request::List => Input::List { stream },
+        Request::Stats => Input::Stats { stream },
         Request::Endpoint => Input::Endpoint { stream },
         Request::Connect { expect, label } => {
             let mut fds = fds.into_iter();

@@ -20,9 +20,9 @@ mod ports;
 mod signals;
 pub mod tunnel;
 
-use crate::router::{Action, Event, PortId, Router, Timers};
+use crate::router::{Action, Event, Policy, PortId, Router, Timers};
 use crate::sys::frames::{wake_pair, Waker};
-use crate::wire::control::Reply;
+use crate::wire::control::{LinkStats, Reply, Stats, Traffic, TunnelStats};
 use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::tunnel::{TunnelMsg, DEFAULT_WINDOW};
@@ -53,6 +53,9 @@ pub struct Config {
     pub packet: bool,
     /// The most tunnel processes running at once.
     pub max_tunnels: usize,
+    /// If not empty: open tunnels only for callers via these neighbours.
+    pub allow: Vec<NodeId>,
+    pub policy: Policy,
     pub timers: Timers,
 }
 
@@ -67,6 +70,9 @@ pub enum Input {
         label: String,
     },
     Endpoint {
+        stream: UnixStream,
+    },
+    Stats {
         stream: UnixStream,
     },
     Tunnel {
@@ -105,6 +111,34 @@ struct PortIo {
     _waker: Waker,
     client: Option<UnixStream>,
     label: String,
+    since: Instant,
+    rx: Traffic,
+    tx: Traffic,
+}
+
+impl PortIo {
+    fn new(queue: Option<Sender<Packet>>, waker: Waker, client: Option<UnixStream>, label: String) -> PortIo {
+        PortIo {
+            queue,
+            _waker: waker,
+            client,
+            label,
+            since: Instant::now(),
+            rx: Traffic::default(),
+            tx: Traffic::default(),
+        }
+    }
+}
+
+/// The daemon's own counters, beside the router's.
+#[derive(Default)]
+struct Totals {
+    tunnels_opened: u64,
+    tunnels_closed: u64,
+    instances_started: u64,
+    instances_ended: u64,
+    instances_refused: u64,
+    processes_reaped: u64,
 }
 
 /// How many inputs may wait for the loop before readers block.
@@ -153,7 +187,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(cmd) = &cfg.tunnel_cmd {
         info!("tunnel process: {cmd}{}", if cfg.packet { " (packet pipes)" } else { "" });
     }
-    let mut router = Router::new(own, cfg.timers);
+    let mut router = Router::new(own, cfg.timers).with_policy(cfg.policy);
     if cfg.tunnel_cmd.is_some() {
         router = router.with_tunnels();
     }
@@ -168,6 +202,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         urandom: File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
         inputs: tx,
         actions: Vec::new(),
+        totals: Totals::default(),
     };
     let ticker = tick(TICK);
     loop {
@@ -214,6 +249,7 @@ struct Daemon {
     urandom: File,
     inputs: Sender<Input>,
     actions: Vec<Action>,
+    totals: Totals,
 }
 
 /// Writes a reply without ever blocking the loop; a client that does not
@@ -242,7 +278,18 @@ impl Daemon {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Router(ev) => self.router_event(ev),
+            Input::Router(ev) => {
+                if let Event::Received { port, packet } = &ev {
+                    if let Some(p) = self.ports.get_mut(port) {
+                        p.rx.add(packet.len() + 4);
+                    }
+                }
+                self.router_event(ev)
+            }
+            Input::Stats { stream } => {
+                let stats = self.stats();
+                reply(&stream, &Reply::Stats(stats));
+            }
             Input::List { stream } => {
                 let list: Vec<(NodeId, String)> = self
                     .router
@@ -329,7 +376,7 @@ impl Daemon {
         }
         ports::start_writer(port, wfd, qrx, self.inputs.clone())?;
         ports::start_reader(port, rfd, wake, self.inputs.clone())?;
-        self.ports.insert(port, PortIo { queue: Some(qtx), _waker: waker, client, label });
+        self.ports.insert(port, PortIo::new(Some(qtx), waker, client, label));
         Ok(())
     }
 
@@ -347,8 +394,9 @@ impl Daemon {
 
     fn act(&mut self, a: Action) {
         match a {
-            Action::Send { port, packet } => match self.ports.get(&port) {
-                Some(PortIo { queue: Some(q), .. }) => {
+            Action::Send { port, packet } => match self.ports.get_mut(&port) {
+                Some(PortIo { queue: Some(q), tx, .. }) => {
+                    tx.add(packet.len() + 4);
                     let _ = q.send(packet);
                 }
                 Some(PortIo { queue: None, .. }) => self.tunnel_client_receive(port, packet),
@@ -361,6 +409,9 @@ impl Daemon {
             }
             Action::Close { port, error } => {
                 let end = self.tunnels.remove(&Key::Client(port));
+                if end.is_some() {
+                    self.totals.tunnels_closed += 1;
+                }
                 if let Some(p) = self.ports.remove(&port) {
                     if let Some(c) = &p.client {
                         match (end.as_ref().and_then(|t| t.exit), &error) {
@@ -374,10 +425,54 @@ impl Daemon {
             Action::TunnelGone { peer } => {
                 if let Some(t) = self.tunnels.remove(&Key::Server(peer)) {
                     debug!("tunnel for {peer} ended");
+                    self.totals.instances_ended += 1;
                     self.end_instance(t);
                 }
             }
         }
+    }
+
+    /// Everything `r2 stats` shows.
+    fn stats(&self) -> Stats {
+        let links = self
+            .router
+            .links()
+            .into_iter()
+            .filter_map(|(p, id)| {
+                let io = self.ports.get(&p)?;
+                let up_ms = io.since.elapsed().as_millis() as u64;
+                Some(LinkStats { id, label: io.label.clone(), up_ms, rx: io.rx, tx: io.tx })
+            })
+            .collect();
+        let tunnels = self
+            .tunnels
+            .iter()
+            .map(|(key, t)| {
+                let (server, id) = match key {
+                    Key::Server(peer) => (true, *peer),
+                    Key::Client(port) => (false, self.router.endpoint_id(*port).unwrap_or(NodeId([0; 32]))),
+                };
+                let up_ms = t.since.elapsed().as_millis() as u64;
+                TunnelStats { server, id, up_ms, input: t.input, output: t.output }
+            })
+            .collect();
+        let t = &self.totals;
+        let mut counters: Vec<(String, u64)> =
+            self.router.counters().list().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for (k, v) in [
+            ("tunnels_opened", t.tunnels_opened),
+            ("tunnels_closed", t.tunnels_closed),
+            ("instances_started", t.instances_started),
+            ("instances_ended", t.instances_ended),
+            ("instances_refused", t.instances_refused),
+            ("processes_reaped", t.processes_reaped),
+            ("ports_open", self.ports.len() as u64),
+            ("tunnels_open", self.tunnels.len() as u64),
+            ("processes_reaping", self.reaping.len() as u64),
+        ] {
+            counters.push((k.to_string(), v));
+        }
+        Stats { links, tunnels, counters }
     }
 
     // --- the caller's side of tunnels ---------------------------------
@@ -403,7 +498,8 @@ impl Daemon {
         };
         debug!("tunnel {id} on port {port} to {path:?}");
         self.tunnels.insert(key, end);
-        self.ports.insert(port, PortIo { queue: None, _waker: waker, client: Some(stream), label: String::new() });
+        self.ports.insert(port, PortIo::new(None, waker, Some(stream), String::new()));
+        self.totals.tunnels_opened += 1;
         self.router_event(Event::EndpointOpened { port, id });
         self.tunnel_send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode());
     }
@@ -437,6 +533,7 @@ impl Daemon {
                     return self.router_event(Event::Closed { port, error: Some(why) });
                 }
                 packet.advance(offset + 1);
+                t.input.add(n);
                 if !t.write(packet) {
                     if let Some(g) = t.flow.written(n) {
                         self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
@@ -491,7 +588,10 @@ impl Daemon {
     fn tunnel_read(&mut self, key: Key, packet: Option<Packet>) {
         let Some(t) = self.tunnels.get_mut(&key) else { return };
         match packet {
-            Some(mut p) => self.tunnel_send_packet(key, &mut p),
+            Some(mut p) => {
+                t.output.add(p.len() - 1);
+                self.tunnel_send_packet(key, &mut p)
+            }
             None => {
                 t.sent_eof = true;
                 self.tunnel_send(key, &TunnelMsg::Eof.encode());
@@ -521,11 +621,13 @@ impl Daemon {
                     warn!("tunnel for {peer}: data beyond credit; ending it");
                     let text = "data beyond credit".to_string();
                     if let Some(t) = self.tunnels.remove(&key) {
+                        self.totals.instances_ended += 1;
                         self.end_instance(t);
                     }
                     return self.router_event(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
                 }
                 packet.advance(1);
+                t.input.add(n);
                 if !t.write(packet) {
                     if let Some(g) = t.flow.written(n) {
                         self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
@@ -548,21 +650,30 @@ impl Daemon {
             Ok(TunnelMsg::Open { window }) => window,
             _ => return,
         };
+        if !self.cfg.allow.is_empty() && !via.is_some_and(|v| self.cfg.allow.contains(&v)) {
+            let text = "not allowed to open tunnels here".to_string();
+            warn!("tunnel for {peer} via {via:?} refused: not allowed");
+            self.totals.instances_refused += 1;
+            return self.router_event(Event::TunnelFail { to: peer, code: FailCode::Refused, text });
+        }
         let running = self.tunnels.keys().filter(|k| matches!(k, Key::Server(_))).count();
         if running >= self.cfg.max_tunnels {
             let text = format!("{} tunnels already", self.cfg.max_tunnels);
             warn!("tunnel for {peer} refused: {text}");
+            self.totals.instances_refused += 1;
             return self.router_event(Event::TunnelFail { to: peer, code: FailCode::TooManyTunnels, text });
         }
         match self.spawn_instance(key, peer, via, &cmd) {
             Ok(end) => {
                 info!("tunnel for {peer}: started {cmd:?}");
+                self.totals.instances_started += 1;
                 end.add_credit(window);
                 self.tunnels.insert(key, end);
                 self.tunnel_send(key, &TunnelMsg::Credit(DEFAULT_WINDOW).encode());
             }
             Err(e) => {
                 warn!("tunnel for {peer}: cannot start {cmd:?}: {e}");
+                self.totals.instances_refused += 1;
                 let text = format!("cannot start the tunnel process: {e}");
                 self.router_event(Event::TunnelFail { to: peer, code: FailCode::Refused, text });
             }
@@ -614,6 +725,7 @@ impl Daemon {
             if let Side::Server { child: Some(c), peer } = &mut t.side {
                 if let Ok(Some(status)) = c.try_wait() {
                     info!("tunnel for {peer}: process exited ({status})");
+                    self.totals.processes_reaped += 1;
                     t.exit = Some(status_byte(status));
                     if let Side::Server { child, .. } = &mut t.side {
                         *child = None;
@@ -626,8 +738,12 @@ impl Daemon {
             self.server_maybe_exit(key);
         }
         let now = Instant::now();
+        let reaped = &mut self.totals.processes_reaped;
         self.reaping.retain_mut(|(c, deadline)| match c.try_wait() {
-            Ok(Some(_)) | Err(_) => false,
+            Ok(Some(_)) | Err(_) => {
+                *reaped += 1;
+                false
+            }
             Ok(None) => {
                 if now > *deadline {
                     let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);

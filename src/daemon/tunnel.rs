@@ -11,6 +11,7 @@
 use super::Input;
 use crate::router::PortId;
 use crate::sys::frames::{read_some, write_all, ReadError, WakeFd, Waker};
+use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
 use crate::wire::{NodeId, Packet};
@@ -83,7 +84,7 @@ pub enum Side {
 pub struct TunnelEnd {
     pub side: Side,
     /// The queue to the writer of the program's input; dropped at Eof.
-    output: Option<Sender<Packet>>,
+    to_program: Option<Sender<Packet>>,
     /// The program's input is gone: later data is discarded.
     pub output_failed: bool,
     pub writer_done: bool,
@@ -96,6 +97,10 @@ pub struct TunnelEnd {
     /// The tunnel process's exit status (on the caller's side: as reported).
     pub exit: Option<u8>,
     pub exit_sent: bool,
+    pub since: std::time::Instant,
+    /// Data given to the program, and data it produced.
+    pub input: Traffic,
+    pub output: Traffic,
 }
 
 impl TunnelEnd {
@@ -122,7 +127,7 @@ impl TunnelEnd {
         reader.start(events.clone())?;
         Ok(TunnelEnd {
             side,
-            output: Some(otx),
+            to_program: Some(otx),
             output_failed: false,
             writer_done: false,
             _stop_reader: stop,
@@ -133,6 +138,9 @@ impl TunnelEnd {
             got_eof: false,
             exit: None,
             exit_sent: false,
+            since: std::time::Instant::now(),
+            input: Traffic::default(),
+            output: Traffic::default(),
         })
     }
 
@@ -145,7 +153,7 @@ impl TunnelEnd {
     /// Queues data for the program; false if it is being discarded (the
     /// program's input has ended), so the caller grants it as written.
     pub fn write(&mut self, data: Packet) -> bool {
-        match &self.output {
+        match &self.to_program {
             Some(q) if !self.output_failed => q.send(data).is_ok(),
             _ => false,
         }
@@ -155,7 +163,7 @@ impl TunnelEnd {
     /// was queued is written.
     pub fn close_output(&mut self) {
         self.got_eof = true;
-        self.output = None;
+        self.to_program = None;
     }
 }
 

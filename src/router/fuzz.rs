@@ -80,7 +80,7 @@ pub fn events(data: &[u8]) {
                 open.push(next);
                 Event::EndpointOpened { port: next, id: id(b.byte().unwrap_or(3)) }
             }
-            2 | 3 | 4 => {
+            2..=4 => {
                 let Some(port) = pick(&mut b, &open) else { continue };
                 let packet = if op % 9 == 2 { Packet::hello(id(b.byte().unwrap_or(3))) } else { message(&mut b) };
                 Event::Received { port, packet }

@@ -407,3 +407,70 @@ fn a_broken_path_ends_the_instance() {
     assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), id(3)], b"")]);
     assert_eq!(net.routers[2].held(), (0, 0));
 }
+
+#[test]
+fn fails_are_rate_limited_and_unknown_ids_keep_no_state() {
+    let (mut net, links) = chain(2);
+    let (_, pb) = links[0];
+    net.wires.clear();
+    net.inbox.insert((1, pb), Vec::new());
+    for i in 0..1000u32 {
+        let mut who = [7u8; 32];
+        who[..4].copy_from_slice(&i.to_be_bytes());
+        net.send(1, pb, &to_msg(NodeId(who), b"x"));
+    }
+    assert_eq!(net.take(1, pb).len(), 100, "one second's budget of Fails");
+    assert_eq!(net.routers[1].held(), (1, 1), "no state per unknown id");
+    assert_eq!(net.routers[1].counters().dropped_rate_limited, 900);
+    net.now += 1000;
+    net.send(1, pb, &to_msg(id(99), b"x"));
+    assert_eq!(net.take(1, pb).len(), 1, "a new second, a new budget");
+}
+
+#[test]
+fn no_transit_refuses_to_relay() {
+    let mut net = Net::new(3);
+    let policy = Policy { transit: false, ..Policy::default() };
+    net.routers[1] = Router::new(id(2), Timers::default()).with_policy(policy);
+    net.link(0, 1);
+    net.link(1, 2);
+    let x = id(60);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(3), x], b"p"));
+    expect_fail(&net.take(0, ep)[0], &[id(2)], id(3), FailCode::Refused);
+    // but node 2 itself still answers: its list, and pings to it
+    net.send(0, ep, &nest_to(&[id(2), x], b"p"));
+    assert_eq!(net.take(0, ep), vec![nest_from(&[id(2), x], b"p")]);
+    net.send(0, ep, &nest_to(&[id(2), NodeId::LIST], b"?"));
+    assert_eq!(net.take(0, ep).len(), 1);
+}
+
+#[test]
+fn virtual_neighbours_per_link_are_capped() {
+    let mut net = Net::new(2);
+    let policy = Policy { max_virtual: 3, ..Policy::default() };
+    net.routers[1] = Router::new(id(2), Timers::default()).with_policy(policy);
+    net.link(0, 1);
+    let mut eps = Vec::new();
+    for i in 0..5 {
+        let x = id(100 + i);
+        let ep = net.endpoint(0, x);
+        net.send(0, ep, &nest_to(&[id(2), x], b"p"));
+        eps.push(ep);
+    }
+    assert_eq!(net.routers[1].virtual_count(), 3);
+    expect_fail(&net.take(0, eps[4])[0], &[id(2)], id(104), FailCode::Refused);
+}
+
+#[test]
+fn deep_nesting_is_peeled_one_layer_at_a_time() {
+    // 2000 layers of To inside one frame: each hop peels one; no recursion.
+    let (mut net, _) = chain(2);
+    let x = id(61);
+    let ep = net.endpoint(0, x);
+    let hops = vec![id(2); 1900];
+    net.send(0, ep, &nest_to(&hops, b"deep"));
+    let got = net.take(0, ep);
+    // node 2 is not its own neighbour: refused after one layer
+    expect_fail(&got[0], &[id(2)], id(2), FailCode::NoRoute);
+}

@@ -28,6 +28,8 @@ pub enum Request {
     Connect { expect: Option<NodeId>, label: String },
     /// Host an endpoint for this connection: it speaks link frames.
     Endpoint,
+    /// Counters: per link, per tunnel, and the daemon's totals.
+    Stats,
     /// Join the program on the two passed fds (read its output, write its
     /// input) to the tunnel process of the node at the end of `path`.
     /// `packet`: the fds are packet pipes.
@@ -54,6 +56,50 @@ pub enum Reply {
     Error(String),
     /// The tunnel has ended normally: the far tunnel process's exit status.
     Exit(u8),
+    Stats(Stats),
+}
+
+/// Traffic one way: bytes and frames (or messages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub bytes: u64,
+    pub frames: u64,
+}
+
+impl Traffic {
+    pub fn add(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        self.frames += 1;
+    }
+}
+
+/// One link's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkStats {
+    pub id: NodeId,
+    pub label: String,
+    pub up_ms: u64,
+    pub rx: Traffic,
+    pub tx: Traffic,
+}
+
+/// One tunnel end's counters: `input` is what its program was given,
+/// `output` what it produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelStats {
+    pub server: bool,
+    pub id: NodeId,
+    pub up_ms: u64,
+    pub input: Traffic,
+    pub output: Traffic,
+}
+
+/// The daemon's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub links: Vec<LinkStats>,
+    pub tunnels: Vec<TunnelStats>,
+    pub counters: Vec<(String, u64)>,
 }
 
 /// A control frame that does not decode.
@@ -79,6 +125,13 @@ impl Enc {
     fn byte(mut self, b: u8) -> Enc {
         self.0.push(b);
         self
+    }
+    fn u64(mut self, n: u64) -> Enc {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    fn traffic(self, t: &Traffic) -> Enc {
+        self.u64(t.bytes).u64(t.frames)
     }
     fn str(mut self, s: &str) -> Enc {
         let mut end = s.len().min(u16::MAX as usize);
@@ -113,6 +166,15 @@ impl<'a> Dec<'a> {
     fn id(&mut self) -> Result<NodeId, ControlError> {
         NodeId::from_slice(self.take(ID_LEN)?).ok_or_else(|| ControlError("short id".into()))
     }
+    fn u64(&mut self) -> Result<u64, ControlError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn traffic(&mut self) -> Result<Traffic, ControlError> {
+        Ok(Traffic { bytes: self.u64()?, frames: self.u64()? })
+    }
     fn u16(&mut self) -> Result<u16, ControlError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
@@ -136,6 +198,7 @@ const T_LIST: u8 = 2;
 const T_CONNECT: u8 = 3;
 const T_ENDPOINT: u8 = 4;
 const T_TUNNEL: u8 = 5;
+const T_STATS: u8 = 6;
 
 const R_ID: u8 = 0x81;
 const R_LIST: u8 = 0x82;
@@ -144,6 +207,7 @@ const R_ENDED: u8 = 0x84;
 const R_ENDPOINT: u8 = 0x85;
 const R_ERROR: u8 = 0x86;
 const R_EXIT: u8 = 0x87;
+const R_STATS: u8 = 0x88;
 
 /// The length of the control frame whose 4-byte prefix is `prefix`.
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ControlError> {
@@ -161,6 +225,7 @@ impl Request {
             Request::Id => Enc::new(T_ID).done(),
             Request::List => Enc::new(T_LIST).done(),
             Request::Endpoint => Enc::new(T_ENDPOINT).done(),
+            Request::Stats => Enc::new(T_STATS).done(),
             Request::Connect { expect, label } => {
                 let e = Enc::new(T_CONNECT);
                 let e = match expect {
@@ -186,6 +251,7 @@ impl Request {
             T_ID => Request::Id,
             T_LIST => Request::List,
             T_ENDPOINT => Request::Endpoint,
+            T_STATS => Request::Stats,
             T_CONNECT => {
                 let expect = match d.byte()? {
                     0 => None,
@@ -229,6 +295,21 @@ impl Reply {
             Reply::Endpoint { daemon, endpoint } => Enc::new(R_ENDPOINT).id(daemon).id(endpoint).done(),
             Reply::Error(s) => Enc::new(R_ERROR).str(s).done(),
             Reply::Exit(s) => Enc::new(R_EXIT).byte(*s).done(),
+            Reply::Stats(st) => {
+                let mut e = Enc::new(R_STATS).u64(st.links.len() as u64);
+                for l in &st.links {
+                    e = e.id(&l.id).str(&l.label).u64(l.up_ms).traffic(&l.rx).traffic(&l.tx);
+                }
+                e = e.u64(st.tunnels.len() as u64);
+                for t in &st.tunnels {
+                    e = e.byte(t.server as u8).id(&t.id).u64(t.up_ms).traffic(&t.input).traffic(&t.output);
+                }
+                e = e.u64(st.counters.len() as u64);
+                for (name, v) in &st.counters {
+                    e = e.str(name).u64(*v);
+                }
+                e.done()
+            }
         }
     }
 
@@ -252,6 +333,24 @@ impl Reply {
             R_ENDPOINT => Reply::Endpoint { daemon: d.id()?, endpoint: d.id()? },
             R_ERROR => Reply::Error(d.str()?),
             R_EXIT => Reply::Exit(d.byte()?),
+            R_STATS => {
+                let mut st = Stats::default();
+                let n = d.u64()?.min(MAX_CONTROL as u64);
+                for _ in 0..n {
+                    let (id, label, up_ms) = (d.id()?, d.str()?, d.u64()?);
+                    st.links.push(LinkStats { id, label, up_ms, rx: d.traffic()?, tx: d.traffic()? });
+                }
+                let n = d.u64()?.min(MAX_CONTROL as u64);
+                for _ in 0..n {
+                    let (server, id, up_ms) = (d.byte()? != 0, d.id()?, d.u64()?);
+                    st.tunnels.push(TunnelStats { server, id, up_ms, input: d.traffic()?, output: d.traffic()? });
+                }
+                let n = d.u64()?.min(MAX_CONTROL as u64);
+                for _ in 0..n {
+                    st.counters.push((d.str()?, d.u64()?));
+                }
+                Reply::Stats(st)
+            }
             t => return Err(ControlError(format!("unknown reply {t}"))),
         };
         d.end()?;
@@ -270,6 +369,7 @@ mod tests {
             Request::Id,
             Request::List,
             Request::Endpoint,
+            Request::Stats,
             Request::Connect { expect: None, label: "stdio".into() },
             Request::Connect { expect: Some(a), label: "socat tcp:x:1 -".into() },
             Request::Tunnel { path: vec![a, a], packet: true },
@@ -291,6 +391,23 @@ mod tests {
             Reply::Endpoint { daemon: a, endpoint: NodeId([1; 32]) },
             Reply::Error("no".into()),
             Reply::Exit(130),
+            Reply::Stats(Stats {
+                links: vec![LinkStats {
+                    id: a,
+                    label: "stdio".into(),
+                    up_ms: 5,
+                    rx: Traffic { bytes: 1, frames: 2 },
+                    tx: Traffic { bytes: 3, frames: 4 },
+                }],
+                tunnels: vec![TunnelStats {
+                    server: true,
+                    id: a,
+                    up_ms: 9,
+                    input: Traffic::default(),
+                    output: Traffic { bytes: 7, frames: 1 },
+                }],
+                counters: vec![("links_up".into(), 3)],
+            }),
         ];
         for r in replies {
             let f = r.encode();

@@ -11,15 +11,10 @@ use super::tunnel::TunnelMsg;
 pub fn decoders(data: &[u8]) {
     // A stream split into frames, as a link reader does.
     let mut rest = data;
-    loop {
-        match decode_frame(rest) {
-            Ok(Some((used, msg))) => {
-                assert!(used == msg.len() + 4 && msg.len() <= MAX_MESSAGE && used <= rest.len());
-                message(msg);
-                rest = &rest[used..];
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some((used, msg))) = decode_frame(rest) {
+        assert!(used == msg.len() + 4 && msg.len() <= MAX_MESSAGE && used <= rest.len());
+        message(msg);
+        rest = &rest[used..];
     }
     message(data);
     if let Ok(m) = TunnelMsg::decode(data) {

@@ -1,0 +1,83 @@
+//! `r2 stats`: the daemon's counters, per link, per tunnel and in total.
+
+use super::{Command, Error, Global, Result};
+use crate::client::Control;
+use crate::wire::control::{Reply, Request, Stats};
+use lexopt::prelude::*;
+
+pub const USAGE: &str = "\\
+usage: r2 stats
+
+Prints the local daemon's counters, one per line, tab-separated:
+  link    ID  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  TRANSPORT
+  tunnel  client|server  ENDPOINT  UPTIME_S  IN_BYTES  IN_MSGS  OUT_BYTES  OUT_MSGS
+  counter NAME  VALUE
+";
+
+pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
+            Short('v') | Long("verbose") => g.verbose += 1,
+            Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Stats)
+}
+
+/// Asks the daemon for its counters.
+pub fn fetch(g: &Global) -> Result<Stats> {
+    let mut c = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    c.request(&Request::Stats, &[]).map_err(Error::Failed)?;
+    match c.expect_reply().map_err(Error::Failed)? {
+        Reply::Stats(s) => Ok(s),
+        r => Err(Error::Failed(format!("unexpected reply: {r:?}"))),
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The link lines (also `r2 ls -l`).
+pub fn link_lines(s: &Stats) -> Vec<String> {
+    s.links
+        .iter()
+        .map(|l| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                l.id,
+                secs(l.up_ms),
+                l.rx.bytes,
+                l.rx.frames,
+                l.tx.bytes,
+                l.tx.frames,
+                l.label
+            )
+        })
+        .collect()
+}
+
+pub fn run(g: &Global) -> Result<i32> {
+    let s = fetch(g)?;
+    for l in link_lines(&s) {
+        println!("link\t{l}");
+    }
+    for t in &s.tunnels {
+        println!(
+            "tunnel\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            if t.server { "server" } else { "client" },
+            t.id,
+            secs(t.up_ms),
+            t.input.bytes,
+            t.input.frames,
+            t.output.bytes,
+            t.output.frames
+        );
+    }
+    for (name, v) in &s.counters {
+        println!("counter\t{name}\t{v}");
+    }
+    Ok(0)
+}
