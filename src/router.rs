@@ -10,6 +10,7 @@
 //! back. It owns no fds, threads, clocks or randomness, so the tests drive it
 //! with values alone.
 
+use crate::wire::id::MAX_HOPS;
 use crate::wire::message::{Kind, Msg, Packet, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId};
 use log::{debug, info, warn};
@@ -384,6 +385,10 @@ impl Router {
                     }
                 };
                 match self.nodes.get(&n0).map(|n| n.via) {
+                    None if inner.kind == Kind::Fail => {
+                        debug!("fail from unknown {n0} via {peer} about {}", inner.id);
+                        return;
+                    }
                     None => {
                         let carried = self.nodes.get(&peer).map_or(0, |c| c.carried.len());
                         if carried >= self.policy.max_virtual {
@@ -433,6 +438,10 @@ impl Router {
             }
             Ok(m) if m.kind != Kind::To => {
                 self.fail(id, self.own, FailCode::BadMessage, "an endpoint sends only To", out)
+            }
+            Ok(_) if to_layers(p.bytes(), MAX_HOPS + 2) > MAX_HOPS + 1 => {
+                let text = format!("a path has at most {MAX_HOPS} hops");
+                self.fail(id, self.own, FailCode::Refused, &text, out)
             }
             Ok(_) => self.route(id, p, out),
         }
@@ -625,6 +634,10 @@ impl Router {
     fn close(&mut self, port: PortId, error: Option<String>, out: &mut Vec<Action>) {
         let Some(state) = self.ports.remove(&port) else { return };
         self.fail_budget.remove(&port);
+        let error = match (&state, error) {
+            (Port::Hello { .. }, None) => Some("the link ended before the neighbour said Hello".to_string()),
+            (_, e) => e,
+        };
         match state {
             Port::Hello { .. } => {}
             Port::Link { peer, .. } => {
@@ -719,6 +732,21 @@ impl Node {
     fn new(via: Via) -> Node {
         Node { via, conns: HashSet::new(), carried: HashSet::new() }
     }
+}
+
+/// How many `To` layers start a message, counting at most `max`.
+fn to_layers(mut b: &[u8], max: usize) -> usize {
+    let mut n = 0;
+    while n < max {
+        match Msg::parse(b) {
+            Ok(m) if m.kind == Kind::To => {
+                n += 1;
+                b = m.body;
+            }
+            _ => break,
+        }
+    }
+    n
 }
 
 /// Decodes the ls reply of node 1.

@@ -123,7 +123,10 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         println!("rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms");
     }
     result.map_err(Error::Failed)?;
-    Ok(if received > 0 { 0 } else { 1 })
+    if received == 0 {
+        return Err(Error::Failed(format!("no reply from {} within {} ms", a.path_text, a.timeout_ms)));
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

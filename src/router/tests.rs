@@ -464,13 +464,47 @@ fn virtual_neighbours_per_link_are_capped() {
 
 #[test]
 fn deep_nesting_is_peeled_one_layer_at_a_time() {
-    // 2000 layers of To inside one frame: each hop peels one; no recursion.
+    // 1900 layers of To inside one frame from a neighbour: the router
+    // peels one and passes the rest on; nothing recurses.
+    let (mut net, links) = chain(2);
+    let (_, pb) = links[0];
+    net.wires.clear();
+    net.inbox.insert((1, pb), Vec::new());
+    let hops = vec![id(1); 1900];
+    net.send(1, pb, &nest_to(&hops, b"deep"));
+    let got = net.take(1, pb);
+    assert_eq!(got.len(), 1);
+    let m = Msg::parse(&got[0]).unwrap();
+    assert_eq!((m.kind, m.id, got[0].len()), (Kind::From, id(1), 1900 * 33 + 4));
+}
+
+#[test]
+fn endpoints_may_not_send_paths_over_the_hop_limit() {
     let (mut net, _) = chain(2);
-    let x = id(61);
+    let x = id(62);
     let ep = net.endpoint(0, x);
-    let hops = vec![id(2); 1900];
-    net.send(0, ep, &nest_to(&hops, b"deep"));
-    let got = net.take(0, ep);
-    // node 2 is not its own neighbour: refused after one layer
-    expect_fail(&got[0], &[id(2)], id(2), FailCode::NoRoute);
+    let mut hops = vec![id(2); crate::wire::id::MAX_HOPS + 1];
+    hops.push(x);
+    net.send(0, ep, &nest_to(&hops, b"p"));
+    expect_fail(&net.take(0, ep)[0], &[], id(1), FailCode::Refused);
+}
+
+#[test]
+fn a_link_that_ends_before_hello_is_an_error() {
+    let mut net = Net::new(1);
+    let p = net.port();
+    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None }));
+    net.run();
+    net.cut(0, p);
+    assert!(net.closed.last().unwrap().2.as_deref().unwrap().contains("before the neighbour said Hello"));
+}
+
+#[test]
+fn a_fail_from_an_unknown_neighbour_keeps_no_state() {
+    let (mut net, links) = chain(2);
+    let (_, pb) = links[0];
+    let mut m = Packet::fail(id(5), FailCode::NoRoute, "x");
+    m.push_header(Kind::From, id(44));
+    net.send(1, pb, m.bytes());
+    assert_eq!(net.routers[1].held(), (1, 1));
 }
