@@ -28,8 +28,14 @@ impl Control {
 
     /// Sends a request, with `fds` passed along.
     pub fn request(&mut self, req: &Request, fds: &[RawFd]) -> Result<(), String> {
-        send_with_fds(&self.stream, &req.encode(), fds)
-            .map_err(|e| format!("cannot talk to the daemon on {}: {e}", self.path.display()))
+        match send_with_fds(&self.stream, &req.encode(), fds) {
+            Ok(()) => Ok(()),
+            // The daemon may have refused us before reading: say why.
+            Err(e) => match self.reply() {
+                Ok(Some(Reply::Error(why))) => Err(format!("the daemon refused: {why}")),
+                _ => Err(format!("cannot talk to the daemon on {}: {e}", self.path.display())),
+            },
+        }
     }
 
     /// The next reply; `None` when the daemon closed the connection.

@@ -8,6 +8,7 @@ use r2::cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    r2::sys::cloexec_inherited();
     let args: Vec<_> = std::env::args_os().collect();
     let (global, cmd) = match cli::parse(args) {
         Ok(p) => p,

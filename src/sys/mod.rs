@@ -5,3 +5,25 @@
 pub mod fdpass;
 pub mod frames;
 pub mod paths;
+
+/// Marks every inherited fd above 2 close-on-exec, so that the programs r2
+/// starts get only their standard fds. Call before the first thread starts.
+pub fn cloexec_inherited() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::BorrowedFd;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the fd is open in this process (listed just now) and is
+        // only borrowed for the duration of the call.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = fcntl(b, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(b, FcntlArg::F_SETFD(flags));
+        }
+    }
+}
