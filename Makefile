@@ -36,6 +36,11 @@ static:
 test:
 	$(CARGO) test --release
 
+# The long tests: 10,000 link and tunnel cycles, 1,000 concurrent tunnels,
+# 1 GiB into a stopped consumer beside 100 live tunnels.
+stress:
+	$(CARGO) test --release --test faults --test tunnels --test flow -- --ignored --test-threads=1
+
 fmt:
 	$(CARGO) fmt --check
 

@@ -73,7 +73,6 @@ pub struct Counters {
     pub dropped_no_transit: u64,
     pub dropped_too_many_virtual: u64,
     pub dropped_id_in_use: u64,
-    pub dropped_other: u64,
 }
 
 impl Counters {
@@ -94,7 +93,6 @@ impl Counters {
             ("dropped_no_transit", self.dropped_no_transit),
             ("dropped_too_many_virtual", self.dropped_too_many_virtual),
             ("dropped_id_in_use", self.dropped_id_in_use),
-            ("dropped_other", self.dropped_other),
         ]
     }
 }
@@ -380,7 +378,7 @@ impl Router {
                         let mut f =
                             Packet::fail(self.own, FailCode::BadMessage, "a neighbour sends To, Fail or nothing");
                         f.push_header(Kind::To, n0);
-                        out.push(Action::Send { port, packet: f });
+                        self.reply_on(port, f, out);
                         return;
                     }
                 };

@@ -350,6 +350,12 @@ fn no_leaks_over_500_cycles() {
 }
 
 #[test]
+#[ignore = "stress: run by make stress"]
+fn stress_no_leaks_over_10000_cycles() {
+    leak_cycles(10_000);
+}
+
+#[test]
 fn caps_and_policies() {
     let s = Scratch::new("caps");
     let a = Daemon::start(&s, "a", &[]);

@@ -230,9 +230,19 @@ fn a_broken_path_or_a_killed_client_ends_the_tunnel() {
 /// its own data.
 #[test]
 fn a_hundred_concurrent_tunnels() {
+    many_tunnels(100);
+}
+
+/// The same with 1,000 (make stress).
+#[test]
+#[ignore = "stress: run by make stress"]
+fn stress_a_thousand_concurrent_tunnels() {
+    many_tunnels(1000);
+}
+
+fn many_tunnels(n: usize) {
     let s = Scratch::new("many");
     let l = Line::new(&s, 1, &["cat"]);
-    let n = 100;
     let mut clients = Vec::new();
     for i in 0..n {
         let script = format!(
@@ -242,10 +252,10 @@ fn a_hundred_concurrent_tunnels() {
         c.arg("-s").arg(&l.first().sock).args(["tunnel", &l.path(), &script]).current_dir(&s.dir);
         clients.push(Proc::spawn(c, &format!("c{i}"), &s.path(&format!("c{i}.err"))));
     }
-    wait_for("100 instances", Duration::from_secs(30), || children(l.last().proc.pid(), "cat").len() == n);
+    wait_for("all instances", Duration::from_secs(120), || children(l.last().proc.pid(), "cat").len() == n);
     std::fs::write(s.path("go"), "").unwrap();
     for (i, c) in clients.iter_mut().enumerate() {
-        let st = c.wait_exit(Duration::from_secs(60));
+        let st = c.wait_exit(Duration::from_secs(300));
         assert!(st.success(), "client {i}: {}", std::fs::read_to_string(s.path(&format!("c{i}.err"))).unwrap());
     }
     for i in 0..n {

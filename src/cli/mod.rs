@@ -50,7 +50,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const USAGE: &str = "\
 usage: r2 [-s SOCKET] [-v] COMMAND [ARG...]
-       r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [CMD]
+       r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [OPTIONS] [CMD]   (see r2d --help)
 
 commands:
   daemon [CMD]             run a node (the same as r2d)

@@ -5,7 +5,7 @@ use crate::client::Control;
 use crate::wire::control::{Reply, Request, Stats};
 use lexopt::prelude::*;
 
-pub const USAGE: &str = "\\
+pub const USAGE: &str = "\
 usage: r2 stats
 
 Prints the local daemon's counters, one per line, tab-separated:

@@ -9,7 +9,7 @@ use crate::wire::NodeId;
 use lexopt::prelude::*;
 use log::warn;
 
-pub const USAGE: &str = "\\
+pub const USAGE: &str = "\
 usage: r2 tunnel [-p] PATH TRANSPORT
 
 Joins TRANSPORT to the tunnel process of the node at the end of PATH

@@ -252,6 +252,20 @@ struct Daemon {
     totals: Totals,
 }
 
+/// Writes a large reply (List, Stats) on a thread of its own, so that the
+/// loop never blocks on a slow reader.
+fn reply_in_background(mut stream: UnixStream, r: &Reply) {
+    use std::io::Write;
+    let bytes = r.encode();
+    let spawned = std::thread::Builder::new().name("reply".into()).stack_size(64 * 1024).spawn(move || {
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.write_all(&bytes);
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a reply thread: {e}");
+    }
+}
+
 /// Writes a reply without ever blocking the loop; a client that does not
 /// read its control socket loses the reply.
 fn reply(stream: &UnixStream, r: &Reply) {
@@ -288,7 +302,7 @@ impl Daemon {
             }
             Input::Stats { stream } => {
                 let stats = self.stats();
-                reply(&stream, &Reply::Stats(stats));
+                reply_in_background(stream, &Reply::Stats(stats));
             }
             Input::List { stream } => {
                 let list: Vec<(NodeId, String)> = self
@@ -297,7 +311,7 @@ impl Daemon {
                     .into_iter()
                     .map(|(p, id)| (id, self.ports.get(&p).map(|x| x.label.clone()).unwrap_or_default()))
                     .collect();
-                reply(&stream, &Reply::List(list));
+                reply_in_background(stream, &Reply::List(list));
             }
             Input::Connect { stream, rfd, wfd, expect, label } => {
                 let port = self.new_port();

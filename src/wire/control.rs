@@ -13,8 +13,8 @@
 use super::id::{NodeId, ID_LEN};
 use std::fmt;
 
-/// The largest control frame.
-pub const MAX_CONTROL: usize = 256 * 1024;
+/// The largest control frame (a Stats reply of many links and tunnels).
+pub const MAX_CONTROL: usize = 16 * 1024 * 1024;
 
 /// What a client asks of the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
