@@ -41,6 +41,12 @@ test:
 stress:
 	$(CARGO) test --release --test faults --test tunnels --test flow -- --ignored --test-threads=1
 
+# Throughput, latency, hops, many tunnels and footprint beside pipes and
+# socat; prints a table and writes target/bench.txt. See benches/bench.rs.
+bench: release
+	-$(CARGO) build --release --target $(MUSL) 2>/dev/null
+	$(CARGO) bench --bench bench
+
 fmt:
 	$(CARGO) fmt --check
 

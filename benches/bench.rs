@@ -1,0 +1,376 @@
+//! `make bench`: r2 beside the pipes and socat chains it is made of.
+//!
+//! Every configuration runs in the same process run, interleaved
+//! round-robin over the repetitions so that machine noise hits all alike;
+//! the table gives medians, min–max and ratios, and is also written to
+//! `target/bench.txt`. Needs socat, perl and dd. Environment: R2_BENCH_REPS
+//! (default 5), R2_BENCH_MIB (bulk size, default 1024), R2_BENCH_RTTS
+//! (round trips, default 10000).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/r2");
+    assert!(p.exists(), "build first: cargo build --release");
+    p
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A scratch directory with r2 and r2d on PATH.
+struct Env {
+    dir: PathBuf,
+    path: String,
+    procs: Vec<Child>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = PathBuf::from(format!("/tmp/r2b-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(bin(), dir.join("bin/r2")).unwrap();
+        std::os::unix::fs::symlink(bin(), dir.join("bin/r2d")).unwrap();
+        let path = format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        Env { dir, path, procs: Vec::new() }
+    }
+
+    fn sh(&self, script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script).env("PATH", &self.path).current_dir(&self.dir);
+        c
+    }
+
+    /// Runs a script to completion; returns its stdout and the time taken.
+    fn run(&self, script: &str) -> (String, Duration) {
+        let t0 = Instant::now();
+        let o = self.sh(script).stderr(Stdio::inherit()).output().unwrap();
+        let t = t0.elapsed();
+        assert!(o.status.success(), "{script} failed");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), t)
+    }
+
+    fn spawn(&mut self, script: &str) -> u32 {
+        let c = self.sh(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let pid = c.id();
+        self.procs.push(c);
+        pid
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a daemon; returns (pid, socket, id).
+    fn daemon(&mut self, name: &str, cmd: &str) -> (u32, PathBuf, String) {
+        let sock = self.dir.join(format!("{name}.sock"));
+        let t0 = Instant::now();
+        let pid = self.spawn(&format!("exec r2d -s {name}.sock -k {name}.id {cmd}"));
+        let mut id = String::new();
+        self.wait_for("a daemon", || {
+            let o = Command::new(bin()).arg("-s").arg(&sock).arg("id").output().unwrap();
+            id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            o.status.success()
+        });
+        let _ = t0;
+        (pid, sock, id)
+    }
+
+    /// Links daemon `a` to `b` by a pipeline; waits until it is up.
+    fn link(&mut self, a: &Path, b: &Path, b_id: &str) {
+        self.spawn(&format!("exec r2 -s {} connect 'R2_SOCKET={} r2 connect -'", a.display(), b.display()));
+        self.wait_for("a link", || {
+            let o = Command::new(bin()).arg("-s").arg(a).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(b_id)
+        });
+    }
+
+    fn socket_exists(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+        }
+        for c in &mut self.procs {
+            let _ = c.wait();
+        }
+        let _ = Command::new("pkill").arg("-f").arg(self.dir.display().to_string()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Samples of one configuration.
+#[derive(Default)]
+struct Series(Vec<f64>);
+
+impl Series {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        v[v.len() / 2]
+    }
+    fn range(&self) -> (f64, f64) {
+        let v = self.sorted();
+        (v[0], v[v.len() - 1])
+    }
+}
+
+/// A socat chain of `relays` relay processes over UNIX sockets, from
+/// socket `in0` to a sink command; returns the socket to connect to.
+fn socat_chain(env: &mut Env, tag: &str, relays: usize, sink: &str) -> String {
+    let last = format!("{tag}{relays}");
+    env.spawn(&format!("exec socat -b 65536 -u UNIX-LISTEN:{last} {sink}"));
+    for i in (0..relays).rev() {
+        let (this, next) = (format!("{tag}{i}"), format!("{tag}{}", i + 1));
+        env.wait_for("socat", || env.socket_exists(&next));
+        env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{this} UNIX-CONNECT:{next}"));
+    }
+    let first = format!("{tag}0");
+    env.wait_for("socat", || env.socket_exists(&first));
+    first
+}
+
+/// A socat echo chain: relays in front of `socat … EXEC:cat`.
+fn socat_echo_chain(env: &mut Env, tag: &str, relays: usize) -> String {
+    let last = format!("{tag}{relays}");
+    env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{last} EXEC:cat"));
+    for i in (0..relays).rev() {
+        let (this, next) = (format!("{tag}{i}"), format!("{tag}{}", i + 1));
+        env.wait_for("socat", || env.socket_exists(&next));
+        env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{this},fork UNIX-CONNECT:{next}"));
+    }
+    let first = format!("{tag}0");
+    env.wait_for("socat", || env.socket_exists(&first));
+    first
+}
+
+/// The perl ping-pong client: prints sorted round trips in microseconds.
+fn pingpong(n: u64, warm: u64, preamble: &str) -> String {
+    format!(
+        r#"perl -MTime::HiRes=time -e '$|=1; syswrite(STDOUT, "{preamble}"); my @r; for my $i (1..{}) {{ my $t = time; syswrite(STDOUT, "x") == 1 or die; sysread(STDIN, my $b, 1) == 1 or die; push @r, (time - $t) * 1e6 if $i > {warm} }} print STDERR join(" ", sort {{ $a <=> $b }} @r), "\n"'"#,
+        n + warm
+    )
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let reps = env_num("R2_BENCH_REPS", 5);
+    let mib = env_num("R2_BENCH_MIB", 1024);
+    let rtts = env_num("R2_BENCH_RTTS", 10_000);
+    let count = mib * 16; // 64 KiB blocks
+    let mut out = String::new();
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+    );
+    let _ = writeln!(out, "r2 bench — {machine}; {reps} repetitions interleaved; bulk {mib} MiB; {rtts} round trips");
+    let mut env = Env::new();
+
+    // Daemons: a chain d0–d1–d2–d3–d4 (4 links), each end with a tunnel
+    // process that swallows or echoes: the first line says which.
+    let dispatch = "'read m; if [ \"$m\" = sink ]; then exec cat >/dev/null; else exec cat; fi'";
+    let mut ds = Vec::new();
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let d = env.daemon(&format!("d{i}"), dispatch);
+        ds.push((d, t0.elapsed()));
+    }
+    let startup = Series(ds.iter().map(|d| d.1.as_secs_f64() * 1000.0).collect());
+    let ds: Vec<(u32, PathBuf, String)> = ds.into_iter().map(|d| d.0).collect();
+    let idle_rss = status_kib(ds[0].0, "VmRSS:");
+    let idle_threads = threads(ds[0].0);
+    for i in 0..4 {
+        let (a, b) = (ds[i].1.clone(), ds[i + 1].1.clone());
+        env.link(&a, &b, &ds[i + 1].2.clone());
+    }
+    let path = |hops: usize| ds[1..=hops].iter().map(|d| d.2.as_str()).collect::<Vec<_>>().join("/");
+    let a = ds[0].1.display().to_string();
+
+    // Socat chains, set up once per repetition (their listeners take one
+    // connection each).
+    let mut bulk: Vec<(String, Series)> = ["r2 1 link", "pipes dd|cat|cat|cat", "socat 2 relays"]
+        .iter()
+        .map(|s| (s.to_string(), Series::default()))
+        .collect();
+    let mut hops_tp: Vec<(String, Series)> = Vec::new();
+    for h in [2usize, 4] {
+        hops_tp.push((format!("r2 {h} links"), Series::default()));
+        hops_tp.push((format!("socat {} relays", h + 1), Series::default()));
+    }
+    let mut many: Vec<(usize, Series, Series)> = vec![(1, Series::default(), Series::default())];
+    many.push((10, Series::default(), Series::default()));
+    many.push((100, Series::default(), Series::default()));
+    let mut peak = (0u64, 0u64);
+    let dd = format!("dd if=/dev/zero bs=64k count={count} 2>/dev/null");
+    let hop_mib = (mib / 4).max(64);
+    let hop_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", hop_mib * 16);
+    for rep in 0..reps {
+        eprintln!("repetition {}/{reps}", rep + 1);
+        // 1. bulk, one link
+        let (_, t) = env.run(&format!("{{ echo sink; {dd}; }} | r2 -s {a} tunnel {} -", path(1)));
+        bulk[0].1 .0.push(mib as f64 / t.as_secs_f64());
+        peak = (peak.0.max(status_kib(ds[0].0, "VmHWM:")), peak.1.max(status_kib(ds[1].0, "VmHWM:")));
+        let (_, t) = env.run(&format!("{dd} | cat | cat | cat > /dev/null"));
+        bulk[1].1 .0.push(mib as f64 / t.as_secs_f64());
+        let first = socat_chain(&mut env, &format!("s{rep}x"), 2, "/dev/null");
+        let (_, t) = env.run(&format!("{dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
+        bulk[2].1 .0.push(mib as f64 / t.as_secs_f64());
+        // 3. hops
+        for (i, h) in [2usize, 4].iter().enumerate() {
+            let (_, t) = env.run(&format!("{{ echo sink; {hop_dd}; }} | r2 -s {a} tunnel {} -", path(*h)));
+            hops_tp[2 * i].1 .0.push(hop_mib as f64 / t.as_secs_f64());
+            let first = socat_chain(&mut env, &format!("h{rep}h{h}x"), h + 1, "/dev/null");
+            let (_, t) = env.run(&format!("{hop_dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
+            hops_tp[2 * i + 1].1 .0.push(hop_mib as f64 / t.as_secs_f64());
+        }
+        // 4. many tunnels
+        for (n, agg, fair) in many.iter_mut() {
+            let each = (mib / *n as u64).max(8);
+            let script = format!(
+                "i=0; while [ $i -lt {n} ]; do \
+                   ( s=$(date +%s%N); {{ echo sink; dd if=/dev/zero bs=64k count={} 2>/dev/null; }} | r2 -s {a} tunnel {} - ; \
+                     e=$(date +%s%N); echo $((e - s)) > t.$i ) & i=$((i+1)); done; wait",
+                each * 16,
+                path(1)
+            );
+            let (_, t) = env.run(&script);
+            agg.0.push((each * *n as u64) as f64 / t.as_secs_f64());
+            let times: Vec<f64> = (0..*n)
+                .map(|i| std::fs::read_to_string(env.dir.join(format!("t.{i}"))).unwrap().trim().parse().unwrap())
+                .collect();
+            let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
+            fair.0.push(min / max);
+        }
+    }
+
+    // 2. latency: 1 link, then chains
+    let mut lat = Vec::new();
+    for h in [1usize, 2, 4] {
+        let pp = pingpong(rtts, 1000, "echo\\n").replace('"', "\\\"");
+        let (o, _) = env.run(&format!("r2 -s {a} tunnel {} \"{pp}\" 2>&1", path(h)));
+        lat.push((format!("r2 {h} link{}", if h == 1 { "" } else { "s" }), o));
+        let first = socat_echo_chain(&mut env, &format!("e{h}x"), h + 1);
+        let (o, _) = env.run(&format!(
+            "socat -b 65536 EXEC:\"{}\" UNIX-CONNECT:{first} 2>&1",
+            pingpong(rtts, 1000, "").replace('"', "\\\"")
+        ));
+        lat.push((format!("socat {} relays", h + 1), o));
+    }
+    let (ping_out, _) = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", path(1)));
+
+    // 5. footprint: 100 idle tunnels
+    let before_rss = status_kib(ds[0].0, "VmRSS:");
+    let (t0, t1) = (threads(ds[0].0), threads(ds[1].0));
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(env.spawn(&format!("exec r2 -s {a} tunnel {} 'echo echo; sleep 600'", path(1))));
+    }
+    env.wait_for("100 idle tunnels", || threads(ds[1].0) >= t1 + 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let with_idle = (status_kib(ds[0].0, "VmRSS:"), status_kib(ds[1].0, "VmRSS:"));
+    let per_tunnel_threads = ((threads(ds[0].0) - t0) as f64 / 100.0, (threads(ds[1].0) - t1) as f64 / 100.0);
+
+    // The table.
+    let r = |s: &Series| format!("{:>9.1} ({:.1}–{:.1})", s.median(), s.range().0, s.range().1);
+    let _ = writeln!(out, "\n1. bulk throughput, one link, MiB/s       median (min–max)   ratio to socat");
+    let socat = bulk[2].1.median();
+    for (name, s) in &bulk {
+        let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / socat);
+    }
+    let _ = writeln!(out, "   r2 / pipe chain: {:.2}", bulk[0].1.median() / bulk[1].1.median());
+    let _ = writeln!(out, "\n2. latency, one-byte round trips (µs)      median     p90     p99   ratio (median, p99)");
+    let parsed: Vec<(String, Vec<f64>)> = lat
+        .iter()
+        .map(|(n, o)| (n.clone(), o.split_whitespace().filter_map(|x| x.parse().ok()).collect()))
+        .collect();
+    for pair in parsed.chunks(2) {
+        let (r2n, r2v) = &pair[0];
+        let (sn, sv) = &pair[1];
+        for (n, v) in [(r2n, r2v), (sn, sv)] {
+            let _ = writeln!(
+                out,
+                "   {n:<24} {:>9.1} {:>7.1} {:>7.1}   {:.2}, {:.2}",
+                percentile(v, 0.5),
+                percentile(v, 0.9),
+                percentile(v, 0.99),
+                percentile(v, 0.5) / percentile(sv, 0.5),
+                percentile(v, 0.99) / percentile(sv, 0.99)
+            );
+        }
+    }
+    let ping_line = ping_out.lines().find(|l| l.starts_with("rtt")).unwrap_or("").to_string();
+    let _ = writeln!(out, "   r2 ping -c 1000 -i 0: {ping_line}");
+    let _ = writeln!(out, "\n3. hops: throughput MiB/s ({hop_mib} MiB)   median (min–max)   ratio");
+    let _ = writeln!(out, "   r2 1 link                {}   {:.2}", r(&bulk[0].1), bulk[0].1.median() / socat);
+    for pair in hops_tp.chunks(2) {
+        for (name, s) in pair {
+            let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / pair[1].1.median());
+        }
+    }
+    let _ = writeln!(out, "\n4. many tunnels through one link: aggregate MiB/s (ratio to 1), slowest/fastest");
+    let single = many[0].1.median();
+    for (n, agg, fair) in &many {
+        let _ = writeln!(out, "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}", r(agg), agg.median() / single, fair.median());
+    }
+    let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
+    let size = std::fs::metadata(&static_bin).map(|m| format!("{} KiB", m.len() / 1024)).unwrap_or("not built (make static)".into());
+    let _ = writeln!(out, "\n5. footprint");
+    let _ = writeln!(out, "   idle daemon RSS                 {idle_rss} KiB ({idle_threads} threads)");
+    let _ = writeln!(
+        out,
+        "   RSS with 100 idle tunnels       caller {} KiB, far side {} KiB ({:.0} / {:.0} KiB per tunnel over {before_rss})",
+        with_idle.0,
+        with_idle.1,
+        (with_idle.0.saturating_sub(before_rss)) as f64 / 100.0,
+        (with_idle.1.saturating_sub(idle_rss)) as f64 / 100.0
+    );
+    let _ = writeln!(out, "   threads per tunnel              caller {:.1}, far side {:.1}", per_tunnel_threads.0, per_tunnel_threads.1);
+    let _ = writeln!(out, "   peak RSS during bulk            caller {} KiB, far side {} KiB", peak.0, peak.1);
+    let _ = writeln!(out, "   static binary (stripped)        {size}");
+    let _ = writeln!(out, "   r2d start to socket answering   median {:.1} ms", startup.median());
+    drop(idle);
+    print!("{out}");
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench.txt");
+    let _ = std::fs::write(&file, &out);
+    eprintln!("written to {}", file.display());
+}
