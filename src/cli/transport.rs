@@ -4,7 +4,7 @@
 use super::{Error, Result};
 use nix::fcntl::OFlag;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,9 @@ impl Transport {
             if packet {
                 flags |= OFlag::O_DIRECT;
             }
-            nix::unistd::pipe2(flags).map_err(|e| Error::Failed(format!("pipe: {e}")))
+            let (r, w) = nix::unistd::pipe2(flags).map_err(|e| Error::Failed(format!("pipe: {e}")))?;
+            crate::sys::grow_pipe(r.as_fd());
+            Ok::<_, Error>((r, w))
         };
         let (to_child_r, to_child_w) = pipe()?;
         let (from_child_r, from_child_w) = pipe()?;

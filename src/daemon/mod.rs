@@ -27,7 +27,7 @@ use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::tunnel::{TunnelMsg, DEFAULT_WINDOW};
 use crate::wire::{FailCode, NodeId, Packet};
-use crossbeam_channel::{bounded, select, tick, unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{send, MsgFlags};
@@ -204,22 +204,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
         actions: Vec::new(),
         totals: Totals::default(),
     };
-    let ticker = tick(TICK);
+    let mut next_tick = Instant::now() + TICK;
     loop {
-        select! {
-            recv(rx) -> input => match input {
-                Ok(Input::Signal(Signal::SIGCHLD)) => d.reap(),
-                Ok(Input::Signal(sig)) => {
-                    info!("{sig}: shutting down");
-                    break;
-                }
-                Ok(input) => d.on_input(input),
-                Err(_) => break,
-            },
-            recv(ticker) -> _ => {
-                d.router_event(Event::Tick);
-                d.reap();
+        match rx.recv_deadline(next_tick) {
+            Ok(Input::Signal(Signal::SIGCHLD)) => d.reap(),
+            Ok(Input::Signal(sig)) => {
+                info!("{sig}: shutting down");
+                break;
             }
+            Ok(input) => d.on_input(input),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + TICK;
+            d.router_event(Event::Tick);
+            d.reap();
         }
     }
     d.shutdown();
@@ -801,7 +801,9 @@ fn pipe(packet: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
     if packet {
         flags |= OFlag::O_DIRECT;
     }
-    Ok(nix::unistd::pipe2(flags)?)
+    let (r, w) = nix::unistd::pipe2(flags)?;
+    crate::sys::grow_pipe(std::os::fd::AsFd::as_fd(&r));
+    Ok((r, w))
 }
 
 /// A tunnel message without its borrowed data (only the data's size).

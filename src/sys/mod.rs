@@ -27,3 +27,12 @@ pub fn cloexec_inherited() {
         }
     }
 }
+
+/// The pipe buffer r2 asks for on the pipes it makes (pipe(7), F_SETPIPE_SZ).
+pub const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// Enlarges a pipe's buffer, so that 64 KiB frames flow without a context
+/// switch each; failure (a lower pipe-max-size) leaves it as it was.
+pub fn grow_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+}
