@@ -174,12 +174,27 @@ fn socat_echo_chain(env: &mut Env, tag: &str, relays: usize) -> String {
     first
 }
 
-/// The perl ping-pong client: prints sorted round trips in microseconds.
-fn pingpong(n: u64, warm: u64, preamble: &str) -> String {
-    format!(
-        r#"perl -MTime::HiRes=time -e '$|=1; syswrite(STDOUT, "{preamble}"); my @r; for my $i (1..{}) {{ my $t = time; syswrite(STDOUT, "x") == 1 or die; sysread(STDIN, my $b, 1) == 1 or die; push @r, (time - $t) * 1e6 if $i > {warm} }} print STDERR join(" ", sort {{ $a <=> $b }} @r), "\n"'"#,
-        n + warm
-    )
+/// Writes the perl ping-pong client to `file`: it sends `preamble`, then
+/// `n` round trips of one byte after `warm` unmeasured ones, and prints the
+/// sorted round trips in microseconds on stderr.
+fn pingpong(env: &Env, file: &str, n: u64, warm: u64, preamble: &str) -> String {
+    let script = format!(
+        r#"use Time::HiRes qw(time);
+$| = 1;
+syswrite(STDOUT, "{preamble}");
+my @r;
+for my $i (1 .. {total}) {{
+    my $t = time;
+    syswrite(STDOUT, "x") == 1 or die;
+    sysread(STDIN, my $b, 1) == 1 or die;
+    push @r, (time - $t) * 1e6 if $i > {warm};
+}}
+print STDERR join(" ", sort {{ $a <=> $b }} @r), "\n";
+"#,
+        total = n + warm
+    );
+    std::fs::write(env.dir.join(file), script).unwrap();
+    format!("perl {file}")
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -286,14 +301,12 @@ fn main() {
     // 2. latency: 1 link, then chains
     let mut lat = Vec::new();
     for h in [1usize, 2, 4] {
-        let pp = pingpong(rtts, 1000, "echo\\n").replace('"', "\\\"");
-        let (o, _) = env.run(&format!("r2 -s {a} tunnel {} \"{pp}\" 2>&1", path(h)));
+        let pp = pingpong(&env, "pp-r2.pl", rtts, 1000, "echo\\n");
+        let (o, _) = env.run(&format!("r2 -s {a} tunnel {} '{pp}' 2>&1", path(h)));
         lat.push((format!("r2 {h} link{}", if h == 1 { "" } else { "s" }), o));
         let first = socat_echo_chain(&mut env, &format!("e{h}x"), h + 1);
-        let (o, _) = env.run(&format!(
-            "socat -b 65536 EXEC:\"{}\" UNIX-CONNECT:{first} 2>&1",
-            pingpong(rtts, 1000, "").replace('"', "\\\"")
-        ));
+        let pp = pingpong(&env, "pp.pl", rtts, 1000, "");
+        let (o, _) = env.run(&format!("socat -b 65536 'EXEC:{pp}' UNIX-CONNECT:{first} 2>&1"));
         lat.push((format!("socat {} relays", h + 1), o));
     }
     let (ping_out, _) = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", path(1)));
@@ -319,10 +332,8 @@ fn main() {
     }
     let _ = writeln!(out, "   r2 / pipe chain: {:.2}", bulk[0].1.median() / bulk[1].1.median());
     let _ = writeln!(out, "\n2. latency, one-byte round trips (µs)      median     p90     p99   ratio (median, p99)");
-    let parsed: Vec<(String, Vec<f64>)> = lat
-        .iter()
-        .map(|(n, o)| (n.clone(), o.split_whitespace().filter_map(|x| x.parse().ok()).collect()))
-        .collect();
+    let parsed: Vec<(String, Vec<f64>)> =
+        lat.iter().map(|(n, o)| (n.clone(), o.split_whitespace().filter_map(|x| x.parse().ok()).collect())).collect();
     for pair in parsed.chunks(2) {
         let (r2n, r2v) = &pair[0];
         let (sn, sv) = &pair[1];
@@ -350,10 +361,18 @@ fn main() {
     let _ = writeln!(out, "\n4. many tunnels through one link: aggregate MiB/s (ratio to 1), slowest/fastest");
     let single = many[0].1.median();
     for (n, agg, fair) in &many {
-        let _ = writeln!(out, "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}", r(agg), agg.median() / single, fair.median());
+        let _ = writeln!(
+            out,
+            "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}",
+            r(agg),
+            agg.median() / single,
+            fair.median()
+        );
     }
     let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
-    let size = std::fs::metadata(&static_bin).map(|m| format!("{} KiB", m.len() / 1024)).unwrap_or("not built (make static)".into());
+    let size = std::fs::metadata(&static_bin)
+        .map(|m| format!("{} KiB", m.len() / 1024))
+        .unwrap_or("not built (make static)".into());
     let _ = writeln!(out, "\n5. footprint");
     let _ = writeln!(out, "   idle daemon RSS                 {idle_rss} KiB ({idle_threads} threads)");
     let _ = writeln!(
@@ -364,7 +383,11 @@ fn main() {
         (with_idle.0.saturating_sub(before_rss)) as f64 / 100.0,
         (with_idle.1.saturating_sub(idle_rss)) as f64 / 100.0
     );
-    let _ = writeln!(out, "   threads per tunnel              caller {:.1}, far side {:.1}", per_tunnel_threads.0, per_tunnel_threads.1);
+    let _ = writeln!(
+        out,
+        "   threads per tunnel              caller {:.1}, far side {:.1}",
+        per_tunnel_threads.0, per_tunnel_threads.1
+    );
     let _ = writeln!(out, "   peak RSS during bulk            caller {} KiB, far side {} KiB", peak.0, peak.1);
     let _ = writeln!(out, "   static binary (stripped)        {size}");
     let _ = writeln!(out, "   r2d start to socket answering   median {:.1} ms", startup.median());
