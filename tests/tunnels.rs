@@ -243,17 +243,22 @@ fn stress_a_thousand_concurrent_tunnels() {
 fn many_tunnels(n: usize) {
     let s = Scratch::new("many");
     let l = Line::new(&s, 1, &["cat"]);
+    // The barrier: a FIFO held open here, so that readers block on read,
+    // not open; one line per client releases them all.
+    let fifo = s.path("go");
+    let made = Command::new("mkfifo").arg(&fifo).status().map(|s| s.success());
+    assert_eq!(made.ok(), Some(true), "mkfifo");
+    let mut go = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
     let mut clients = Vec::new();
     for i in 0..n {
-        let script = format!(
-            "until [ -e go ]; do sleep 0.02; done; head -c 65536 /dev/urandom > in.{i}; cat in.{i}; exec >&-; cat > out.{i}"
-        );
+        let script = format!("read _ < go; head -c 65536 /dev/urandom > in.{i}; cat in.{i}; exec >&-; cat > out.{i}");
         let mut c = Command::new(bin());
         c.arg("-s").arg(&l.first().sock).args(["tunnel", &l.path(), &script]).current_dir(&s.dir);
         clients.push(Proc::spawn(c, &format!("c{i}"), &s.path(&format!("c{i}.err"))));
     }
     wait_for("all instances", Duration::from_secs(120), || children(l.last().proc.pid(), "cat").len() == n);
-    std::fs::write(s.path("go"), "").unwrap();
+    use std::io::Write;
+    go.write_all(&vec![b'\n'; n]).unwrap();
     for (i, c) in clients.iter_mut().enumerate() {
         let st = c.wait_exit(Duration::from_secs(300));
         assert!(st.success(), "client {i}: {}", std::fs::read_to_string(s.path(&format!("c{i}.err"))).unwrap());
