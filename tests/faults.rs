@@ -23,22 +23,6 @@ fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn zombies(pid: u32) -> usize {
-    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    kids.split_whitespace()
-        .filter(|k| std::fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default().contains(") Z "))
-        .count()
-}
-
 /// The daemon's counters, by name.
 fn counters(s: &Scratch, d: &Daemon) -> std::collections::HashMap<String, u64> {
     let o = s.r2(&d.sock, &["stats"]);

@@ -7,16 +7,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A ping-pong of one byte, `n` times, through a tunnel to `cat`; returns
 /// the sorted round trips in microseconds.
 fn ping_pong(s: &Scratch, sock: &std::path::Path, path: &str, n: usize, out: &str) -> Vec<u64> {

@@ -95,14 +95,6 @@ fn children(pid: u32, name: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Zombie children of a process.
-fn zombies(pid: u32) -> usize {
-    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    kids.split_whitespace()
-        .filter(|k| std::fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default().contains(") Z "))
-        .count()
-}
-
 #[test]
 fn hello_through_cat() {
     let s = Scratch::new("hello");

@@ -1,13 +1,12 @@
 //! `r2 connect [-n NODE] TRANSPORT`: hand a byte stream to the daemon as a
 //! link, and wait until the link ends.
 
-use super::transport::Transport;
+use super::transport::{hand_over_and_wait, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
-use crate::wire::control::{Reply, Request};
+use crate::wire::control::Request;
 use crate::wire::NodeId;
 use lexopt::prelude::*;
-use log::{info, warn};
 
 pub const USAGE: &str = "\
 usage: r2 connect [-n NODE] TRANSPORT
@@ -58,31 +57,13 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
-    let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
-    let (mut t, label) = if a.transport == "-" {
+    let control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let (t, label) = if a.transport == "-" {
         (Transport::stdio(), "stdio".to_string())
     } else {
         (Transport::command(&a.transport, false)?, a.transport.clone())
     };
-    let req = Request::Connect { expect: a.expect, label };
-    let sent = control.request(&req, &t.raw_fds());
-    t.handed_over();
-    let outcome = match sent {
-        Err(e) => Err(Error::Failed(e)),
-        Ok(()) => loop {
-            match control.reply() {
-                Ok(Some(Reply::Linked(id))) => info!("linked to {id}"),
-                Ok(Some(Reply::Ended { error: None })) => break Ok(0),
-                Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
-                Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
-                Ok(Some(r)) => warn!("unexpected reply {r:?}"),
-                Ok(None) => break Err(Error::Failed(control.gone())),
-                Err(e) => break Err(Error::Failed(e)),
-            }
-        },
-    };
-    t.reap();
-    outcome
+    hand_over_and_wait(control, &Request::Connect { expect: a.expect, label }, t)
 }
 
 #[cfg(test)]

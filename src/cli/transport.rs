@@ -2,6 +2,8 @@
 //! run with `sh -c` as the invoking user, or this process's own stdio.
 
 use super::{Error, Result};
+use crate::client::Control;
+use crate::wire::control::{Reply, Request};
 use nix::fcntl::OFlag;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -85,4 +87,29 @@ impl Transport {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// Hands `t`'s fds to the daemon with `req`, then waits until the link or
+/// tunnel ends: Ok is the exit status (a tunnel's remote status, or 0 for a
+/// link that ended by end-of-file).
+pub fn hand_over_and_wait(mut control: Control, req: &Request, mut t: Transport) -> Result<i32> {
+    let sent = control.request(req, &t.raw_fds());
+    t.handed_over();
+    let outcome = match sent {
+        Err(e) => Err(Error::Failed(e)),
+        Ok(()) => loop {
+            match control.reply() {
+                Ok(Some(Reply::Linked(id))) => log::info!("linked to {id}"),
+                Ok(Some(Reply::Exit(status))) => break Ok(status as i32),
+                Ok(Some(Reply::Ended { error: None })) => break Ok(0),
+                Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
+                Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
+                Ok(Some(r)) => log::warn!("unexpected reply {r:?}"),
+                Ok(None) => break Err(Error::Failed(control.gone())),
+                Err(e) => break Err(Error::Failed(e)),
+            }
+        },
+    };
+    t.reap();
+    outcome
 }

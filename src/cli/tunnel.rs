@@ -1,13 +1,12 @@
 //! `r2 tunnel [-p] PATH TRANSPORT`: join a program (or this process's
 //! stdio) to the tunnel process of the node at the end of PATH.
 
-use super::transport::Transport;
+use super::transport::{hand_over_and_wait, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
-use crate::wire::control::{Reply, Request};
+use crate::wire::control::Request;
 use crate::wire::NodeId;
 use lexopt::prelude::*;
-use log::warn;
 
 pub const USAGE: &str = "\
 usage: r2 tunnel [-p] PATH TRANSPORT
@@ -58,27 +57,9 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
-    let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
-    let mut t = if a.transport == "-" { Transport::stdio() } else { Transport::command(&a.transport, a.packet)? };
-    let req = Request::Tunnel { path: a.path, packet: a.packet };
-    let sent = control.request(&req, &t.raw_fds());
-    t.handed_over();
-    let outcome = match sent {
-        Err(e) => Err(Error::Failed(e)),
-        Ok(()) => loop {
-            match control.reply() {
-                Ok(Some(Reply::Exit(status))) => break Ok(status as i32),
-                Ok(Some(Reply::Ended { error: None })) => break Ok(0),
-                Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
-                Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
-                Ok(Some(r)) => warn!("unexpected reply {r:?}"),
-                Ok(None) => break Err(Error::Failed(control.gone())),
-                Err(e) => break Err(Error::Failed(e)),
-            }
-        },
-    };
-    t.reap();
-    outcome
+    let control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let t = if a.transport == "-" { Transport::stdio() } else { Transport::command(&a.transport, a.packet)? };
+    hand_over_and_wait(control, &Request::Tunnel { path: a.path, packet: a.packet }, t)
 }
 
 #[cfg(test)]

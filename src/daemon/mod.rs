@@ -547,12 +547,7 @@ impl Daemon {
                     return self.router_event(Event::Closed { port, error: Some(why) });
                 }
                 packet.advance(offset + 1);
-                t.input.add(n);
-                if !t.write(packet) {
-                    if let Some(g) = t.flow.written(n) {
-                        self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
-                    }
-                }
+                self.tunnel_data(key, packet, n);
             }
             Owned::Eof => t.close_output(),
             Owned::Credit(n) => t.add_credit(n),
@@ -560,6 +555,19 @@ impl Daemon {
             Owned::Open => {}
         }
         self.tunnel_check_done(key);
+    }
+
+    /// Data for a tunnel end's program (`packet` holds just the bytes):
+    /// queued for its writer, or, if its input has ended, discarded and
+    /// granted back at once.
+    fn tunnel_data(&mut self, key: Key, packet: Packet, n: usize) {
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        t.input.add(n);
+        if !t.write(packet) {
+            if let Some(g) = t.flow.written(n) {
+                self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
+            }
+        }
     }
 
     /// The caller's side is done when the far side has exited and all its
@@ -641,12 +649,7 @@ impl Daemon {
                     return self.router_event(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
                 }
                 packet.advance(1);
-                t.input.add(n);
-                if !t.write(packet) {
-                    if let Some(g) = t.flow.written(n) {
-                        self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
-                    }
-                }
+                self.tunnel_data(key, packet, n);
             }
             Owned::Eof => t.close_output(),
             Owned::Credit(n) => t.add_credit(n),

@@ -275,3 +275,21 @@ pub fn children_named(pid: u32, name: &str) -> Vec<u32> {
     }
     found
 }
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Zombie children of a process.
+pub fn zombies(pid: u32) -> usize {
+    let kids = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace()
+        .filter(|k| fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default().contains(") Z "))
+        .count()
+}
