@@ -112,7 +112,7 @@ fn stalled_consumer(size: u64, live: usize) {
         median(&during),
         median(&base)
     );
-    // Memory: the windows (256 KiB each way), not the 256 MiB offered.
+    // Memory: the windows (1 MiB each way), not the 256 MiB offered.
     for (i, h) in [idle.0, idle.1].iter().zip([held.0, held.1]) {
         assert!(h <= i + 8 * 1024, "RSS grew from {i} KiB to {h} KiB with a stalled tunnel");
     }

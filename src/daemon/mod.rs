@@ -1,21 +1,22 @@
 //! The daemon, `r2d`: the fds, threads and processes around the router.
 //!
 //! ```text
-//! link reader ─┐                               ┌─> link writer (queue per port)
-//! endpoint rd ─┼─> inputs (bounded) ─> router ─┼─> endpoint writer
-//! tunnel rd/wr ┤        + tick                 ├─> tunnel writer
-//! control     ─┤                               └─> control reply
+//! link reader ─┐                               ┌─> link fd (or its writer)
+//! tunnel rd/wr ┼─> inputs (bounded) ─> router ─┼─> tunnel program (or writer)
+//! control     ─┤        + tick                 └─> control reply
 //! signals     ─┘
 //! ```
 //!
-//! One event loop owns the router, the table of ports and the tunnel ends;
-//! every fd is owned by one reader or one writer thread. Closing a port is
-//! dropping its queue's sender (the writer flushes and closes) and its
-//! waker (the reader stops).
+//! One event loop owns the router, the table of ports and the tunnel ends.
+//! Each fd is read by one reader thread; the loop writes to an fd itself
+//! while that never blocks, and leaves the rest to the fd's writer thread
+//! (`output`). Closing a port is dropping its output (the writer flushes
+//! and closes) and its waker (the reader stops).
 
 mod control;
 pub mod identity;
 mod listener;
+mod output;
 mod ports;
 mod signals;
 pub mod tunnel;
@@ -27,11 +28,12 @@ use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::tunnel::{TunnelMsg, DEFAULT_WINDOW};
 use crate::wire::{FailCode, NodeId, Packet};
-use crossbeam_channel::{bounded, unbounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{send, MsgFlags};
 use nix::unistd::Pid;
+use output::Output;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -40,7 +42,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use tunnel::{Key, Side, TunnelEnd};
+use tunnel::{Delivery, Key, Side, TunnelEnd};
 
 /// How the daemon runs.
 #[derive(Clone, Debug)]
@@ -103,11 +105,11 @@ pub enum Input {
     Signal(Signal),
 }
 
-/// A port's side of the loop: its queue (none for a tunnel's endpoint,
+/// A port's side of the loop: its output (none for a tunnel's endpoint,
 /// which the loop serves itself), its threads' waker and, for ports made by
 /// `r2 connect` and `r2 tunnel`, the client to report to.
 struct PortIo {
-    queue: Option<Sender<Packet>>,
+    output: Option<Output>,
     _waker: Waker,
     client: Option<UnixStream>,
     label: String,
@@ -117,9 +119,9 @@ struct PortIo {
 }
 
 impl PortIo {
-    fn new(queue: Option<Sender<Packet>>, waker: Waker, client: Option<UnixStream>, label: String) -> PortIo {
+    fn new(output: Option<Output>, waker: Waker, client: Option<UnixStream>, label: String) -> PortIo {
         PortIo {
-            queue,
+            output,
             _waker: waker,
             client,
             label,
@@ -383,14 +385,14 @@ impl Daemon {
         label: String,
     ) -> std::io::Result<()> {
         let (waker, wake) = wake_pair()?;
-        let (qtx, qrx) = unbounded();
+        let (out, writer) = output::output(wfd, true);
         if let Some(c) = &client {
             let fd = OwnedFd::from(c.try_clone()?);
             ports::start_watcher(port, fd, wake.try_clone()?, self.inputs.clone())?;
         }
-        ports::start_writer(port, wfd, qrx, self.inputs.clone())?;
+        ports::start_writer(port, writer, self.inputs.clone())?;
         ports::start_reader(port, rfd, wake, self.inputs.clone())?;
-        self.ports.insert(port, PortIo::new(Some(qtx), waker, client, label));
+        self.ports.insert(port, PortIo::new(Some(out), waker, client, label));
         Ok(())
     }
 
@@ -409,11 +411,11 @@ impl Daemon {
     fn act(&mut self, a: Action) {
         match a {
             Action::Send { port, packet } => match self.ports.get_mut(&port) {
-                Some(PortIo { queue: Some(q), tx, .. }) => {
+                Some(PortIo { output: Some(out), tx, .. }) => {
                     tx.add(packet.len() + 4);
-                    let _ = q.send(packet);
+                    out.send(packet);
                 }
-                Some(PortIo { queue: None, .. }) => self.tunnel_client_receive(port, packet),
+                Some(PortIo { output: None, .. }) => self.tunnel_client_receive(port, packet),
                 None => {}
             },
             Action::LinkUp { port, peer } => {
@@ -558,12 +560,13 @@ impl Daemon {
     }
 
     /// Data for a tunnel end's program (`packet` holds just the bytes):
-    /// queued for its writer, or, if its input has ended, discarded and
-    /// granted back at once.
+    /// written or queued for its writer, or, if its input has ended,
+    /// discarded. What is written or discarded now is granted back now;
+    /// what is queued, when its writer reports it.
     fn tunnel_data(&mut self, key: Key, packet: Packet, n: usize) {
         let Some(t) = self.tunnels.get_mut(&key) else { return };
         t.input.add(n);
-        if !t.write(packet) {
+        if t.write(packet) != Delivery::Queued {
             if let Some(g) = t.flow.written(n) {
                 self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
             }

@@ -2,13 +2,13 @@
 //! router events, a writer that drains the port's queue, and for a link made
 //! by `r2 connect`, a watcher that notices when that client goes away.
 
+use super::output::Writer;
 use super::Input;
 use crate::router::{Event, PortId};
-use crate::sys::frames::{wait_ready, write_frames, FrameReader, ReadError, WakeFd};
-use crossbeam_channel::{Receiver, Sender};
+use crate::sys::frames::{wait_ready, FrameReader, ReadError, WakeFd};
+use crossbeam_channel::Sender;
 use nix::poll::PollFlags;
-use nix::sys::socket::{shutdown, Shutdown};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread;
 
 /// Stack size of the per-port threads: their buffers live on the heap.
@@ -41,33 +41,20 @@ pub fn start_reader(port: PortId, fd: OwnedFd, wake: WakeFd, events: Sender<Inpu
     })
 }
 
-/// Writes the port's queue to `fd` until the queue's sender is dropped
-/// (then closes, half-closing a socket) or a write fails.
-pub fn start_writer(
-    port: PortId,
-    fd: OwnedFd,
-    queue: Receiver<crate::wire::Packet>,
-    events: Sender<Input>,
-) -> std::io::Result<()> {
+/// Writes what the loop queued for the port until the loop's side is
+/// dropped (then closes, half-closing a socket) or a write fails.
+pub fn start_writer(port: PortId, writer: Writer, events: Sender<Input>) -> std::io::Result<()> {
     spawn(format!("wr{port}"), move || {
         let mut batch = Vec::with_capacity(BATCH);
-        while let Ok(p) = queue.recv() {
-            batch.push(p);
-            while batch.len() < BATCH {
-                match queue.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = write_frames(fd.as_fd(), &batch) {
+        while writer.next(&mut batch, BATCH) {
+            if let Err(e) = writer.write(&batch) {
                 let error = Some(format!("write error: {e}"));
                 let _ = events.send(Input::Router(Event::Closed { port, error }));
                 return;
             }
-            batch.clear();
+            Writer::recycle(&mut batch);
         }
-        // A socket that is also the read side is half-closed, not closed.
-        let _ = shutdown(fd.as_raw_fd(), Shutdown::Write);
+        writer.finish();
     })
 }
 

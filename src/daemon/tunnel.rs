@@ -4,20 +4,23 @@
 //! along a path to node 0 of a far daemon; the far side is that daemon's
 //! instance of its tunnel process. Both sides are the same machine: a reader
 //! thread turns each read of the program's output into one Data message,
-//! as far as the peer's credit allows; a writer thread writes each Data
-//! message with one write and reports it, and credit is granted back as
-//! data is written out (r2.7, "Flow control").
+//! as far as the peer's credit allows. Each Data message goes to the
+//! program with one write, made by the loop itself while the pipe takes it
+//! at once, else by a writer thread that reports it; credit is granted back
+//! as data is written out (r2.7, "Flow control").
 
+use super::output::{output, Output, Sent, Writer};
 use super::Input;
 use crate::router::PortId;
-use crate::sys::frames::{read_some, write_all, ReadError, WakeFd, Waker};
+use crate::sys::buffers;
+use crate::sys::frames::{read_some, wait_ready, ReadError, WakeFd, Waker};
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
 use crate::wire::{NodeId, Packet};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use nix::poll::PollFlags;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -72,6 +75,16 @@ impl Flow {
     }
 }
 
+/// What became of data for the program.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Written,
+    /// Its writer thread reports it when written.
+    Queued,
+    /// The program's input has ended.
+    Discarded,
+}
+
 /// Which side a tunnel end is on.
 pub enum Side {
     /// The caller: `path` leads to the far daemon; the endpoint is on `port`.
@@ -83,8 +96,8 @@ pub enum Side {
 /// One tunnel end and the threads around its program's pipes.
 pub struct TunnelEnd {
     pub side: Side,
-    /// The queue to the writer of the program's input; dropped at Eof.
-    to_program: Option<Sender<Packet>>,
+    /// The program's input; dropped at Eof.
+    to_program: Option<Output>,
     /// The program's input is gone: later data is discarded.
     pub output_failed: bool,
     pub writer_done: bool,
@@ -121,13 +134,13 @@ impl TunnelEnd {
         let (stop, wake) = crate::sys::frames::wake_pair()?;
         let credit = Arc::new(AtomicI64::new(0));
         let (credit_wake, credit_rx) = bounded(1);
-        let (otx, orx) = unbounded();
-        start_writer(key, wfd, orx, events.clone())?;
+        let (out, writer) = output(wfd, false);
+        start_writer(key, writer, events.clone())?;
         let reader = Reader { key, fd: rfd, stop: wake, credit: credit.clone(), credit_rx, headroom, packet };
         reader.start(events.clone())?;
         Ok(TunnelEnd {
             side,
-            to_program: Some(otx),
+            to_program: Some(out),
             output_failed: false,
             writer_done: false,
             _stop_reader: stop,
@@ -150,12 +163,14 @@ impl TunnelEnd {
         let _ = self.credit_wake.try_send(());
     }
 
-    /// Queues data for the program; false if it is being discarded (the
-    /// program's input has ended), so the caller grants it as written.
-    pub fn write(&mut self, data: Packet) -> bool {
-        match &self.to_program {
-            Some(q) if !self.output_failed => q.send(data).is_ok(),
-            _ => false,
+    /// Gives data to the program.
+    pub fn write(&mut self, data: Packet) -> Delivery {
+        match &mut self.to_program {
+            Some(out) if !self.output_failed => match out.send(data) {
+                Sent::Written => Delivery::Written,
+                Sent::Queued => Delivery::Queued,
+            },
+            _ => Delivery::Discarded,
         }
     }
 
@@ -187,8 +202,25 @@ impl Reader {
             .map(|_| ())
     }
 
+    /// The Data message of the `n` bytes read into `buf`: the buffer
+    /// itself if they are many (the reader takes another), else a copy.
+    fn packet_of(&self, buf: &mut Vec<u8>, n: usize) -> Packet {
+        let start = self.headroom + 1;
+        if n >= buffers::SMALL {
+            buf.truncate(start + n);
+            buf[self.headroom] = DATA;
+            return Packet::from_parts(std::mem::take(buf), self.headroom);
+        }
+        let mut small = Vec::with_capacity(start + n);
+        small.resize(self.headroom, 0);
+        small.push(DATA);
+        small.extend_from_slice(&buf[start..start + n]);
+        Packet::from_parts(small, self.headroom)
+    }
+
     fn run(self, events: Sender<Input>) {
         let need = if self.packet { PACKET as i64 } else { 1 };
+        let mut buf = Vec::new();
         loop {
             let avail = loop {
                 let c = self.credit.load(Ordering::Acquire);
@@ -200,15 +232,22 @@ impl Reader {
                 }
             };
             let max = if self.packet { MAX_DATA } else { avail.min(MAX_DATA) };
-            let mut buf = vec![0u8; self.headroom + 1 + max];
-            let got = read_some(self.fd.as_fd(), &mut buf[self.headroom + 1..], Some(&self.stop));
-            let packet = match got {
+            // Wait for data before holding a buffer: an idle tunnel holds none.
+            match wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(&self.stop)) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => log::debug!("tunnel {:?}: {e}", self.key),
+            }
+            if buf.capacity() < buffers::SIZE {
+                buf = buffers::take();
+            }
+            let start = self.headroom + 1;
+            buf.resize(start + max, 0);
+            let packet = match read_some(self.fd.as_fd(), &mut buf[start..], Some(&self.stop)) {
                 Ok(0) => None,
                 Ok(n) => {
                     self.credit.fetch_sub(n as i64, Ordering::AcqRel);
-                    buf.truncate(self.headroom + 1 + n);
-                    buf[self.headroom] = DATA;
-                    Some(Packet::from_parts(buf, self.headroom))
+                    Some(self.packet_of(&mut buf, n))
                 }
                 Err(ReadError::Woken) => return,
                 Err(e) => {
@@ -224,26 +263,29 @@ impl Reader {
     }
 }
 
-/// Writes each queued message to the program with one write; reports what
-/// was written; closes the program's input when the queue's sender drops.
-fn start_writer(key: Key, fd: OwnedFd, queue: Receiver<Packet>, events: Sender<Input>) -> std::io::Result<()> {
+/// Writes what the loop queued for the program, each message with one
+/// write, and reports it; closes the program's input once the loop's side
+/// is dropped.
+fn start_writer(key: Key, writer: Writer, events: Sender<Input>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("tunnel-wr".into())
         .stack_size(128 * 1024)
         .spawn(move || {
             let mut error = None;
-            while let Ok(p) = queue.recv() {
-                if let Err(e) = write_all(fd.as_fd(), &mut [IoSlice::new(p.bytes())]) {
+            let mut batch = Vec::with_capacity(1);
+            while writer.next(&mut batch, 1) {
+                if let Err(e) = writer.write(&batch) {
                     error = Some(e.to_string());
                     break;
                 }
-                if events.send(Input::TunnelWritten { key, n: p.len() }).is_err() {
+                let Some(p) = batch.pop() else { continue };
+                let n = p.packet.len();
+                buffers::recycle(p.packet);
+                if events.send(Input::TunnelWritten { key, n }).is_err() {
                     return;
                 }
             }
-            // A socket that is also the read side is half-closed, not closed.
-            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-            drop(fd);
+            writer.finish();
             let _ = events.send(Input::TunnelWriterDone { key, error });
         })
         .map(|_| ())

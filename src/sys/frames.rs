@@ -111,6 +111,27 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bufs: &mut [IoSlice<'_>]) -> io::Result
     Ok(())
 }
 
+/// Writes what the fd takes of `bufs` without blocking, whatever the fd's
+/// own flags (pwritev2(2) with `RWF_NOWAIT`, so the flags of a shared fd
+/// are never changed): the bytes written, 0 where it would block.
+/// `ErrorKind::Unsupported` where the fd cannot do this (not a pipe or a
+/// socket, or an older kernel).
+pub fn write_now(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let count = bufs.len().min(nix::libc::UIO_MAXIOV as usize) as nix::libc::c_int;
+    // SAFETY: IoSlice is ABI-compatible with iovec, the slices outlive the
+    // call, and the kernel only reads them.
+    let n = unsafe { nix::libc::pwritev2(fd.as_raw_fd(), bufs.as_ptr().cast(), count, -1, nix::libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    match Errno::last() {
+        Errno::EAGAIN | Errno::EINTR => Ok(0),
+        Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS | Errno::ESPIPE => Err(io::ErrorKind::Unsupported.into()),
+        e => Err(e.into()),
+    }
+}
+
 /// Writes frames: each packet with its length prefix, in one `writev`.
 pub fn write_frames(fd: BorrowedFd<'_>, packets: &[Packet]) -> io::Result<()> {
     let prefixes: Vec<[u8; LEN_PREFIX]> = packets.iter().map(|p| frame_prefix(p.len())).collect();
@@ -121,6 +142,12 @@ pub fn write_frames(fd: BorrowedFd<'_>, packets: &[Packet]) -> io::Result<()> {
     }
     write_all(fd, &mut iov)
 }
+
+/// A reader's buffer: room for two frames of any size at first; a reader
+/// whose read fills it (a busy link) grows it to [`BUSY_BUFFER`], so that
+/// one read and one wake-up of the loop take many frames.
+const READ_BUFFER: usize = 2 * (LEN_PREFIX + MAX_MESSAGE);
+const BUSY_BUFFER: usize = 1024 * 1024;
 
 /// Reads frames from an fd, one [`Packet`] at a time.
 pub struct FrameReader {
@@ -133,14 +160,14 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(fd: OwnedFd, wake: Option<WakeFd>) -> FrameReader {
-        FrameReader { fd, wake, buf: vec![0; 2 * (LEN_PREFIX + MAX_MESSAGE)], start: 0, end: 0 }
+        FrameReader { fd, wake, buf: vec![0; READ_BUFFER], start: 0, end: 0 }
     }
 
     /// The next message; Ok(None) at end-of-file between frames.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
             if let Some((used, msg)) = decode_frame(&self.buf[self.start..self.end]).map_err(ReadError::Wire)? {
-                let p = Packet::from_bytes(msg);
+                let p = super::buffers::packet_from(msg);
                 self.start += used;
                 return Ok(Some(p));
             }
@@ -157,6 +184,9 @@ impl FrameReader {
                 };
             }
             self.end += n;
+            if self.end == self.buf.len() && self.buf.len() < BUSY_BUFFER {
+                self.buf.resize(BUSY_BUFFER, 0);
+            }
         }
     }
 }

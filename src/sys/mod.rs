@@ -1,7 +1,8 @@
 //! Operating-system plumbing shared by the daemon and the clients: where the
-//! socket and id file live, passing fds over UNIX sockets, and blocking frame
-//! I/O on fds that a wake pipe can interrupt.
+//! socket and id file live, passing fds over UNIX sockets, blocking frame
+//! I/O on fds that a wake pipe can interrupt, and reused frame buffers.
 
+pub mod buffers;
 pub mod fdpass;
 pub mod frames;
 pub mod paths;

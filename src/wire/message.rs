@@ -229,6 +229,11 @@ impl Packet {
         Packet { buf, start }
     }
 
+    /// The buffer, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Drops the first `n` bytes of the message.
     pub fn advance(&mut self, n: usize) {
         self.start = (self.start + n).min(self.buf.len());

@@ -18,7 +18,7 @@ pub const CREDIT: u8 = 4;
 pub const EXIT: u8 = 5;
 
 /// The default flow-control window of a tunnel direction.
-pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 /// The largest window a peer may grant.
 pub const MAX_WINDOW: u32 = 1024 * 1024;
 
