@@ -66,23 +66,26 @@ impl Env {
         let end = Instant::now() + Duration::from_secs(20);
         while !cond() {
             assert!(Instant::now() < end, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Starts a daemon; returns (pid, socket, id).
-    fn daemon(&mut self, name: &str, cmd: &str) -> (u32, PathBuf, String) {
+    /// Starts a daemon with the command `r2d` (`r2d`, or `BINARY daemon`);
+    /// returns (pid, socket, id) once `r2 id` gets an answer.
+    fn daemon_of(&mut self, r2d: &str, name: &str, cmd: &str) -> (u32, PathBuf, String) {
         let sock = self.dir.join(format!("{name}.sock"));
-        let t0 = Instant::now();
-        let pid = self.spawn(&format!("exec r2d -s {name}.sock -k {name}.id {cmd}"));
+        let pid = self.spawn(&format!("exec {r2d} -s {name}.sock -k {name}.id {cmd}"));
         let mut id = String::new();
         self.wait_for("a daemon", || {
             let o = Command::new(bin()).arg("-s").arg(&sock).arg("id").output().unwrap();
             id = String::from_utf8_lossy(&o.stdout).trim().to_string();
             o.status.success()
         });
-        let _ = t0;
         (pid, sock, id)
+    }
+
+    fn daemon(&mut self, name: &str, cmd: &str) -> (u32, PathBuf, String) {
+        self.daemon_of("r2d", name, cmd)
     }
 
     /// Links daemon `a` to `b` by a pipeline; waits until it is up.
@@ -233,6 +236,7 @@ fn main() {
     let startup = Series(ds.iter().map(|d| d.1.as_secs_f64() * 1000.0).collect());
     let ds: Vec<(u32, PathBuf, String)> = ds.into_iter().map(|d| d.0).collect();
     let idle_rss = status_kib(ds[0].0, "VmRSS:");
+    let idle_anon = status_kib(ds[0].0, "RssAnon:");
     let idle_threads = threads(ds[0].0);
     for i in 0..4 {
         let (a, b) = (ds[i].1.clone(), ds[i + 1].1.clone());
@@ -314,17 +318,22 @@ fn main() {
     }
     let (ping_out, _) = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", path(1)));
 
-    // 5. footprint: 100 idle tunnels
-    let before_rss = status_kib(ds[0].0, "VmRSS:");
-    let (t0, t1) = (threads(ds[0].0), threads(ds[1].0));
+    // 5. footprint: 100 idle tunnels between two fresh daemons, so that
+    // what the bulk runs left in the heap does not hide their cost
+    let f0 = env.daemon("f0", dispatch);
+    let f1 = env.daemon("f1", dispatch);
+    env.link(&f0.1, &f1.1, &f1.2);
+    std::thread::sleep(Duration::from_millis(300));
+    let before_rss = (status_kib(f0.0, "VmRSS:"), status_kib(f1.0, "VmRSS:"));
+    let (t0, t1) = (threads(f0.0), threads(f1.0));
     let mut idle = Vec::new();
     for _ in 0..100 {
-        idle.push(env.spawn(&format!("exec r2 -s {a} tunnel {} 'echo echo; sleep 600'", path(1))));
+        idle.push(env.spawn(&format!("exec r2 -s {} tunnel {} 'echo echo; sleep 600'", f0.1.display(), f1.2)));
     }
-    env.wait_for("100 idle tunnels", || threads(ds[1].0) >= t1 + 200);
+    env.wait_for("100 idle tunnels", || threads(f1.0) >= t1 + 200);
     std::thread::sleep(Duration::from_millis(300));
-    let with_idle = (status_kib(ds[0].0, "VmRSS:"), status_kib(ds[1].0, "VmRSS:"));
-    let per_tunnel_threads = ((threads(ds[0].0) - t0) as f64 / 100.0, (threads(ds[1].0) - t1) as f64 / 100.0);
+    let with_idle = (status_kib(f0.0, "VmRSS:"), status_kib(f1.0, "VmRSS:"));
+    let per_tunnel_threads = ((threads(f0.0) - t0) as f64 / 100.0, (threads(f1.0) - t1) as f64 / 100.0);
 
     // The table.
     let r = |s: &Series| format!("{:>9.1} ({:.1}–{:.1})", s.median(), s.range().0, s.range().1);
@@ -376,15 +385,28 @@ fn main() {
     let size = std::fs::metadata(&static_bin)
         .map(|m| format!("{} KiB", m.len() / 1024))
         .unwrap_or("not built (make static)".into());
+    let static_idle = if static_bin.exists() {
+        let (pid, _, _) = env.daemon_of(&format!("{} daemon", static_bin.display()), "st", "cat");
+        std::thread::sleep(Duration::from_millis(300));
+        format!("{} KiB ({} KiB private)", status_kib(pid, "VmRSS:"), status_kib(pid, "RssAnon:"))
+    } else {
+        "not built (make static)".into()
+    };
     let _ = writeln!(out, "\n5. footprint");
-    let _ = writeln!(out, "   idle daemon RSS                 {idle_rss} KiB ({idle_threads} threads)");
     let _ = writeln!(
         out,
-        "   RSS with 100 idle tunnels       caller {} KiB, far side {} KiB ({:.0} / {:.0} KiB per tunnel over {before_rss})",
+        "   idle daemon RSS                 {idle_rss} KiB ({idle_anon} KiB private; the rest is shared libc and text), {idle_threads} threads"
+    );
+    let _ = writeln!(out, "   idle daemon RSS, static build   {static_idle}");
+    let _ = writeln!(
+        out,
+        "   RSS with 100 idle tunnels       caller {} KiB, far side {} KiB (+{:.0} / +{:.0} KiB per tunnel over {} / {} KiB)",
         with_idle.0,
         with_idle.1,
-        (with_idle.0.saturating_sub(before_rss)) as f64 / 100.0,
-        (with_idle.1.saturating_sub(idle_rss)) as f64 / 100.0
+        (with_idle.0.saturating_sub(before_rss.0)) as f64 / 100.0,
+        (with_idle.1.saturating_sub(before_rss.1)) as f64 / 100.0,
+        before_rss.0,
+        before_rss.1
     );
     let _ = writeln!(
         out,

@@ -13,7 +13,7 @@ use super::output::{output, Output, Sent, Writer};
 use super::Input;
 use crate::router::PortId;
 use crate::sys::buffers;
-use crate::sys::frames::{read_some, wait_ready, ReadError, WakeFd, Waker};
+use crate::sys::frames::{read_ready, wait_ready, WakeFd, Waker};
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
@@ -203,7 +203,8 @@ impl Reader {
     }
 
     /// The Data message of the `n` bytes read into `buf`: the buffer
-    /// itself if they are many (the reader takes another), else a copy.
+    /// itself if they are many, else a copy, and the buffer goes back to
+    /// the pool (an idle tunnel holds none).
     fn packet_of(&self, buf: &mut Vec<u8>, n: usize) -> Packet {
         let start = self.headroom + 1;
         if n >= buffers::SMALL {
@@ -215,6 +216,7 @@ impl Reader {
         small.resize(self.headroom, 0);
         small.push(DATA);
         small.extend_from_slice(&buf[start..start + n]);
+        buffers::give(std::mem::take(buf));
         Packet::from_parts(small, self.headroom)
     }
 
@@ -243,13 +245,13 @@ impl Reader {
             }
             let start = self.headroom + 1;
             buf.resize(start + max, 0);
-            let packet = match read_some(self.fd.as_fd(), &mut buf[start..], Some(&self.stop)) {
-                Ok(0) => None,
-                Ok(n) => {
+            let packet = match read_ready(self.fd.as_fd(), &mut buf[start..]) {
+                Ok(None) => continue,
+                Ok(Some(0)) => None,
+                Ok(Some(n)) => {
                     self.credit.fetch_sub(n as i64, Ordering::AcqRel);
                     Some(self.packet_of(&mut buf, n))
                 }
-                Err(ReadError::Woken) => return,
                 Err(e) => {
                     log::debug!("tunnel {:?}: {e}", self.key);
                     None

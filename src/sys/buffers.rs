@@ -36,7 +36,11 @@ pub fn take() -> Vec<u8> {
 
 /// Gives a packet's buffer back, if it is one of the pool's size.
 pub fn recycle(p: Packet) {
-    let b = p.into_buffer();
+    give(p.into_buffer());
+}
+
+/// Gives a buffer back, if it is one of the pool's size.
+pub fn give(b: Vec<u8>) {
     if (SIZE..2 * SIZE).contains(&b.capacity()) {
         let _ = pool().0.try_send(b);
     }

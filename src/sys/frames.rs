@@ -95,6 +95,19 @@ pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8], wake: Option<&WakeFd>) -> R
     }
 }
 
+/// One read into `buf` of an fd that poll found readable: Ok(None) if the
+/// data went elsewhere meanwhile (EAGAIN on a shared non-blocking fd).
+pub fn read_ready(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Writes all of `bufs`, waiting with poll on EAGAIN.
 pub fn write_all(fd: BorrowedFd<'_>, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !bufs.is_empty() {
