@@ -8,6 +8,7 @@
 //! (round trips, default 10000).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,6 +123,11 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Wall-clock time in ns since the epoch, as `date +%s%N` prints it.
+fn now_ns() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as f64).unwrap_or(0.0)
 }
 
 fn threads(pid: u32) -> usize {
@@ -265,13 +271,16 @@ fn main() {
     let hop_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", hop_mib * 16);
     for rep in 0..reps {
         eprintln!("repetition {}/{reps}", rep + 1);
-        // 1. bulk, one link; the peak RSS is of this transfer alone
+        // 1. bulk, one link; the peak RSS is of the first transfer, by
+        // daemons that have done nothing else yet
         for d in &ds[..2] {
             let _ = std::fs::write(format!("/proc/{}/clear_refs", d.0), "5");
         }
         let (_, t) = env.run(&format!("{{ echo sink; {dd}; }} | r2 -s {a} tunnel {} -", path(1)));
         bulk[0].1 .0.push(mib as f64 / t.as_secs_f64());
-        peak = (peak.0.max(status_kib(ds[0].0, "VmHWM:")), peak.1.max(status_kib(ds[1].0, "VmHWM:")));
+        if rep == 0 {
+            peak = (status_kib(ds[0].0, "VmHWM:"), status_kib(ds[1].0, "VmHWM:"));
+        }
         let (_, t) = env.run(&format!("{dd} | cat | cat | cat > /dev/null"));
         bulk[1].1 .0.push(mib as f64 / t.as_secs_f64());
         let first = socat_chain(&mut env, &format!("s{rep}x"), 2, "/dev/null");
@@ -285,22 +294,34 @@ fn main() {
             let (_, t) = env.run(&format!("{hop_dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
             hops_tp[2 * i + 1].1 .0.push(hop_mib as f64 / t.as_secs_f64());
         }
-        // 4. many tunnels
+        // 4. many tunnels, all set up first, then released together by one
+        // line each on a FIFO; timed from the release to each one's end
         for (n, agg, fair) in many.iter_mut() {
             let each = (mib / *n as u64).max(8);
+            let before = threads(ds[1].0);
             let script = format!(
                 "i=0; while [ $i -lt {n} ]; do \
-                   ( s=$(date +%s%N); {{ echo sink; dd if=/dev/zero bs=64k count={} 2>/dev/null; }} | r2 -s {a} tunnel {} - ; \
-                     e=$(date +%s%N); echo $((e - s)) > t.$i ) & i=$((i+1)); done; wait",
+                   ( r2 -s {a} tunnel {} 'read _ < go; echo sink; exec dd if=/dev/zero bs=64k count={} 2>/dev/null'; \
+                     date +%s%N > t.$i ) & i=$((i+1)); done; wait",
+                path(1),
                 each * 16,
-                path(1)
             );
-            let (_, t) = env.run(&script);
-            agg.0.push((each * *n as u64) as f64 / t.as_secs_f64());
+            let _ = std::fs::remove_file(env.dir.join("go"));
+            assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
+            let mut go = std::fs::OpenOptions::new().read(true).write(true).open(env.dir.join("go")).unwrap();
+            let mut all = env.sh(&script).spawn().unwrap();
+            env.wait_for("the tunnels", || threads(ds[1].0) >= before + 2 * *n);
+            let release = now_ns();
+            go.write_all(&vec![b'\n'; *n]).unwrap();
+            assert!(all.wait().unwrap().success(), "many tunnels");
             let times: Vec<f64> = (0..*n)
-                .map(|i| std::fs::read_to_string(env.dir.join(format!("t.{i}"))).unwrap().trim().parse().unwrap())
+                .map(|i| {
+                    std::fs::read_to_string(env.dir.join(format!("t.{i}"))).unwrap().trim().parse::<f64>().unwrap()
+                })
+                .map(|end| (end - release) / 1e9)
                 .collect();
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
+            agg.0.push((each * *n as u64) as f64 / max);
             fair.0.push(min / max);
         }
     }
@@ -413,7 +434,11 @@ fn main() {
         "   threads per tunnel              caller {:.1}, far side {:.1}",
         per_tunnel_threads.0, per_tunnel_threads.1
     );
-    let _ = writeln!(out, "   peak RSS during bulk            caller {} KiB, far side {} KiB", peak.0, peak.1);
+    let _ = writeln!(
+        out,
+        "   peak RSS during {mib} MiB        caller {} KiB, far side {} KiB (the first run)",
+        peak.0, peak.1
+    );
     let _ = writeln!(out, "   static binary (stripped)        {size}");
     let _ = writeln!(out, "   r2d start to socket answering   median {:.1} ms", startup.median());
     drop(idle);

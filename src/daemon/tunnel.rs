@@ -13,7 +13,7 @@ use super::output::{output, Output, Sent, Writer};
 use super::Input;
 use crate::router::PortId;
 use crate::sys::buffers;
-use crate::sys::frames::{read_ready, wait_ready, WakeFd, Waker};
+use crate::sys::frames::{read_append, wait_ready, WakeFd, Waker};
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
@@ -243,9 +243,8 @@ impl Reader {
             if buf.capacity() < buffers::SIZE {
                 buf = buffers::take();
             }
-            let start = self.headroom + 1;
-            buf.resize(start + max, 0);
-            let packet = match read_ready(self.fd.as_fd(), &mut buf[start..]) {
+            buf.resize(self.headroom + 1, 0);
+            let packet = match read_append(self.fd.as_fd(), &mut buf, max) {
                 Ok(None) => continue,
                 Ok(Some(0)) => None,
                 Ok(Some(n)) => {

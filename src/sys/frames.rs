@@ -95,15 +95,27 @@ pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8], wake: Option<&WakeFd>) -> R
     }
 }
 
-/// One read into `buf` of an fd that poll found readable: Ok(None) if the
-/// data went elsewhere meanwhile (EAGAIN on a shared non-blocking fd).
-pub fn read_ready(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+/// One read of an fd that poll found readable, appending at most `max`
+/// bytes to `buf` (into its spare capacity, so nothing is zeroed first).
+/// Ok(None) if the data went elsewhere meanwhile (EAGAIN on a shared
+/// non-blocking fd).
+pub fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut().as_mut_ptr();
     loop {
-        match nix::unistd::read(fd, buf) {
-            Ok(n) => return Ok(Some(n)),
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // SAFETY: `reserve` made room for `max` bytes at `spare`, and the
+        // kernel writes at most that many.
+        let n = unsafe { nix::libc::read(fd.as_raw_fd(), spare.cast(), max) };
+        if n >= 0 {
+            // SAFETY: the kernel initialised the `n` bytes it reports.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(Some(n as usize));
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            Errno::EAGAIN => return Ok(None),
+            e => return Err(e.into()),
         }
     }
 }
