@@ -6,7 +6,8 @@
 //! Passed fds may be non-blocking; `EAGAIN` is met with `poll`, and the
 //! flags of a shared fd are never changed.
 
-use crate::wire::message::{decode_frame, frame_prefix, Packet, WireError, LEN_PREFIX, MAX_MESSAGE};
+use super::buffers;
+use crate::wire::message::{decode_frame, frame_prefix, Packet, WireError, HEADROOM, LEN_PREFIX, MAX_MESSAGE};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -175,24 +176,38 @@ const READ_BUFFER: usize = 2 * (LEN_PREFIX + MAX_MESSAGE);
 const BUSY_BUFFER: usize = 1024 * 1024;
 
 /// Reads frames from an fd, one [`Packet`] at a time.
+///
+/// Small frames are read many at a time into the reader's buffer and
+/// copied out. While frames are large (bulk data), each is read straight
+/// into its packet's buffer instead: one `readv` fills the rest of the
+/// frame, guessing its size from the last one, and puts what follows into
+/// the reader's buffer, so no byte is copied twice.
 pub struct FrameReader {
     fd: OwnedFd,
     wake: Option<WakeFd>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The size (prefix included) of the last frame, if it was large.
+    guess: usize,
 }
+
+/// Where a frame read straight into a packet buffer starts: its length
+/// prefix sits at the end of the headroom, so its message starts at
+/// `HEADROOM`.
+const AT: usize = HEADROOM - LEN_PREFIX;
 
 impl FrameReader {
     pub fn new(fd: OwnedFd, wake: Option<WakeFd>) -> FrameReader {
-        FrameReader { fd, wake, buf: vec![0; READ_BUFFER], start: 0, end: 0 }
+        FrameReader { fd, wake, buf: vec![0; READ_BUFFER], start: 0, end: 0, guess: 0 }
     }
 
     /// The next message; Ok(None) at end-of-file between frames.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
             if let Some((used, msg)) = decode_frame(&self.buf[self.start..self.end]).map_err(ReadError::Wire)? {
-                let p = super::buffers::packet_from(msg);
+                let p = buffers::packet_from(msg);
+                self.guess = if msg.len() >= buffers::SMALL { used } else { 0 };
                 self.start += used;
                 return Ok(Some(p));
             }
@@ -201,9 +216,12 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
+            if self.guess > self.end {
+                return self.read_direct();
+            }
             let n = read_some(self.fd.as_fd(), &mut self.buf[self.end..], self.wake.as_ref())?;
             if n == 0 {
-                return match self.end - self.start {
+                return match self.end {
                     0 => Ok(None),
                     k => Err(ReadError::Truncated(k)),
                 };
@@ -212,6 +230,110 @@ impl FrameReader {
             if self.end == self.buf.len() && self.buf.len() < BUSY_BUFFER {
                 self.buf.resize(BUSY_BUFFER, 0);
             }
+        }
+    }
+
+    /// Reads the frame whose first bytes (fewer than `guess`) are buffered
+    /// straight into a packet buffer; what follows it goes to `buf`.
+    fn read_direct(&mut self) -> Result<Option<Packet>, ReadError> {
+        let mut pb = buffers::take();
+        pb.clear();
+        pb.resize(AT, 0);
+        pb.extend_from_slice(&self.buf[..self.end]);
+        self.end = 0;
+        loop {
+            let have = pb.len() - AT;
+            if let Some((used, msg)) = decode_frame(&pb[AT..]).map_err(ReadError::Wire)? {
+                let small = msg.len() < buffers::SMALL;
+                // Bytes past the frame (its size was guessed too large)
+                // go in front of what the buffer got after them.
+                let excess = have - used;
+                if excess > 0 {
+                    self.buf.copy_within(..self.end, excess);
+                    self.buf[..excess].copy_from_slice(&pb[AT + used..]);
+                    self.end += excess;
+                    pb.truncate(AT + used);
+                }
+                self.guess = if small { 0 } else { used };
+                if small {
+                    let p = buffers::packet_from(&pb[HEADROOM..]);
+                    buffers::give(pb);
+                    return Ok(Some(p));
+                }
+                return Ok(Some(Packet::from_parts(pb, HEADROOM)));
+            }
+            // The frame's size: known once its prefix is in (and checked
+            // by decode_frame), else guessed from the last one.
+            let size = match pb.get(AT..HEADROOM) {
+                Some(pre) => LEN_PREFIX + u32::from_be_bytes([pre[0], pre[1], pre[2], pre[3]]) as usize,
+                None => self.guess.max(LEN_PREFIX),
+            };
+            let want = size - have;
+            // Its rest went into the buffer (the size was guessed too small).
+            if self.end > 0 {
+                let k = want.min(self.end);
+                pb.extend_from_slice(&self.buf[..k]);
+                self.buf.copy_within(k..self.end, 0);
+                self.end -= k;
+                continue;
+            }
+            // Room in the buffer for whatever a wrong guess puts in `pb`.
+            let room = self.buf.len() - self.guess.max(LEN_PREFIX);
+            if let Some(w) = &self.wake {
+                if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(w)).map_err(ReadError::Io)? {
+                    return Err(ReadError::Woken);
+                }
+            }
+            match read_split(self.fd.as_fd(), &mut pb, want, &mut self.buf[..room]).map_err(ReadError::Io)? {
+                None => {
+                    if self.wake.is_none() {
+                        wait_ready(self.fd.as_fd(), PollFlags::POLLIN, None).map_err(ReadError::Io)?;
+                    }
+                }
+                Some((0, _)) => {
+                    buffers::give(pb);
+                    return match have {
+                        0 => Ok(None),
+                        k => Err(ReadError::Truncated(k)),
+                    };
+                }
+                Some((_, tail)) => self.end = tail,
+            }
+        }
+    }
+}
+
+/// One `readv` of an fd: at most `want` bytes appended to `head` (into its
+/// spare capacity, so nothing is zeroed first), then what follows into
+/// `tail`. Returns how many went into each; None on EAGAIN.
+fn read_split(
+    fd: BorrowedFd<'_>,
+    head: &mut Vec<u8>,
+    want: usize,
+    tail: &mut [u8],
+) -> io::Result<Option<(usize, usize)>> {
+    use nix::libc::{c_void, iovec};
+    use std::os::fd::AsRawFd;
+    head.reserve(want);
+    let iov = [
+        iovec { iov_base: head.spare_capacity_mut().as_mut_ptr() as *mut c_void, iov_len: want },
+        iovec { iov_base: tail.as_mut_ptr() as *mut c_void, iov_len: tail.len() },
+    ];
+    loop {
+        // SAFETY: both iovecs point into memory owned by `head` (reserved
+        // above) and `tail`, of the lengths given, for the call's duration.
+        let n = unsafe { nix::libc::readv(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n >= 0 {
+            let n = n as usize;
+            let h = n.min(want);
+            // SAFETY: the kernel initialised the first `h` spare bytes.
+            unsafe { head.set_len(head.len() + h) };
+            return Ok(Some((h, n - h)));
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            Errno::EAGAIN => return Ok(None),
+            e => return Err(e.into()),
         }
     }
 }
@@ -237,6 +359,58 @@ mod tests {
             got.push(p);
         }
         assert_eq!(got, writer.join().unwrap());
+    }
+
+    /// Large and small frames mixed at random, so that the size guess of
+    /// the direct path is right, too large and too small, written in
+    /// random pieces so that reads stop anywhere.
+    #[test]
+    fn frames_of_any_size_in_pieces() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let ps: Vec<Packet> = (0..400)
+            .map(|i| {
+                let len = match rand(4) {
+                    0 => rand(100) as usize,
+                    1 => 65536 - rand(3) as usize,
+                    _ => rand(65536) as usize,
+                };
+                Packet::new(Kind::To, NodeId([i as u8; 32]), &vec![i as u8; len])
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        for p in &ps {
+            bytes.extend_from_slice(&frame_prefix(p.len()));
+            bytes.extend_from_slice(p.bytes());
+        }
+        let pieces: Vec<usize> = (0..10_000).map(|_| 1 + rand(90_000) as usize).collect();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut rest = &bytes[..];
+            for n in pieces.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let k = (*n).min(rest.len());
+                write_all(w.as_fd(), &mut [IoSlice::new(&rest[..k])]).unwrap();
+                rest = &rest[k..];
+            }
+        });
+        let mut fr = FrameReader::new(r, None);
+        let mut got = Vec::new();
+        while let Some(p) = fr.next_packet().unwrap() {
+            got.push(p);
+        }
+        writer.join().unwrap();
+        assert_eq!(got.len(), ps.len());
+        for (i, (a, b)) in got.iter().zip(&ps).enumerate() {
+            assert!(a == b, "frame {i}: {} bytes, expected {}", a.len(), b.len());
+        }
     }
 
     #[test]
