@@ -147,6 +147,21 @@ struct Totals {
 const INPUT_QUEUE: usize = 1024;
 /// How often timers are checked.
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often freed heap memory is given back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Gives freed heap memory back to the system, so that the RSS after a
+/// burst (many tunnels, each with a window in flight) comes down again.
+/// glibc keeps freed memory otherwise; musl's allocator returns it itself.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's
+    // own lists, under its locks.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
 /// How long a tunnel process has between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -207,6 +222,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         totals: Totals::default(),
     };
     let mut next_tick = Instant::now() + TICK;
+    let mut next_trim = Instant::now() + TRIM_EVERY;
     loop {
         match rx.recv_deadline(next_tick) {
             Ok(Input::Signal(Signal::SIGCHLD)) => d.reap(),
@@ -222,6 +238,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             next_tick = Instant::now() + TICK;
             d.router_event(Event::Tick);
             d.reap();
+            if Instant::now() >= next_trim {
+                next_trim = Instant::now() + TRIM_EVERY;
+                trim_heap();
+            }
         }
     }
     d.shutdown();
