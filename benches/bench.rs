@@ -56,8 +56,13 @@ impl Env {
         (String::from_utf8_lossy(&o.stdout).into_owned(), t)
     }
 
+    /// Starts a script in a process group of its own, so that what it
+    /// starts (a transport of `r2 tunnel`) ends with it.
     fn spawn(&mut self, script: &str) -> u32 {
-        let c = self.sh(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.sh(script);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+        let c = cmd.spawn().unwrap();
         let pid = c.id();
         self.procs.push(c);
         pid
@@ -106,7 +111,8 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         for c in &mut self.procs {
-            let _ = c.kill();
+            let group = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         }
         for c in &mut self.procs {
             let _ = c.wait();
