@@ -28,10 +28,15 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| bounded(KEPT))
 }
 
-/// A buffer of capacity [`SIZE`] at least, holding old bytes (so that
-/// resizing it for a read seldom has to zero anything).
+/// An empty buffer of capacity [`SIZE`] at least.
 pub fn take() -> Vec<u8> {
-    pool().1.try_recv().unwrap_or_else(|_| Vec::with_capacity(SIZE))
+    match pool().1.try_recv() {
+        Ok(mut b) => {
+            b.clear();
+            b
+        }
+        Err(_) => Vec::with_capacity(SIZE),
+    }
 }
 
 /// Gives a packet's buffer back, if it is one of the pool's size.
@@ -52,7 +57,6 @@ pub fn packet_from(msg: &[u8]) -> Packet {
         return Packet::from_bytes(msg);
     }
     let mut b = take();
-    b.clear();
     b.resize(HEADROOM, 0);
     b.extend_from_slice(msg);
     Packet::from_parts(b, HEADROOM)

@@ -7,7 +7,7 @@
 //! flags of a shared fd are never changed.
 
 use super::buffers;
-use crate::wire::message::{decode_frame, frame_prefix, Packet, WireError, HEADROOM, LEN_PREFIX, MAX_MESSAGE};
+use crate::wire::message::{decode_frame, Packet, WireError, HEADROOM, LEN_PREFIX, MAX_MESSAGE};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -101,24 +101,7 @@ pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8], wake: Option<&WakeFd>) -> R
 /// Ok(None) if the data went elsewhere meanwhile (EAGAIN on a shared
 /// non-blocking fd).
 pub fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
-    use std::os::fd::AsRawFd;
-    buf.reserve(max);
-    let spare = buf.spare_capacity_mut().as_mut_ptr();
-    loop {
-        // SAFETY: `reserve` made room for `max` bytes at `spare`, and the
-        // kernel writes at most that many.
-        let n = unsafe { nix::libc::read(fd.as_raw_fd(), spare.cast(), max) };
-        if n >= 0 {
-            // SAFETY: the kernel initialised the `n` bytes it reports.
-            unsafe { buf.set_len(buf.len() + n as usize) };
-            return Ok(Some(n as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => {}
-            Errno::EAGAIN => return Ok(None),
-            e => return Err(e.into()),
-        }
-    }
+    Ok(read_split(fd, buf, max, &mut [])?.map(|(n, _)| n))
 }
 
 /// Writes all of `bufs`, waiting with poll on EAGAIN.
@@ -156,17 +139,6 @@ pub fn write_now(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> 
         Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS | Errno::ESPIPE => Err(io::ErrorKind::Unsupported.into()),
         e => Err(e.into()),
     }
-}
-
-/// Writes frames: each packet with its length prefix, in one `writev`.
-pub fn write_frames(fd: BorrowedFd<'_>, packets: &[Packet]) -> io::Result<()> {
-    let prefixes: Vec<[u8; LEN_PREFIX]> = packets.iter().map(|p| frame_prefix(p.len())).collect();
-    let mut iov = Vec::with_capacity(packets.len() * 2);
-    for (p, pre) in packets.iter().zip(&prefixes) {
-        iov.push(IoSlice::new(pre));
-        iov.push(IoSlice::new(p.bytes()));
-    }
-    write_all(fd, &mut iov)
 }
 
 /// A reader's buffer: room for two frames of any size at first; a reader
@@ -237,7 +209,6 @@ impl FrameReader {
     /// straight into a packet buffer; what follows it goes to `buf`.
     fn read_direct(&mut self) -> Result<Option<Packet>, ReadError> {
         let mut pb = buffers::take();
-        pb.clear();
         pb.resize(AT, 0);
         pb.extend_from_slice(&self.buf[..self.end]);
         self.end = 0;
@@ -341,16 +312,27 @@ fn read_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::message::Kind;
+    use crate::wire::message::{frame_prefix, Kind};
     use crate::wire::NodeId;
+
+    /// The packets as a link carries them.
+    fn framed(ps: &[Packet]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for p in ps {
+            bytes.extend_from_slice(&frame_prefix(p.len()));
+            bytes.extend_from_slice(p.bytes());
+        }
+        bytes
+    }
 
     #[test]
     fn frames_through_a_pipe() {
         let (r, w) = nix::unistd::pipe().unwrap();
         let ps: Vec<Packet> =
             (0..50u8).map(|i| Packet::new(Kind::To, NodeId([i; 32]), &vec![i; i as usize * 1000])).collect();
+        let bytes = framed(&ps);
         let writer = std::thread::spawn(move || {
-            write_frames(w.as_fd(), &ps).unwrap();
+            write_all(w.as_fd(), &mut [IoSlice::new(&bytes)]).unwrap();
             ps
         });
         let mut fr = FrameReader::new(r, None);
@@ -383,11 +365,7 @@ mod tests {
                 Packet::new(Kind::To, NodeId([i as u8; 32]), &vec![i as u8; len])
             })
             .collect();
-        let mut bytes = Vec::new();
-        for p in &ps {
-            bytes.extend_from_slice(&frame_prefix(p.len()));
-            bytes.extend_from_slice(p.bytes());
-        }
+        let bytes = framed(&ps);
         let pieces: Vec<usize> = (0..10_000).map(|_| 1 + rand(90_000) as usize).collect();
         let (r, w) = nix::unistd::pipe().unwrap();
         let writer = std::thread::spawn(move || {
