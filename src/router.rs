@@ -11,7 +11,7 @@
 //! with values alone.
 
 use crate::wire::id::MAX_HOPS;
-use crate::wire::message::{Kind, Msg, Packet, MAX_MESSAGE};
+use crate::wire::message::{Kind, Msg, Packet, HEADER, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId};
 use log::{debug, info, warn};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -114,6 +114,9 @@ pub enum Event {
     FromTunnel { to: NodeId, packet: Packet },
     /// The tunnel node cannot serve `to`: it gets `Fail(0, code, text)`.
     TunnelFail { to: NodeId, code: FailCode, text: String },
+    /// A link's reader forwarded messages by a shortcut: the link is
+    /// alive, as if they had come here.
+    Heard { port: PortId },
     /// Time passed: check timers.
     Tick,
 }
@@ -132,6 +135,27 @@ pub enum Action {
     Tunnel { peer: NodeId, via: Option<NodeId>, packet: Packet },
     /// Neighbour `peer` has ended, or ended its tunnel: end its instance.
     TunnelGone { peer: NodeId },
+    /// The message just sent was relayed from one link to another, and any
+    /// later message on `from` that starts with the bytes `key` and goes on
+    /// with a non-empty rest would be relayed the same way: on `to`, as
+    /// `head` followed by that rest (if that is within [`MAX_MESSAGE`]).
+    /// The link's reader may do so itself until [`Action::ForgetShortcuts`].
+    Shortcut { from: PortId, key: Vec<u8>, to: PortId, head: Vec<u8> },
+    /// A neighbour or a connection has ended: every shortcut is void.
+    ForgetShortcuts,
+}
+
+/// The first bytes of a message that decide where a relay sends it: a
+/// `To(n1, …)` header, or `From(n0, To(n1, …))`'s two. None when the
+/// message has nothing after them (ε), or another shape. What a link's
+/// reader looks up in its [`Action::Shortcut`]s.
+pub fn shortcut_key(msg: &[u8]) -> Option<&[u8]> {
+    let n = match (msg.first(), msg.get(HEADER)) {
+        (Some(&k), _) if k == Kind::To as u8 => HEADER,
+        (Some(&k), Some(&k2)) if k == Kind::From as u8 && k2 == Kind::To as u8 => 2 * HEADER,
+        _ => return None,
+    };
+    (msg.len() > n).then(|| &msg[..n])
 }
 
 #[derive(Debug)]
@@ -287,6 +311,11 @@ impl Router {
                 }
             }
             Event::TunnelFail { to, code, text } => self.fail(to, NodeId::TUNNEL, code, &text, out),
+            Event::Heard { port } => {
+                if let Some(Port::Link { last_rx, .. }) = self.ports.get_mut(&port) {
+                    *last_rx = now;
+                }
+            }
             Event::Tick => self.tick(out),
         }
     }
@@ -358,7 +387,8 @@ impl Router {
                     }
                     return;
                 }
-                self.route(peer, p, out)
+                let origin = Origin::of(port, &p, HEADER);
+                self.route(peer, p, origin, out)
             }
             Kind::From => {
                 let n0 = m.id;
@@ -422,8 +452,9 @@ impl Router {
                     debug!("fail from {n0} via {peer} about {}", inner.id);
                     return;
                 }
+                let origin = Origin::of(port, &p, 2 * HEADER);
                 p.strip();
-                self.route(n0, p, out)
+                self.route(n0, p, origin, out)
             }
         }
     }
@@ -441,13 +472,14 @@ impl Router {
                 let text = format!("a path has at most {MAX_HOPS} hops");
                 self.fail(id, self.own, FailCode::Refused, &text, out)
             }
-            Ok(_) => self.route(id, p, out),
+            Ok(_) => self.route(id, p, None, out),
         }
     }
 
     /// `p` is `To(to, body)` from neighbour `from`: deliver `From(from, body)`
-    /// to `to`, or answer with a Fail.
-    fn route(&mut self, from: NodeId, mut p: Packet, out: &mut Vec<Action>) {
+    /// to `to`, or answer with a Fail. `origin`: the message came over a
+    /// link, and a relay to a link may become a shortcut.
+    fn route(&mut self, from: NodeId, mut p: Packet, origin: Option<Origin>, out: &mut Vec<Action>) {
         let Ok(m) = p.msg() else { return };
         let (to, quiet, eps) = (m.id, is_quiet(m.body), m.body.is_empty());
         if to == NodeId::LIST {
@@ -481,12 +513,33 @@ impl Router {
         p.set_header(Kind::From, from);
         if eps {
             self.disconnect(from, to);
+            out.push(Action::ForgetShortcuts);
         } else {
             self.connect(from, to);
         }
-        if self.send_to(to, &mut p, out).is_err() && !quiet {
-            self.fail(from, to, FailCode::TooBig, "message over the size cap", out);
+        let (body, sent) = (m_body_len(&p), out.len() + 1);
+        if self.send_to(to, &mut p, out).is_err() {
+            if !quiet {
+                self.fail(from, to, FailCode::TooBig, "message over the size cap", out);
+            }
+            return;
         }
+        if let (Some(o), false, true) = (origin, quiet, out.len() == sent) {
+            self.shortcut(o, to, body, out);
+        }
+    }
+
+    /// After relaying a message that came over a link: if it left by a
+    /// link too, tell the daemon how to relay the next like it.
+    fn shortcut(&self, o: Origin, to: NodeId, body: usize, out: &mut Vec<Action>) {
+        let Some(Action::Send { port, packet }) = out.last() else { return };
+        let link = |p: PortId| matches!(self.ports.get(&p), Some(Port::Link { .. }));
+        if !link(*port) || !link(o.port) || self.port_of(to) != Some(*port) {
+            return;
+        }
+        let Some(head) = packet.bytes().get(..packet.len().saturating_sub(body)) else { return };
+        let (to, head) = (*port, head.to_vec());
+        out.push(Action::Shortcut { from: o.port, key: o.key[..o.len].to_vec(), to, head });
     }
 
     /// `p` is `To(0, m)` from neighbour `from`: hand the tunnel message `m`
@@ -603,6 +656,7 @@ impl Router {
     /// Frees neighbour `n` and tells everyone it was connected with.
     fn end_node(&mut self, n: NodeId, out: &mut Vec<Action>) {
         let Some(node) = self.nodes.remove(&n) else { return };
+        out.push(Action::ForgetShortcuts);
         match node.via {
             Via::Link(_) => self.counters.links_down += 1,
             Via::Endpoint(_) => self.counters.endpoints_closed += 1,
@@ -724,6 +778,31 @@ impl Router {
         }
         Ok(())
     }
+}
+
+/// Where a message routed now came from, for [`Action::Shortcut`]: its
+/// link, and its first `len` bytes, the key of [`shortcut_key`].
+#[derive(Clone, Copy)]
+struct Origin {
+    port: PortId,
+    key: [u8; 2 * HEADER],
+    len: usize,
+}
+
+impl Origin {
+    /// The origin of `p`, read on link `port`, if `shortcut_key` finds
+    /// exactly the `len` bytes the router looked at.
+    fn of(port: PortId, p: &Packet, len: usize) -> Option<Origin> {
+        let k = shortcut_key(p.bytes()).filter(|k| k.len() == len)?;
+        let mut key = [0; 2 * HEADER];
+        key[..len].copy_from_slice(k);
+        Some(Origin { port, key, len })
+    }
+}
+
+/// The size of the body of the message `p` (after its outer header).
+fn m_body_len(p: &Packet) -> usize {
+    p.len().saturating_sub(HEADER)
 }
 
 impl Node {

@@ -23,18 +23,6 @@ fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// The daemon's counters, by name.
-fn counters(s: &Scratch, d: &Daemon) -> std::collections::HashMap<String, u64> {
-    let o = s.r2(&d.sock, &["stats"]);
-    stdout_of(&o)
-        .lines()
-        .filter_map(|l| {
-            let v: Vec<&str> = l.split('\t').collect();
-            (v.len() == 3 && v[0] == "counter").then(|| (v[1].to_string(), v[2].parse().unwrap_or(0)))
-        })
-        .collect()
-}
-
 /// created = destroyed, for everything the daemon counts.
 fn assert_balanced(s: &Scratch, d: &Daemon) {
     let mut c = counters(s, d);

@@ -119,6 +119,13 @@ fn bulk(hops: usize) {
     let v: Vec<&str> = sums.lines().collect();
     assert_eq!(v[0], v[1], "64 MiB there and back over {hops} hops");
     eprintln!("64 MiB there and back over {hops} hop(s): {secs:.2} s");
+    // The daemons in between relayed nearly all of it by shortcut.
+    for d in &l.daemons[1..hops] {
+        let c = counters(&s, d);
+        let (short, routed) = (c["messages_shortcut"], c["messages_routed"]);
+        eprintln!("{}: {short} messages by shortcut, {routed} routed", d.id);
+        assert!(short > 1000 && short > 10 * routed, "{}: {short} by shortcut, {routed} routed", d.id);
+    }
 }
 
 #[test]

@@ -18,12 +18,13 @@ pub mod identity;
 mod listener;
 mod output;
 mod ports;
+mod shortcut;
 mod signals;
 pub mod tunnel;
 
 use crate::router::{Action, Event, Policy, PortId, Router, Timers};
 use crate::sys::frames::{wake_pair, Waker};
-use crate::wire::control::{LinkStats, Reply, Stats, Traffic, TunnelStats};
+use crate::wire::control::{LinkStats, Reply, Stats, TunnelStats};
 use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::tunnel::{TunnelMsg, DEFAULT_WINDOW};
@@ -33,7 +34,7 @@ use log::{debug, info, warn};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{send, MsgFlags};
 use nix::unistd::Pid;
-use output::Output;
+use shortcut::{lock, SharedOutput, Shortcuts};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -41,6 +42,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tunnel::{Delivery, Key, Side, TunnelEnd};
 
@@ -105,30 +107,24 @@ pub enum Input {
     Signal(Signal),
 }
 
-/// A port's side of the loop: its output (none for a tunnel's endpoint,
-/// which the loop serves itself), its threads' waker and, for ports made by
-/// `r2 connect` and `r2 tunnel`, the client to report to.
+/// A port's side of the loop: its output and its reader's shortcuts (none
+/// for a tunnel's endpoint, which the loop serves itself), its threads'
+/// waker and, for ports made by `r2 connect` and `r2 tunnel`, the client to
+/// report to.
 struct PortIo {
-    output: Option<Output>,
+    output: Option<SharedOutput>,
+    shortcuts: Option<Arc<Shortcuts>>,
+    /// The reader's count of relayed messages at the last tick.
+    heard: u64,
     _waker: Waker,
     client: Option<UnixStream>,
     label: String,
     since: Instant,
-    rx: Traffic,
-    tx: Traffic,
 }
 
 impl PortIo {
-    fn new(output: Option<Output>, waker: Waker, client: Option<UnixStream>, label: String) -> PortIo {
-        PortIo {
-            output,
-            _waker: waker,
-            client,
-            label,
-            since: Instant::now(),
-            rx: Traffic::default(),
-            tx: Traffic::default(),
-        }
+    fn new(waker: Waker, client: Option<UnixStream>, label: String) -> PortIo {
+        PortIo { output: None, shortcuts: None, heard: 0, _waker: waker, client, label, since: Instant::now() }
     }
 }
 
@@ -141,6 +137,8 @@ struct Totals {
     instances_ended: u64,
     instances_refused: u64,
     processes_reaped: u64,
+    /// Messages relayed by shortcut on links since closed.
+    relayed: u64,
 }
 
 /// How many inputs may wait for the loop before readers block.
@@ -219,6 +217,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         urandom: File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
         inputs: tx,
         actions: Vec::new(),
+        forget: false,
         totals: Totals::default(),
     };
     let mut next_tick = Instant::now() + TICK;
@@ -236,6 +235,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + TICK;
+            d.hear_relays();
             d.router_event(Event::Tick);
             d.reap();
             if Instant::now() >= next_trim {
@@ -271,6 +271,9 @@ struct Daemon {
     urandom: File,
     inputs: Sender<Input>,
     actions: Vec<Action>,
+    /// A router action voided the shortcuts; they are emptied once its
+    /// actions are done.
+    forget: bool,
     totals: Totals,
 }
 
@@ -315,12 +318,16 @@ impl Daemon {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Router(ev) => {
-                if let Event::Received { port, packet } = &ev {
-                    if let Some(p) = self.ports.get_mut(port) {
-                        p.rx.add(packet.len() + 4);
-                    }
+                // A message from a reader: once handled, the reader may
+                // take shortcuts again.
+                let reader = match &ev {
+                    Event::Received { port, .. } => self.ports.get(port).and_then(|p| p.shortcuts.clone()),
+                    _ => None,
+                };
+                self.router_event(ev);
+                if let Some(s) = reader {
+                    s.handled();
                 }
-                self.router_event(ev)
             }
             Input::Stats { stream } => {
                 let stats = self.stats();
@@ -406,13 +413,17 @@ impl Daemon {
     ) -> std::io::Result<()> {
         let (waker, wake) = wake_pair()?;
         let (out, writer) = output::output(wfd, true);
+        let shortcuts = Shortcuts::new();
         if let Some(c) = &client {
             let fd = OwnedFd::from(c.try_clone()?);
             ports::start_watcher(port, fd, wake.try_clone()?, self.inputs.clone())?;
         }
         ports::start_writer(port, writer, self.inputs.clone())?;
-        ports::start_reader(port, rfd, wake, self.inputs.clone())?;
-        self.ports.insert(port, PortIo::new(Some(out), waker, client, label));
+        ports::start_reader(port, rfd, wake, shortcuts.clone(), self.inputs.clone())?;
+        let mut io = PortIo::new(waker, client, label);
+        io.output = Some(Arc::new(Mutex::new(out)));
+        io.shortcuts = Some(shortcuts);
+        self.ports.insert(port, io);
         Ok(())
     }
 
@@ -426,14 +437,34 @@ impl Daemon {
             self.act(a);
         }
         self.actions = actions;
+        if std::mem::take(&mut self.forget) {
+            for s in self.ports.values().filter_map(|p| p.shortcuts.as_ref()) {
+                s.forget();
+            }
+        }
+    }
+
+    /// Tells the router which links' readers relayed messages by shortcut
+    /// since the last tick: those links are alive.
+    fn hear_relays(&mut self) {
+        let mut heard = Vec::new();
+        for (&port, p) in self.ports.iter_mut() {
+            let n = p.shortcuts.as_ref().map_or(0, |s| s.relayed());
+            if n != p.heard {
+                p.heard = n;
+                heard.push(port);
+            }
+        }
+        for port in heard {
+            self.router_event(Event::Heard { port });
+        }
     }
 
     fn act(&mut self, a: Action) {
         match a {
             Action::Send { port, packet } => match self.ports.get_mut(&port) {
-                Some(PortIo { output: Some(out), tx, .. }) => {
-                    tx.add(packet.len() + 4);
-                    out.send(packet);
+                Some(PortIo { output: Some(out), .. }) => {
+                    lock(out).send(packet);
                 }
                 Some(PortIo { output: None, .. }) => self.tunnel_client_receive(port, packet),
                 None => {}
@@ -449,6 +480,7 @@ impl Daemon {
                     self.totals.tunnels_closed += 1;
                 }
                 if let Some(p) = self.ports.remove(&port) {
+                    self.totals.relayed += p.shortcuts.as_ref().map_or(0, |s| s.relayed());
                     if let Some(c) = &p.client {
                         match (end.as_ref().and_then(|t| t.exit), &error) {
                             (Some(status), None) => reply(c, &Reply::Exit(status)),
@@ -458,6 +490,14 @@ impl Daemon {
                 }
             }
             Action::Tunnel { peer, via, packet } => self.tunnel_server_receive(peer, via, packet),
+            Action::Shortcut { from, key, to, head } => {
+                let out = self.ports.get(&to).and_then(|p| p.output.as_ref());
+                let table = self.ports.get(&from).and_then(|p| p.shortcuts.as_ref());
+                if let (Some(out), Some(table)) = (out, table) {
+                    table.add(key, out, head);
+                }
+            }
+            Action::ForgetShortcuts => self.forget = true,
             Action::TunnelGone { peer } => {
                 if let Some(t) = self.tunnels.remove(&Key::Server(peer)) {
                     debug!("tunnel for {peer} ended");
@@ -477,7 +517,9 @@ impl Daemon {
             .filter_map(|(p, id)| {
                 let io = self.ports.get(&p)?;
                 let up_ms = io.since.elapsed().as_millis() as u64;
-                Some(LinkStats { id, label: io.label.clone(), up_ms, rx: io.rx, tx: io.tx })
+                let rx = io.shortcuts.as_ref().map(|s| s.received()).unwrap_or_default();
+                let tx = io.output.as_ref().map(|o| lock(o).sent).unwrap_or_default();
+                Some(LinkStats { id, label: io.label.clone(), up_ms, rx, tx })
             })
             .collect();
         let tunnels = self
@@ -502,6 +544,10 @@ impl Daemon {
             ("instances_ended", t.instances_ended),
             ("instances_refused", t.instances_refused),
             ("processes_reaped", t.processes_reaped),
+            (
+                "messages_shortcut",
+                t.relayed + self.ports.values().filter_map(|p| p.shortcuts.as_ref()).map(|s| s.relayed()).sum::<u64>(),
+            ),
             ("ports_open", self.ports.len() as u64),
             ("tunnels_open", self.tunnels.len() as u64),
             ("processes_reaping", self.reaping.len() as u64),
@@ -534,7 +580,7 @@ impl Daemon {
         };
         debug!("tunnel {id} on port {port} to {path:?}");
         self.tunnels.insert(key, end);
-        self.ports.insert(port, PortIo::new(None, waker, Some(stream), String::new()));
+        self.ports.insert(port, PortIo::new(waker, Some(stream), String::new()));
         self.totals.tunnels_opened += 1;
         self.router_event(Event::EndpointOpened { port, id });
         self.tunnel_send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode());

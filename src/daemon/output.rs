@@ -9,6 +9,7 @@
 
 use crate::sys::buffers;
 use crate::sys::frames::{write_all, write_now};
+use crate::wire::control::Traffic;
 use crate::wire::message::{frame_prefix, LEN_PREFIX};
 use crate::wire::Packet;
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -41,6 +42,8 @@ pub struct Output {
     /// The fd can be written without blocking (pwritev2 `RWF_NOWAIT`).
     direct: bool,
     framed: bool,
+    /// What was sent, counting frames' length prefixes.
+    pub sent: Traffic,
 }
 
 /// The writer thread's side.
@@ -56,7 +59,8 @@ pub fn output(fd: OwnedFd, framed: bool) -> (Output, Writer) {
     let fd = Arc::new(fd);
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = unbounded();
-    let out = Output { fd: fd.clone(), queue: tx, queued: queued.clone(), direct: true, framed };
+    let out =
+        Output { fd: fd.clone(), queue: tx, queued: queued.clone(), direct: true, framed, sent: Traffic::default() };
     (out, Writer { fd, queue: rx, queued, framed })
 }
 
@@ -74,6 +78,7 @@ impl Output {
     /// Writes `packet` now if it can, else queues what is left of it.
     pub fn send(&mut self, packet: Packet) -> Sent {
         let total = packet.len() + if self.framed { LEN_PREFIX } else { 0 };
+        self.sent.add(total);
         let mut done = 0;
         if self.direct && self.queued.load(Ordering::Acquire) == 0 {
             let prefix = frame_prefix(packet.len());

@@ -1,14 +1,16 @@
-//! The threads that own a port's fds: a reader that turns frames into
-//! router events, a writer that drains the port's queue, and for a link made
+//! The threads that own a port's fds: a reader that relays frames by
+//! shortcut or turns them into router events, a writer that drains the port's queue, and for a link made
 //! by `r2 connect`, a watcher that notices when that client goes away.
 
 use super::output::Writer;
+use super::shortcut::Shortcuts;
 use super::Input;
 use crate::router::{Event, PortId};
 use crate::sys::frames::{wait_ready, FrameReader, ReadError, WakeFd};
 use crossbeam_channel::Sender;
 use nix::poll::PollFlags;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::thread;
 
 /// Stack size of the per-port threads: their buffers live on the heap.
@@ -21,14 +23,26 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()>
     thread::Builder::new().name(name).stack_size(STACK).spawn(f).map(|_| ())
 }
 
-/// Reads frames from `fd` and hands them to the router until end-of-file,
-/// an error, or the wake pipe.
-pub fn start_reader(port: PortId, fd: OwnedFd, wake: WakeFd, events: Sender<Input>) -> std::io::Result<()> {
+/// Reads frames from `fd` and relays them by shortcut or hands them to the
+/// router, until end-of-file, an error, or the wake pipe.
+pub fn start_reader(
+    port: PortId,
+    fd: OwnedFd,
+    wake: WakeFd,
+    shortcuts: Arc<Shortcuts>,
+    events: Sender<Input>,
+) -> std::io::Result<()> {
     spawn(format!("rd{port}"), move || {
         let mut r = FrameReader::new(fd, Some(wake));
         loop {
             let ev = match r.next_packet() {
-                Ok(Some(packet)) => Event::Received { port, packet },
+                Ok(Some(packet)) => match shortcuts.relay(packet) {
+                    Ok(()) => continue,
+                    Err(packet) => {
+                        shortcuts.handing_over();
+                        Event::Received { port, packet }
+                    }
+                },
                 Ok(None) => Event::Closed { port, error: None },
                 Err(ReadError::Woken) => return,
                 Err(e) => Event::Closed { port, error: Some(e.to_string()) },

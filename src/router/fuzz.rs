@@ -2,11 +2,65 @@
 //! corpus is replayed by an ordinary test on stable. Bytes become a
 //! sequence of events over a few ports and a small set of ids (so that ids
 //! collide); the invariants must hold after every event, no frame may leave
-//! over the cap, and once every port has closed the router holds nothing.
+//! over the cap, every shortcut must predict exactly what the router does,
+//! and once every port has closed the router holds nothing.
 
-use super::{Action, Event, PortId, Router, Timers};
+use super::{shortcut_key, Action, Event, PortId, Router, Timers};
 use crate::wire::message::{Kind, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId, Packet};
+use std::collections::HashMap;
+
+type Table = HashMap<Vec<u8>, (PortId, Vec<u8>)>;
+
+/// The shortcuts a daemon keeps, as the router's actions make and void
+/// them; before each message, what the shortcut a link's reader would
+/// take says must happen, and afterwards [`ShortcutModel::check`] that the
+/// router did just that.
+#[derive(Default)]
+pub struct ShortcutModel {
+    /// Per incoming port: key -> (outgoing port, head).
+    tables: HashMap<PortId, Table>,
+    /// How many messages a shortcut predicted.
+    pub checked: usize,
+}
+
+impl ShortcutModel {
+    /// Where a reader would send `ev`'s message, and the bytes, if a
+    /// shortcut says.
+    pub fn predict(&self, ev: &Event) -> Option<(PortId, Vec<u8>)> {
+        let Event::Received { port, packet } = ev else { return None };
+        let key = shortcut_key(packet.bytes())?;
+        let (to, head) = self.tables.get(port)?.get(key)?;
+        let bytes = [&head[..], &packet.bytes()[key.len()..]].concat();
+        (bytes.len() <= MAX_MESSAGE).then_some((*to, bytes))
+    }
+
+    /// Checks that the router's `actions` for a message were the one send
+    /// predicted (and at most shortcuts again), then learns from them.
+    pub fn check(&mut self, predicted: Option<(PortId, Vec<u8>)>, actions: &[Action]) {
+        if let Some((to, bytes)) = predicted {
+            let sends: Vec<(PortId, &[u8])> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send { port, packet } => Some((*port, packet.bytes())),
+                    Action::Shortcut { .. } => None,
+                    other => panic!("a shortcut's message made the router do {other:?}"),
+                })
+                .collect();
+            assert_eq!(sends, vec![(to, &bytes[..])], "a shortcut predicted another send");
+            self.checked += 1;
+        }
+        for a in actions {
+            match a {
+                Action::Shortcut { from, key, to, head } => {
+                    self.tables.entry(*from).or_default().insert(key.clone(), (*to, head.clone()));
+                }
+                Action::ForgetShortcuts => self.tables.clear(),
+                _ => {}
+            }
+        }
+    }
+}
 
 const OWN: NodeId = NodeId([0xAA; 32]);
 
@@ -63,6 +117,7 @@ pub fn events(data: &[u8]) {
     }
     let (mut now, mut next, mut open): (u64, PortId, Vec<PortId>) = (0, 0, Vec::new());
     let mut out = Vec::new();
+    let mut model = ShortcutModel::default();
     let pick = |b: &mut Bytes, open: &Vec<PortId>| -> Option<PortId> {
         let i = b.byte()? as usize;
         open.get(i % open.len().max(1)).copied()
@@ -96,7 +151,9 @@ pub fn events(data: &[u8]) {
             7 => Event::FromTunnel { to: id(b.byte().unwrap_or(3)), packet: message(&mut b) },
             _ => Event::TunnelFail { to: id(b.byte().unwrap_or(3)), code: FailCode::Refused, text: "x".into() },
         };
+        let predicted = model.predict(&ev);
         r.handle(now, ev, &mut out);
+        model.check(predicted, &out);
         for a in out.drain(..) {
             match a {
                 Action::Send { packet, .. } => assert!(packet.len() <= MAX_MESSAGE),

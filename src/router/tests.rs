@@ -20,6 +20,8 @@ struct Net {
     queue: VecDeque<(usize, Event)>,
     next_port: PortId,
     now: Millis,
+    /// Each router's shortcuts, checked against what it does.
+    shortcuts: Vec<fuzz::ShortcutModel>,
 }
 
 impl Net {
@@ -35,6 +37,7 @@ impl Net {
             queue: VecDeque::new(),
             next_port: 100,
             now: 1_000,
+            shortcuts: (1..=n).map(|_| fuzz::ShortcutModel::default()).collect(),
         }
     }
 
@@ -88,7 +91,9 @@ impl Net {
     fn run(&mut self) {
         let mut out = Vec::new();
         while let Some((r, ev)) = self.queue.pop_front() {
+            let predicted = self.shortcuts[r].predict(&ev);
             self.routers[r].handle(self.now, ev, &mut out);
+            self.shortcuts[r].check(predicted, &out);
             for a in out.drain(..) {
                 match a {
                     Action::Send { port, packet } => {
@@ -103,6 +108,7 @@ impl Net {
                         self.tunnel_msgs.push((r, peer, via, packet.bytes().to_vec()))
                     }
                     Action::TunnelGone { peer } => self.tunnels_gone.push((r, peer)),
+                    Action::Shortcut { .. } | Action::ForgetShortcuts => {}
                     Action::Close { port, error } => {
                         if let Some(far) = self.wires.remove(&(r, port)) {
                             self.wires.remove(&far);
@@ -173,6 +179,13 @@ fn nesting_over_three_hops() {
     probe.push(x);
     net.send(0, ep, &nest_to(&probe, b"seq1"));
     assert_eq!(net.take(0, ep), vec![nest_from(&probe, b"seq1")]);
+    // The first trip taught each relay a shortcut each way, and they
+    // predict the second exactly (the Net checks each).
+    assert_eq!(net.shortcuts.iter().map(|s| s.checked).sum::<usize>(), 0);
+    net.send(0, ep, &nest_to(&probe, b"seq2"));
+    assert_eq!(net.take(0, ep), vec![nest_from(&probe, b"seq2")]);
+    let checked: Vec<usize> = net.shortcuts.iter().map(|s| s.checked).collect();
+    assert_eq!(checked, vec![0, 2, 2, 1], "B and C relay both ways, D turns it round, A has no relay");
     // A message to the far end arrives there as From(X, m): ask D's list.
     net.send(0, ep, &nest_to(&[id(2), id(3), id(4), NodeId::LIST], b"?"));
     let got = net.take(0, ep);
@@ -324,8 +337,25 @@ fn keepalive_pings_and_detects_silence() {
     assert!(matches!(&out[..], [Action::Send { port, .. }] if *port == pa));
     out.clear();
     net.routers[0].handle(t + 6_000, Event::Tick, &mut out);
-    assert!(matches!(&out[..], [Action::Close { port, error: Some(_) }] if *port == pa));
+    assert!(matches!(&out[..], [Action::ForgetShortcuts, Action::Close { port, error: Some(_) }] if *port == pa));
     let _ = pb;
+}
+
+/// A link whose reader relays by shortcut is alive though the router sees
+/// none of its messages.
+#[test]
+fn relays_heard_keep_a_link_alive() {
+    let mut net = Net::new(2);
+    let (pa, _) = net.link(0, 1);
+    net.wires.clear();
+    let mut out = Vec::new();
+    let t = net.now;
+    for s in 1..=5 {
+        net.routers[0].handle(t + s * 2_000, Event::Heard { port: pa }, &mut out);
+        net.routers[0].handle(t + s * 2_000, Event::Tick, &mut out);
+    }
+    assert!(out.is_empty(), "no ping, no close: {out:?}");
+    assert_eq!(net.routers[0].links().len(), 1);
 }
 
 #[test]

@@ -301,15 +301,28 @@ impl Packet {
 
     /// Wraps the packet in one more header: it becomes `kind(id, old)`.
     pub fn push_header(&mut self, kind: Kind, id: NodeId) {
-        if self.start < HEADER {
-            let mut buf = Vec::with_capacity(HEADROOM + HEADER + self.len());
-            buf.resize(HEADROOM + HEADER, 0);
-            buf.extend_from_slice(self.bytes());
-            self.buf = buf;
-            self.start = HEADROOM + HEADER;
-        }
+        self.make_room(HEADER);
         self.start -= HEADER;
         self.set_header(kind, id);
+    }
+
+    /// Puts `head` in front of the message.
+    pub fn prepend(&mut self, head: &[u8]) {
+        self.make_room(head.len());
+        self.start -= head.len();
+        self.buf[self.start..self.start + head.len()].copy_from_slice(head);
+    }
+
+    /// Makes sure there are `n` bytes of headroom (copying the message
+    /// into a new buffer only if there are not).
+    fn make_room(&mut self, n: usize) {
+        if self.start < n {
+            let mut buf = Vec::with_capacity(HEADROOM + n + self.len());
+            buf.resize(HEADROOM + n, 0);
+            buf.extend_from_slice(self.bytes());
+            self.buf = buf;
+            self.start = HEADROOM + n;
+        }
     }
 }
 
@@ -445,6 +458,18 @@ mod tests {
         }
         let m = q.msg().unwrap();
         assert_eq!((m.kind, m.id, m.body), (Kind::From, id(7), &b"x"[..]));
+    }
+
+    #[test]
+    fn prepend_within_and_beyond_the_headroom() {
+        let mut p = Packet::from_bytes(b"body");
+        p.prepend(&[1; HEADROOM]);
+        assert_eq!(p.bytes(), [&[1; HEADROOM][..], b"body"].concat());
+        p.prepend(b"more"); // beyond the headroom: reallocates
+        assert_eq!(p.bytes(), [&b"more"[..], &[1; HEADROOM], b"body"].concat());
+        p.advance(4 + HEADROOM);
+        p.prepend(b"h");
+        assert_eq!(p.bytes(), b"hbody");
     }
 
     #[test]

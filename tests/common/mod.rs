@@ -293,3 +293,15 @@ pub fn zombies(pid: u32) -> usize {
         .filter(|k| fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default().contains(") Z "))
         .count()
 }
+
+/// The daemon's counters, by name.
+pub fn counters(s: &Scratch, d: &Daemon) -> std::collections::HashMap<String, u64> {
+    let o = s.r2(&d.sock, &["stats"]);
+    stdout_of(&o)
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<&str> = l.split('\t').collect();
+            (v.len() == 3 && v[0] == "counter").then(|| (v[1].to_string(), v[2].parse().unwrap_or(0)))
+        })
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! Shortcuts: a link's reader relays transit messages itself.
+//!
+//! The router decides where every message goes. When it relays one from a
+//! link to a link, it also says how any later message with the same
+//! leading headers would go ([`Action::Shortcut`]); the loop puts that in
+//! the incoming link's table. The link's reader then rewrites such messages
+//! and writes them to the outgoing link's output itself, so a relay costs
+//! one thread hand-over per hop instead of two.
+//!
+//! Two rules keep this the router's decision: the reader takes a shortcut
+//! only while none of its earlier messages waits for the loop (so nothing
+//! overtakes), and every ending of a neighbour or a connection empties all
+//! tables ([`Action::ForgetShortcuts`]) before the loop lets that reader go
+//! on (so no shortcut outlives the state it came from).
+//!
+//! [`Action::Shortcut`]: crate::router::Action::Shortcut
+//! [`Action::ForgetShortcuts`]: crate::router::Action::ForgetShortcuts
+
+use super::output::Output;
+use crate::router::shortcut_key;
+use crate::wire::control::Traffic;
+use crate::wire::message::{LEN_PREFIX, MAX_MESSAGE};
+use crate::wire::Packet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// An output that the loop and link readers write to.
+pub type SharedOutput = Arc<Mutex<Output>>;
+
+/// The most shortcuts one link keeps; past it, messages take the long way.
+const MAX_ROUTES: usize = 4096;
+
+/// Locks a mutex; a thread that panicked holding it left nothing half done
+/// that matters here, so its poison is ignored.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Route {
+    out: Weak<Mutex<Output>>,
+    head: Vec<u8>,
+}
+
+/// One link's shortcuts, and what its reader counts.
+#[derive(Default)]
+pub struct Shortcuts {
+    /// Messages handed to the loop and not yet handled.
+    pending: AtomicUsize,
+    routes: Mutex<HashMap<Vec<u8>, Route>>,
+    relayed: AtomicU64,
+    rx_bytes: AtomicU64,
+    rx_frames: AtomicU64,
+}
+
+impl Shortcuts {
+    pub fn new() -> Arc<Shortcuts> {
+        Arc::new(Shortcuts::default())
+    }
+
+    /// The reader read message `p`: relays it if a shortcut says how, else
+    /// gives it back, to be handed to the loop.
+    pub fn relay(&self, mut p: Packet) -> Result<(), Packet> {
+        self.rx_bytes.fetch_add((p.len() + LEN_PREFIX) as u64, Ordering::Relaxed);
+        self.rx_frames.fetch_add(1, Ordering::Relaxed);
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return Err(p);
+        }
+        let Some(k) = shortcut_key(p.bytes()).map(<[u8]>::len) else { return Err(p) };
+        let routes = lock(&self.routes);
+        let Some(r) = routes.get(&p.bytes()[..k]) else { return Err(p) };
+        if r.head.len() + p.len() - k > MAX_MESSAGE {
+            return Err(p);
+        }
+        let Some(out) = r.out.upgrade() else { return Err(p) };
+        p.advance(k);
+        p.prepend(&r.head);
+        lock(&out).send(p);
+        self.relayed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The reader hands a message to the loop.
+    pub fn handing_over(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The loop has handled a message of this link's, and acted on it.
+    pub fn handled(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Messages starting with `key` go to `out`, with `head` for `key`.
+    pub fn add(&self, key: Vec<u8>, out: &SharedOutput, head: Vec<u8>) {
+        let mut routes = lock(&self.routes);
+        if routes.len() < MAX_ROUTES {
+            routes.insert(key, Route { out: Arc::downgrade(out), head });
+        }
+    }
+
+    pub fn forget(&self) {
+        lock(&self.routes).clear();
+    }
+
+    /// Messages relayed by shortcut so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    /// What the reader has read.
+    pub fn received(&self) -> Traffic {
+        Traffic { bytes: self.rx_bytes.load(Ordering::Relaxed), frames: self.rx_frames.load(Ordering::Relaxed) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::frames::FrameReader;
+    use crate::wire::message::Kind;
+    use crate::wire::NodeId;
+
+    fn to(n: u8, body: &[u8]) -> Packet {
+        Packet::new(Kind::To, NodeId([n; 32]), body)
+    }
+
+    /// A relay rewrites the key into the head; other messages, and all
+    /// while one waits for the loop or after `forget`, come back.
+    #[test]
+    fn relays_by_the_table_only() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (out, _writer) = super::super::output::output(w, true);
+        let out = Arc::new(Mutex::new(out));
+        let s = Shortcuts::new();
+        let key = to(5, b"").bytes().to_vec();
+        let head = Packet::new(Kind::From, NodeId([9; 32]), b"").bytes().to_vec();
+        s.add(key, &out, head);
+        assert!(s.relay(to(6, b"other")).is_err());
+        assert!(s.relay(to(5, b"")).is_err(), "ε takes the long way");
+        s.relay(to(5, b"first")).unwrap();
+        s.handing_over();
+        assert!(s.relay(to(5, b"behind one in the loop")).is_err());
+        s.handled();
+        s.relay(to(5, b"second")).unwrap();
+        s.forget();
+        assert!(s.relay(to(5, b"third")).is_err());
+        assert_eq!((s.relayed(), s.received().frames), (2, 6));
+        drop(out);
+        drop(_writer);
+        let mut fr = FrameReader::new(r, None);
+        for body in [&b"first"[..], b"second"] {
+            let p = fr.next_packet().unwrap().unwrap();
+            let m = p.msg().unwrap();
+            assert_eq!((m.kind, m.id, m.body), (Kind::From, NodeId([9; 32]), body));
+        }
+        assert!(fr.next_packet().unwrap().is_none());
+    }
+}
