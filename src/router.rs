@@ -549,6 +549,7 @@ impl Router {
         if m.body.is_empty() {
             if let Some(n) = self.nodes.get_mut(&from) {
                 if n.conns.remove(&NodeId::TUNNEL) {
+                    out.push(Action::ForgetShortcuts);
                     out.push(Action::TunnelGone { peer: from });
                 }
             }

@@ -119,12 +119,16 @@ fn bulk(hops: usize) {
     let v: Vec<&str> = sums.lines().collect();
     assert_eq!(v[0], v[1], "64 MiB there and back over {hops} hops");
     eprintln!("64 MiB there and back over {hops} hop(s): {secs:.2} s");
-    // The daemons in between relayed nearly all of it by shortcut.
-    for d in &l.daemons[1..hops] {
+    // Shortcuts: the daemons in between relayed nearly all of it from
+    // their link readers, the ends sent most of their 1024 Data messages
+    // of 64 KiB from their tunnel readers.
+    for (i, d) in l.daemons.iter().enumerate() {
         let c = counters(&s, d);
         let (short, routed) = (c["messages_shortcut"], c["messages_routed"]);
-        eprintln!("{}: {short} messages by shortcut, {routed} routed", d.id);
-        assert!(short > 1000 && short > 10 * routed, "{}: {short} by shortcut, {routed} routed", d.id);
+        eprintln!("d{i}: {short} messages by shortcut, {routed} routed");
+        let relay = i > 0 && i < hops;
+        let ok = if relay { short > 2000 && short > 10 * routed } else { short > 512 };
+        assert!(ok, "d{i}: {short} by shortcut, {routed} routed");
     }
 }
 

@@ -137,8 +137,6 @@ struct Totals {
     instances_ended: u64,
     instances_refused: u64,
     processes_reaped: u64,
-    /// Messages relayed by shortcut on links since closed.
-    relayed: u64,
 }
 
 /// How many inputs may wait for the loop before readers block.
@@ -367,7 +365,12 @@ impl Daemon {
                 self.router_event(Event::EndpointOpened { port, id });
             }
             Input::Tunnel { stream, rfd, wfd, path, packet } => self.open_tunnel(stream, rfd, wfd, path, packet),
-            Input::TunnelRead { key, packet } => self.tunnel_read(key, packet),
+            Input::TunnelRead { key, packet } => {
+                self.tunnel_read(key, packet);
+                if let Some(t) = self.tunnels.get(&key) {
+                    t.outbound.handled();
+                }
+            }
             Input::TunnelWritten { key, n } => {
                 if let Some(g) = self.tunnels.get_mut(&key).and_then(|t| t.flow.written(n)) {
                     self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
@@ -428,11 +431,20 @@ impl Daemon {
     }
 
     fn router_event(&mut self, ev: Event) {
-        let now = self.now();
-        // Acting may feed the router again (tunnel ends do): each call
-        // works on a vector of its own, reused when it is the outermost.
+        let actions = self.router_actions(ev);
+        self.act_all(actions);
+    }
+
+    /// What the router does on `ev`. Acting may feed the router again
+    /// (tunnel ends do): each call works on a vector of its own, reused
+    /// when it is the outermost.
+    fn router_actions(&mut self, ev: Event) -> Vec<Action> {
         let mut actions = std::mem::take(&mut self.actions);
-        self.router.handle(now, ev, &mut actions);
+        self.router.handle(self.now(), ev, &mut actions);
+        actions
+    }
+
+    fn act_all(&mut self, mut actions: Vec<Action>) {
         for a in actions.drain(..) {
             self.act(a);
         }
@@ -440,6 +452,9 @@ impl Daemon {
         if std::mem::take(&mut self.forget) {
             for s in self.ports.values().filter_map(|p| p.shortcuts.as_ref()) {
                 s.forget();
+            }
+            for t in self.tunnels.values() {
+                t.outbound.forget();
             }
         }
     }
@@ -480,7 +495,6 @@ impl Daemon {
                     self.totals.tunnels_closed += 1;
                 }
                 if let Some(p) = self.ports.remove(&port) {
-                    self.totals.relayed += p.shortcuts.as_ref().map_or(0, |s| s.relayed());
                     if let Some(c) = &p.client {
                         match (end.as_ref().and_then(|t| t.exit), &error) {
                             (Some(status), None) => reply(c, &Reply::Exit(status)),
@@ -531,7 +545,7 @@ impl Daemon {
                     Key::Client(port) => (false, self.router.endpoint_id(*port).unwrap_or(NodeId([0; 32]))),
                 };
                 let up_ms = t.since.elapsed().as_millis() as u64;
-                TunnelStats { server, id, up_ms, input: t.input, output: t.output }
+                TunnelStats { server, id, up_ms, input: t.input, output: t.outbound.read() }
             })
             .collect();
         let t = &self.totals;
@@ -544,10 +558,7 @@ impl Daemon {
             ("instances_ended", t.instances_ended),
             ("instances_refused", t.instances_refused),
             ("processes_reaped", t.processes_reaped),
-            (
-                "messages_shortcut",
-                t.relayed + self.ports.values().filter_map(|p| p.shortcuts.as_ref()).map(|s| s.relayed()).sum::<u64>(),
-            ),
+            ("messages_shortcut", shortcut::taken()),
             ("ports_open", self.ports.len() as u64),
             ("tunnels_open", self.tunnels.len() as u64),
             ("processes_reaping", self.reaping.len() as u64),
@@ -651,38 +662,42 @@ impl Daemon {
 
     /// Sends a tunnel message from the end `key` to its peer.
     fn tunnel_send(&mut self, key: Key, msg: &[u8]) {
-        let mut p = Packet::from_parts(msg.to_vec(), 0);
-        self.tunnel_send_packet(key, &mut p);
+        self.tunnel_send_packet(key, Packet::from_parts(msg.to_vec(), 0), false);
     }
 
-    fn tunnel_send_packet(&mut self, key: Key, p: &mut Packet) {
+    /// Sends a tunnel message from the end `key` to its peer. For `data`,
+    /// if the end's reader does not know the way yet and the router sends
+    /// the message on an output and does nothing else, the reader learns
+    /// the headers it got and that output.
+    fn tunnel_send_packet(&mut self, key: Key, mut p: Packet, data: bool) {
         let Some(t) = self.tunnels.get(&key) else { return };
-        let p = std::mem::replace(p, Packet::from_parts(Vec::new(), 0));
-        match &t.side {
+        let learn = (data && !t.outbound.known()).then(|| p.bytes().to_vec());
+        let ev = match &t.side {
             Side::Client { port, path } => {
-                let mut p = p;
                 p.push_header(Kind::To, NodeId::TUNNEL);
                 for h in path.iter().rev() {
                     p.push_header(Kind::To, *h);
                 }
-                let port = *port;
-                self.router_event(Event::Received { port, packet: p });
+                Event::Received { port: *port, packet: p }
             }
-            Side::Server { peer, .. } => {
-                let to = *peer;
-                self.router_event(Event::FromTunnel { to, packet: p });
+            Side::Server { peer, .. } => Event::FromTunnel { to: *peer, packet: p },
+        };
+        let actions = self.router_actions(ev);
+        if let (Some(msg), [Action::Send { port, packet }]) = (learn, &actions[..]) {
+            let out = self.ports.get(port).and_then(|p| p.output.as_ref());
+            let head = packet.bytes().strip_suffix(&msg[..]);
+            if let (Some(out), Some(head), Some(t)) = (out, head, self.tunnels.get(&key)) {
+                t.outbound.learn(out, head.to_vec());
             }
         }
+        self.act_all(actions);
     }
 
     /// A read of a tunnel program's output (None: its end).
     fn tunnel_read(&mut self, key: Key, packet: Option<Packet>) {
         let Some(t) = self.tunnels.get_mut(&key) else { return };
         match packet {
-            Some(mut p) => {
-                t.output.add(p.len() - 1);
-                self.tunnel_send_packet(key, &mut p)
-            }
+            Some(p) => self.tunnel_send_packet(key, p, true),
             None => {
                 t.sent_eof = true;
                 self.tunnel_send(key, &TunnelMsg::Eof.encode());

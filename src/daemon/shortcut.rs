@@ -13,6 +13,12 @@
 //! tables ([`Action::ForgetShortcuts`]) before the loop lets that reader go
 //! on (so no shortcut outlives the state it came from).
 //!
+//!
+//! A tunnel's reader has a shortcut of its own ([`Outbound`]): every Data
+//! message of a tunnel end gets the same headers on its way out, so once
+//! the loop has seen where the router sends one, the reader adds those
+//! headers and writes the next itself, by the same two rules.
+//!
 //! [`Action::Shortcut`]: crate::router::Action::Shortcut
 //! [`Action::ForgetShortcuts`]: crate::router::Action::ForgetShortcuts
 
@@ -30,6 +36,14 @@ pub type SharedOutput = Arc<Mutex<Output>>;
 
 /// The most shortcuts one link keeps; past it, messages take the long way.
 const MAX_ROUTES: usize = 4096;
+
+/// Messages sent by shortcut in this process, links' and tunnels' alike.
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many messages went by shortcut.
+pub fn taken() -> u64 {
+    TAKEN.load(Ordering::Relaxed)
+}
 
 /// Locks a mutex; a thread that panicked holding it left nothing half done
 /// that matters here, so its poison is ignored.
@@ -77,6 +91,7 @@ impl Shortcuts {
         p.prepend(&r.head);
         lock(&out).send(p);
         self.relayed.fetch_add(1, Ordering::Relaxed);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -110,6 +125,71 @@ impl Shortcuts {
     /// What the reader has read.
     pub fn received(&self) -> Traffic {
         Traffic { bytes: self.rx_bytes.load(Ordering::Relaxed), frames: self.rx_frames.load(Ordering::Relaxed) }
+    }
+}
+
+/// A tunnel reader's way out: the headers its Data messages get and the
+/// output they leave by, and what it has read.
+#[derive(Default)]
+pub struct Outbound {
+    /// Messages handed to the loop and not yet handled.
+    pending: AtomicUsize,
+    route: Mutex<Option<Route>>,
+    /// Data read from the program (not counting the Data tag).
+    read_bytes: AtomicU64,
+    read_frames: AtomicU64,
+}
+
+impl Outbound {
+    pub fn new() -> Arc<Outbound> {
+        Arc::new(Outbound::default())
+    }
+
+    /// The reader read the Data message `p`: sends it if it knows the way,
+    /// else gives it back, to be handed to the loop.
+    pub fn send(&self, mut p: Packet) -> Result<(), Packet> {
+        self.read_bytes.fetch_add(p.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        self.read_frames.fetch_add(1, Ordering::Relaxed);
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return Err(p);
+        }
+        let route = lock(&self.route);
+        let Some(r) = route.as_ref() else { return Err(p) };
+        if r.head.len() + p.len() > MAX_MESSAGE {
+            return Err(p);
+        }
+        let Some(out) = r.out.upgrade() else { return Err(p) };
+        p.prepend(&r.head);
+        lock(&out).send(p);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn handing_over(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn handled(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the way out is known.
+    pub fn known(&self) -> bool {
+        lock(&self.route).is_some()
+    }
+
+    /// Data messages go to `out`, after `head`.
+    pub fn learn(&self, out: &SharedOutput, head: Vec<u8>) {
+        *lock(&self.route) = Some(Route { out: Arc::downgrade(out), head });
+    }
+
+    pub fn forget(&self) {
+        *lock(&self.route) = None;
+    }
+
+    /// What the reader has read from the program.
+    pub fn read(&self) -> Traffic {
+        Traffic { bytes: self.read_bytes.load(Ordering::Relaxed), frames: self.read_frames.load(Ordering::Relaxed) }
     }
 }
 

@@ -4,12 +4,14 @@
 //! along a path to node 0 of a far daemon; the far side is that daemon's
 //! instance of its tunnel process. Both sides are the same machine: a reader
 //! thread turns each read of the program's output into one Data message,
-//! as far as the peer's credit allows. Each Data message goes to the
+//! as far as the peer's credit allows, and sends it on itself once it knows
+//! the way (`shortcut::Outbound`). Each Data message goes to the
 //! program with one write, made by the loop itself while the pipe takes it
 //! at once, else by a writer thread that reports it; credit is granted back
 //! as data is written out (r2.7, "Flow control").
 
 use super::output::{output, Output, Sent, Writer};
+use super::shortcut::Outbound;
 use super::Input;
 use crate::router::PortId;
 use crate::sys::buffers;
@@ -111,9 +113,10 @@ pub struct TunnelEnd {
     pub exit: Option<u8>,
     pub exit_sent: bool,
     pub since: std::time::Instant,
-    /// Data given to the program, and data it produced.
+    /// Data given to the program.
     pub input: Traffic,
-    pub output: Traffic,
+    /// The reader's way out, and its count of the data the program produced.
+    pub outbound: Arc<Outbound>,
 }
 
 impl TunnelEnd {
@@ -136,7 +139,17 @@ impl TunnelEnd {
         let (credit_wake, credit_rx) = bounded(1);
         let (out, writer) = output(wfd, false);
         start_writer(key, writer, events.clone())?;
-        let reader = Reader { key, fd: rfd, stop: wake, credit: credit.clone(), credit_rx, headroom, packet };
+        let outbound = Outbound::new();
+        let reader = Reader {
+            key,
+            fd: rfd,
+            stop: wake,
+            credit: credit.clone(),
+            credit_rx,
+            headroom,
+            packet,
+            outbound: outbound.clone(),
+        };
         reader.start(events.clone())?;
         Ok(TunnelEnd {
             side,
@@ -153,7 +166,7 @@ impl TunnelEnd {
             exit_sent: false,
             since: std::time::Instant::now(),
             input: Traffic::default(),
-            output: Traffic::default(),
+            outbound,
         })
     }
 
@@ -191,6 +204,7 @@ struct Reader {
     credit_rx: Receiver<()>,
     headroom: usize,
     packet: bool,
+    outbound: Arc<Outbound>,
 }
 
 impl Reader {
@@ -249,7 +263,10 @@ impl Reader {
                 Ok(Some(0)) => None,
                 Ok(Some(n)) => {
                     self.credit.fetch_sub(n as i64, Ordering::AcqRel);
-                    Some(self.packet_of(&mut buf, n))
+                    match self.outbound.send(self.packet_of(&mut buf, n)) {
+                        Ok(()) => continue,
+                        Err(p) => Some(p),
+                    }
                 }
                 Err(e) => {
                     log::debug!("tunnel {:?}: {e}", self.key);
@@ -257,6 +274,7 @@ impl Reader {
                 }
             };
             let eof = packet.is_none();
+            self.outbound.handing_over();
             if events.send(Input::TunnelRead { key: self.key, packet }).is_err() || eof {
                 return;
             }
