@@ -147,6 +147,9 @@ pub fn write_now(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> 
 const READ_BUFFER: usize = 2 * (LEN_PREFIX + MAX_MESSAGE);
 const BUSY_BUFFER: usize = 1024 * 1024;
 
+/// The most read after a frame that is read straight into its packet.
+const DIRECT_TAIL: usize = 4096;
+
 /// Reads frames from an fd, one [`Packet`] at a time.
 ///
 /// Small frames are read many at a time into the reader's buffer and
@@ -248,8 +251,11 @@ impl FrameReader {
                 self.end -= k;
                 continue;
             }
-            // Room in the buffer for whatever a wrong guess puts in `pb`.
-            let room = self.buf.len() - self.guess.max(LEN_PREFIX);
+            // What follows goes to the buffer: a little, so that the next
+            // large frame, too, is read straight into its packet (and not
+            // copied out of the buffer), leaving room there for whatever a
+            // wrong guess puts in `pb`.
+            let room = (self.buf.len() - self.guess.max(LEN_PREFIX)).min(DIRECT_TAIL);
             if let Some(w) = &self.wake {
                 if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(w)).map_err(ReadError::Io)? {
                     return Err(ReadError::Woken);
