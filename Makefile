@@ -6,6 +6,15 @@ BINDIR = $(DESTDIR)$(PREFIX)/bin
 MANDIR = $(DESTDIR)$(PREFIX)/share/man
 CARGO ?= cargo
 MUSL = x86_64-unknown-linux-musl
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+
+# On glibc hosts every build is a static PIE: no dynamic loader and no
+# shared libc to map, so an idle daemon's RSS is its own text and data
+# (about 1.7 MiB instead of 2.7). r2 uses no NSS, iconv or dlopen, the
+# parts of glibc that need shared objects at run time.
+ifneq ($(filter %-linux-gnu,$(HOST)),)
+export RUSTFLAGS += -C target-feature=+crt-static
+endif
 
 .PHONY: all build release install uninstall static test check fmt clippy manlint demo bench stress fuzz clean
 
@@ -70,5 +79,5 @@ clean:
 FUZZ_TIME ?= 60
 fuzz:
 	cd fuzz && for t in frames router; do \
-		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
+		env -u RUSTFLAGS cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
 	done

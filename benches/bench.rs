@@ -422,9 +422,9 @@ fn main() {
     let _ = writeln!(out, "\n5. footprint");
     let _ = writeln!(
         out,
-        "   idle daemon RSS                 {idle_rss} KiB ({idle_anon} KiB private; the rest is shared libc and text), {idle_threads} threads"
+        "   idle daemon RSS                 {idle_rss} KiB ({idle_anon} KiB private; the rest is text), {idle_threads} threads"
     );
-    let _ = writeln!(out, "   idle daemon RSS, static build   {static_idle}");
+    let _ = writeln!(out, "   idle daemon RSS, musl build     {static_idle}");
     let _ = writeln!(
         out,
         "   RSS with 100 idle tunnels       caller {} KiB, far side {} KiB (+{:.0} / +{:.0} KiB per tunnel over {} / {} KiB)",
@@ -445,7 +445,7 @@ fn main() {
         "   peak RSS during {mib} MiB        caller {} KiB, far side {} KiB (the first run)",
         peak.0, peak.1
     );
-    let _ = writeln!(out, "   static binary (stripped)        {size}");
+    let _ = writeln!(out, "   musl binary (make static)       {size}");
     let _ = writeln!(out, "   r2d start to socket answering   median {:.1} ms", startup.median());
     drop(idle);
     print!("{out}");
