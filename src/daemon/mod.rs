@@ -324,7 +324,7 @@ impl Daemon {
                 };
                 self.router_event(ev);
                 if let Some(s) = reader {
-                    s.handled();
+                    s.pending.handled();
                 }
             }
             Input::Stats { stream } => {
@@ -368,7 +368,7 @@ impl Daemon {
             Input::TunnelRead { key, packet } => {
                 self.tunnel_read(key, packet);
                 if let Some(t) = self.tunnels.get(&key) {
-                    t.outbound.handled();
+                    t.outbound.pending.handled();
                 }
             }
             Input::TunnelWritten { key, n } => {

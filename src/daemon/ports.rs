@@ -39,7 +39,7 @@ pub fn start_reader(
                 Ok(Some(packet)) => match shortcuts.relay(packet) {
                     Ok(()) => continue,
                     Err(packet) => {
-                        shortcuts.handing_over();
+                        shortcuts.pending.handing_over();
                         Event::Received { port, packet }
                     }
                 },

@@ -13,7 +13,6 @@
 //! tables ([`Action::ForgetShortcuts`]) before the loop lets that reader go
 //! on (so no shortcut outlives the state it came from).
 //!
-//!
 //! A tunnel's reader has a shortcut of its own ([`Outbound`]): every Data
 //! message of a tunnel end gets the same headers on its way out, so once
 //! the loop has seen where the router sends one, the reader adds those
@@ -56,11 +55,45 @@ struct Route {
     head: Vec<u8>,
 }
 
+impl Route {
+    /// Sends `p` with its first `skip` bytes replaced by the head, if that
+    /// is within the cap and the output is still there.
+    fn send(&self, mut p: Packet, skip: usize) -> Result<(), Packet> {
+        if self.head.len() + p.len() - skip > MAX_MESSAGE {
+            return Err(p);
+        }
+        let Some(out) = self.out.upgrade() else { return Err(p) };
+        p.advance(skip);
+        p.prepend(&self.head);
+        lock(&out).send(p);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The messages a reader has handed to the loop that the loop has not yet
+/// handled and acted on: while there are any, the reader takes no shortcut.
+#[derive(Default)]
+pub struct Pending(AtomicUsize);
+
+impl Pending {
+    pub fn handing_over(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn handled(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn none(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+}
+
 /// One link's shortcuts, and what its reader counts.
 #[derive(Default)]
 pub struct Shortcuts {
-    /// Messages handed to the loop and not yet handled.
-    pending: AtomicUsize,
+    pub pending: Pending,
     routes: Mutex<HashMap<Vec<u8>, Route>>,
     relayed: AtomicU64,
     rx_bytes: AtomicU64,
@@ -74,35 +107,18 @@ impl Shortcuts {
 
     /// The reader read message `p`: relays it if a shortcut says how, else
     /// gives it back, to be handed to the loop.
-    pub fn relay(&self, mut p: Packet) -> Result<(), Packet> {
+    pub fn relay(&self, p: Packet) -> Result<(), Packet> {
         self.rx_bytes.fetch_add((p.len() + LEN_PREFIX) as u64, Ordering::Relaxed);
         self.rx_frames.fetch_add(1, Ordering::Relaxed);
-        if self.pending.load(Ordering::Acquire) != 0 {
+        if !self.pending.none() {
             return Err(p);
         }
         let Some(k) = shortcut_key(p.bytes()).map(<[u8]>::len) else { return Err(p) };
         let routes = lock(&self.routes);
         let Some(r) = routes.get(&p.bytes()[..k]) else { return Err(p) };
-        if r.head.len() + p.len() - k > MAX_MESSAGE {
-            return Err(p);
-        }
-        let Some(out) = r.out.upgrade() else { return Err(p) };
-        p.advance(k);
-        p.prepend(&r.head);
-        lock(&out).send(p);
+        r.send(p, k)?;
         self.relayed.fetch_add(1, Ordering::Relaxed);
-        TAKEN.fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// The reader hands a message to the loop.
-    pub fn handing_over(&self) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The loop has handled a message of this link's, and acted on it.
-    pub fn handled(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Messages starting with `key` go to `out`, with `head` for `key`.
@@ -132,8 +148,7 @@ impl Shortcuts {
 /// output they leave by, and what it has read.
 #[derive(Default)]
 pub struct Outbound {
-    /// Messages handed to the loop and not yet handled.
-    pending: AtomicUsize,
+    pub pending: Pending,
     route: Mutex<Option<Route>>,
     /// Data read from the program (not counting the Data tag).
     read_bytes: AtomicU64,
@@ -147,30 +162,16 @@ impl Outbound {
 
     /// The reader read the Data message `p`: sends it if it knows the way,
     /// else gives it back, to be handed to the loop.
-    pub fn send(&self, mut p: Packet) -> Result<(), Packet> {
+    pub fn send(&self, p: Packet) -> Result<(), Packet> {
         self.read_bytes.fetch_add(p.len().saturating_sub(1) as u64, Ordering::Relaxed);
         self.read_frames.fetch_add(1, Ordering::Relaxed);
-        if self.pending.load(Ordering::Acquire) != 0 {
+        if !self.pending.none() {
             return Err(p);
         }
-        let route = lock(&self.route);
-        let Some(r) = route.as_ref() else { return Err(p) };
-        if r.head.len() + p.len() > MAX_MESSAGE {
-            return Err(p);
+        match lock(&self.route).as_ref() {
+            Some(r) => r.send(p, 0),
+            None => Err(p),
         }
-        let Some(out) = r.out.upgrade() else { return Err(p) };
-        p.prepend(&r.head);
-        lock(&out).send(p);
-        TAKEN.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    pub fn handing_over(&self) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn handled(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Whether the way out is known.
@@ -218,9 +219,9 @@ mod tests {
         assert!(s.relay(to(6, b"other")).is_err());
         assert!(s.relay(to(5, b"")).is_err(), "ε takes the long way");
         s.relay(to(5, b"first")).unwrap();
-        s.handing_over();
+        s.pending.handing_over();
         assert!(s.relay(to(5, b"behind one in the loop")).is_err());
-        s.handled();
+        s.pending.handled();
         s.relay(to(5, b"second")).unwrap();
         s.forget();
         assert!(s.relay(to(5, b"third")).is_err());

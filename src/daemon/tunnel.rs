@@ -274,7 +274,7 @@ impl Reader {
                 }
             };
             let eof = packet.is_none();
-            self.outbound.handing_over();
+            self.outbound.pending.handing_over();
             if events.send(Input::TunnelRead { key: self.key, packet }).is_err() || eof {
                 return;
             }
