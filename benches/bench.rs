@@ -212,6 +212,39 @@ print STDERR join(" ", sort {{ $a <=> $b }} @r), "\n";
     format!("perl {file}")
 }
 
+/// How many children of process `pid` run `name`.
+fn children_named(pid: u32, name: &str) -> usize {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace()
+        .filter(|k| std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == name))
+        .count()
+}
+
+/// Writes the producer of the many-tunnels runs to `file`: it says `sink`,
+/// marks itself ready (file `ready.ID`), waits for its byte (a newline) on
+/// the FIFO `go`, read alone so that each takes one, then writes `chunks` blocks of 64 KiB. Being started before the
+/// release, no process start-up is timed (100 `exec`s took ~0.1 s of the
+/// 2 cores, which is not r2's).
+fn producer(env: &Env, file: &str) -> String {
+    let script = r#"my ($id, $chunks) = @ARGV;
+syswrite(STDOUT, "sink\n");
+open(my $go, "<", "go") or die "go: $!";
+open(my $ready, ">", "ready.$id") or die; close($ready);
+sysread($go, my $line, 1) == 1 or die "go: end";
+my $b = "\0" x 65536;
+for (1 .. $chunks) {
+    my $off = 0;
+    while ($off < 65536) {
+        my $n = syswrite(STDOUT, $b, 65536 - $off, $off);
+        defined($n) or die "write: $!";
+        $off += $n;
+    }
+}
+"#;
+    std::fs::write(env.dir.join(file), script).unwrap();
+    format!("perl {file}")
+}
+
 fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -239,6 +272,7 @@ fn main() {
     // Daemons: a chain d0–d1–d2–d3–d4 (4 links), each end with a tunnel
     // process that swallows or echoes: the first line says which.
     let dispatch = "'read m; if [ \"$m\" = sink ]; then exec cat >/dev/null; else exec cat; fi'";
+    let producer = producer(&env, "producer.pl");
     let mut ds = Vec::new();
     for i in 0..5 {
         let t0 = Instant::now();
@@ -300,15 +334,14 @@ fn main() {
             let (_, t) = env.run(&format!("{hop_dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
             hops_tp[2 * i + 1].1 .0.push(hop_mib as f64 / t.as_secs_f64());
         }
-        // 4. many tunnels, all set up first, then released together by one
-        // line each on a FIFO; timed from the release to each one's end
+        // 4. many tunnels, all set up first with their producers ready,
+        // then released together by one line each on a FIFO; timed from the
+        // release to each one's end
         for (n, agg, fair) in many.iter_mut() {
             let each = (mib / *n as u64).max(8);
-            let before = threads(ds[1].0);
             let script = format!(
-                "i=0; while [ $i -lt {n} ]; do \
-                   ( r2 -s {a} tunnel {} 'read _ < go; echo sink; exec dd if=/dev/zero bs=64k count={} 2>/dev/null'; \
-                     date +%s%N > t.$i ) & i=$((i+1)); done; wait",
+                "rm -f ready.*; i=0; while [ $i -lt {n} ]; do \
+                   ( r2 -s {a} tunnel {} '{producer} '$i' {}'; date +%s%N > t.$i ) & i=$((i+1)); done; wait",
                 path(1),
                 each * 16,
             );
@@ -316,7 +349,8 @@ fn main() {
             assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
             let mut go = std::fs::OpenOptions::new().read(true).write(true).open(env.dir.join("go")).unwrap();
             let mut all = env.sh(&script).spawn().unwrap();
-            env.wait_for("the tunnels", || threads(ds[1].0) >= before + 2 * *n);
+            env.wait_for("the producers", || (0..*n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
+            env.wait_for("the far side's cats", || children_named(ds[1].0, "cat") == *n);
             let release = now_ns();
             go.write_all(&vec![b'\n'; *n]).unwrap();
             assert!(all.wait().unwrap().success(), "many tunnels");
