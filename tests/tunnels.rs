@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// transport; the last runs `cmd` as its tunnel process.
 struct Line {
     daemons: Vec<Daemon>,
-    _links: Vec<Proc>,
+    links: Vec<Proc>,
 }
 
 impl Line {
@@ -31,7 +31,7 @@ impl Line {
             let next = daemons[i + 1].id.clone();
             wait_for("links", SOON, || daemons[i].neighbours(s).contains(&next));
         }
-        Line { daemons, _links: links }
+        Line { daemons, links }
     }
 
     /// The path from the first daemon to the last.
@@ -140,6 +140,53 @@ fn bulk_64_mib_one_hop() {
 #[test]
 fn bulk_64_mib_three_hops() {
     bulk(3);
+}
+
+/// A relay's link onward is cut while a tunnel streams through it by
+/// shortcut: the caller is told and exits, the far instance is reaped, the
+/// relay frees all it held; over a new link, a new tunnel takes shortcuts
+/// again and carries all its data.
+#[test]
+fn a_relay_cut_mid_stream_and_shortcuts_learnt_again() {
+    let s = Scratch::new("tcut");
+    let mut l = Line::new(&s, 2, &["wc -c"]);
+    let (relay, far) = (&l.daemons[1], &l.daemons[2]);
+    let mut c = Command::new(bin());
+    c.arg("-s").arg(&l.first().sock).args(["tunnel", &l.path(), "cat /dev/zero"]);
+    let mut client = Proc::spawn(c, "stream", &s.path("stream.err"));
+    wait_for("a stream by shortcut", SOON, || counters(&s, relay)["messages_shortcut"] > 100);
+    let far_pid = far.proc.pid();
+    assert_eq!(children(far_pid, "wc").len(), 1);
+    // Cut relay -> far: the link's r2 connect client goes away.
+    kill_pid(l.links[1].pid(), libc_sig::KILL);
+    assert_ne!(client.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    let err = std::fs::read_to_string(s.path("stream.err")).unwrap();
+    assert!(err.contains("broke"), "{err}");
+    wait_for("the far instance to be reaped", Duration::from_secs(5), || {
+        children(far_pid, "wc").is_empty() && zombies(far_pid) == 0
+    });
+    let end = Instant::now() + SOON;
+    loop {
+        let c = counters(&s, relay);
+        let held = (c["virtual_bound"] - c["virtual_freed"], c["links_up"] - c["links_down"]);
+        if held == (0, 1) {
+            break;
+        }
+        assert!(Instant::now() < end, "the relay still holds (virtual neighbours, links) {held:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new link and a new tunnel: all of it arrives, by shortcut again.
+    let t = format!("R2_SOCKET={} r2 connect -", far.sock.display());
+    l.links.push(connect(&s, relay, &[], &t, "relink"));
+    let far_id = far.id.clone();
+    wait_for("the new link", SOON, || l.daemons[1].neighbours(&s).contains(&far_id));
+    let before = counters(&s, &l.daemons[1])["messages_shortcut"];
+    sh_out(&s, "head -c 8388608 /dev/zero > in");
+    let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim(), "8388608");
+    let after = counters(&s, &l.daemons[1])["messages_shortcut"];
+    assert!(after - before > 64, "8 MiB took {} shortcuts at the relay", after - before);
 }
 
 #[test]
