@@ -215,7 +215,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         urandom: File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?,
         inputs: tx,
         actions: Vec::new(),
-        forget: false,
+        forgotten: true,
         totals: Totals::default(),
     };
     let mut next_tick = Instant::now() + TICK;
@@ -269,9 +269,9 @@ struct Daemon {
     urandom: File,
     inputs: Sender<Input>,
     actions: Vec<Action>,
-    /// A router action voided the shortcuts; they are emptied once its
-    /// actions are done.
-    forget: bool,
+    /// No reader holds a shortcut: none was made since they were last
+    /// forgotten.
+    forgotten: bool,
     totals: Totals,
 }
 
@@ -449,13 +449,22 @@ impl Daemon {
             self.act(a);
         }
         self.actions = actions;
-        if std::mem::take(&mut self.forget) {
-            for s in self.ports.values().filter_map(|p| p.shortcuts.as_ref()) {
-                s.forget();
-            }
-            for t in self.tunnels.values() {
-                t.outbound.forget();
-            }
+    }
+
+    /// Voids every shortcut, now: once this returns, no reader is writing
+    /// by one or will again until the loop makes new ones. So what the loop
+    /// sends next (an ε, say) comes after all that readers sent by the
+    /// state that just ended; a Data message from a tunnel reader after its
+    /// endpoint's ε would bind the endpoint's id anew at the next hop.
+    fn forget_shortcuts(&mut self) {
+        if std::mem::replace(&mut self.forgotten, true) {
+            return;
+        }
+        for s in self.ports.values().filter_map(|p| p.shortcuts.as_ref()) {
+            s.forget();
+        }
+        for t in self.tunnels.values() {
+            t.outbound.forget();
         }
     }
 
@@ -509,9 +518,10 @@ impl Daemon {
                 let table = self.ports.get(&from).and_then(|p| p.shortcuts.as_ref());
                 if let (Some(out), Some(table)) = (out, table) {
                     table.add(key, out, head);
+                    self.forgotten = false;
                 }
             }
-            Action::ForgetShortcuts => self.forget = true,
+            Action::ForgetShortcuts => self.forget_shortcuts(),
             Action::TunnelGone { peer } => {
                 if let Some(t) = self.tunnels.remove(&Key::Server(peer)) {
                     debug!("tunnel for {peer} ended");
@@ -688,6 +698,7 @@ impl Daemon {
             let head = packet.bytes().strip_suffix(&msg[..]);
             if let (Some(out), Some(head), Some(t)) = (out, head, self.tunnels.get(&key)) {
                 t.outbound.learn(out, head.to_vec());
+                self.forgotten = false;
             }
         }
         self.act_all(actions);
