@@ -57,11 +57,18 @@ impl Env {
     }
 
     /// Starts a script in a process group of its own, so that what it
-    /// starts (a transport of `r2 tunnel`) ends with it.
+    /// starts (a transport of `r2 tunnel`) ends with it; and killed if the
+    /// bench dies (a Ctrl-C reaches only the bench's own group).
     fn spawn(&mut self, script: &str) -> u32 {
         use std::os::unix::process::CommandExt;
         let mut cmd = self.sh(script);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let c = cmd.spawn().unwrap();
         let pid = c.id();
         self.procs.push(c);
