@@ -229,9 +229,9 @@ fn children_named(pid: u32, name: &str) -> usize {
 
 /// Writes the producer of the many-tunnels runs to `file`: it says `sink`,
 /// marks itself ready (file `ready.ID`), waits for its byte (a newline) on
-/// the FIFO `go`, read alone so that each takes one, then writes `chunks` blocks of 64 KiB. Being started before the
-/// release, no process start-up is timed (100 `exec`s took ~0.1 s of the
-/// 2 cores, which is not r2's).
+/// the FIFO `go`, read alone so that each takes one, then writes `chunks`
+/// blocks of 64 KiB. Being started before the release, no process start-up
+/// is timed (100 `exec`s took ~0.1 s of the 2 cores, which is not r2's).
 fn producer(env: &Env, file: &str) -> String {
     let script = r#"my ($id, $chunks) = @ARGV;
 syswrite(STDOUT, "sink\n");

@@ -481,7 +481,7 @@ impl Router {
     /// link, and a relay to a link may become a shortcut.
     fn route(&mut self, from: NodeId, mut p: Packet, origin: Option<Origin>, out: &mut Vec<Action>) {
         let Ok(m) = p.msg() else { return };
-        let (to, quiet, eps) = (m.id, is_quiet(m.body), m.body.is_empty());
+        let (to, quiet, eps, body) = (m.id, is_quiet(m.body), m.body.is_empty(), m.body.len());
         if to == NodeId::LIST {
             if !quiet {
                 let list = self.list_body();
@@ -517,7 +517,7 @@ impl Router {
         } else {
             self.connect(from, to);
         }
-        let (body, sent) = (m_body_len(&p), out.len() + 1);
+        let sent = out.len() + 1;
         if self.send_to(to, &mut p, out).is_err() {
             if !quiet {
                 self.fail(from, to, FailCode::TooBig, "message over the size cap", out);
@@ -525,16 +525,17 @@ impl Router {
             return;
         }
         if let (Some(o), false, true) = (origin, quiet, out.len() == sent) {
-            self.shortcut(o, to, body, out);
+            self.shortcut(o, body, out);
         }
     }
 
-    /// After relaying a message that came over a link: if it left by a
-    /// link too, tell the daemon how to relay the next like it.
-    fn shortcut(&self, o: Origin, to: NodeId, body: usize, out: &mut Vec<Action>) {
+    /// After relaying a message that came over a link, whose `body` bytes
+    /// end the send just pushed: if it left by a link too, tell the daemon
+    /// how to relay the next like it.
+    fn shortcut(&self, o: Origin, body: usize, out: &mut Vec<Action>) {
         let Some(Action::Send { port, packet }) = out.last() else { return };
         let link = |p: PortId| matches!(self.ports.get(&p), Some(Port::Link { .. }));
-        if !link(*port) || !link(o.port) || self.port_of(to) != Some(*port) {
+        if !link(*port) || !link(o.port) {
             return;
         }
         let Some(head) = packet.bytes().get(..packet.len().saturating_sub(body)) else { return };
@@ -799,11 +800,6 @@ impl Origin {
         key[..len].copy_from_slice(k);
         Some(Origin { port, key, len })
     }
-}
-
-/// The size of the body of the message `p` (after its outer header).
-fn m_body_len(p: &Packet) -> usize {
-    p.len().saturating_sub(HEADER)
 }
 
 impl Node {

@@ -158,6 +158,7 @@ fn trim_heap() {
         nix::libc::malloc_trim(0);
     }
 }
+
 /// Makes glibc's allocator keep one heap for all threads. By default each
 /// thread that allocates may get an arena of its own (up to 8 per core),
 /// and with threads coming and going per link and tunnel their free
@@ -333,13 +334,13 @@ impl Daemon {
         match input {
             Input::Router(ev) => {
                 // A message from a reader: once handled, the reader may
-                // take shortcuts again.
+                // take shortcuts again (if its port is gone, so is it).
                 let reader = match &ev {
-                    Event::Received { port, .. } => self.ports.get(port).and_then(|p| p.shortcuts.clone()),
+                    Event::Received { port, .. } => Some(*port),
                     _ => None,
                 };
                 self.router_event(ev);
-                if let Some(s) = reader {
+                if let Some(s) = reader.and_then(|p| self.ports.get(&p)?.shortcuts.as_ref()) {
                     s.pending.handled();
                 }
             }

@@ -1,6 +1,7 @@
 //! The threads that own a port's fds: a reader that relays frames by
-//! shortcut or turns them into router events, a writer that drains the port's queue, and for a link made
-//! by `r2 connect`, a watcher that notices when that client goes away.
+//! shortcut or turns them into router events, a writer that drains the
+//! port's queue, and for a link made by `r2 connect`, a watcher that
+//! notices when that client goes away.
 
 use super::output::Writer;
 use super::shortcut::Shortcuts;
