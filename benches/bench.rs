@@ -56,6 +56,21 @@ impl Env {
         (String::from_utf8_lossy(&o.stdout).into_owned(), t)
     }
 
+    /// A command run in the scratch directory with r2 on PATH, killed if
+    /// the bench dies.
+    fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(program);
+        c.env("PATH", &self.path).current_dir(&self.dir).stdin(Stdio::null()).stdout(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        c
+    }
+
     /// Starts a script in a process group of its own, so that what it
     /// starts (a transport of `r2 tunnel`) ends with it; and killed if the
     /// bench dies (a Ctrl-C reaches only the bench's own group).
@@ -346,27 +361,39 @@ fn main() {
         // release to each one's end
         for (n, agg, fair) in many.iter_mut() {
             let each = (mib / *n as u64).max(8);
-            let script = format!(
-                "rm -f ready.*; i=0; while [ $i -lt {n} ]; do \
-                   ( r2 -s {a} tunnel {} '{producer} '$i' {}'; date +%s%N > t.$i ) & i=$((i+1)); done; wait",
-                path(1),
-                each * 16,
-            );
             let _ = std::fs::remove_file(env.dir.join("go"));
             assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
             let mut go = std::fs::OpenOptions::new().read(true).write(true).open(env.dir.join("go")).unwrap();
-            let mut all = env.sh(&script).spawn().unwrap();
+            for i in 0..*n {
+                let _ = std::fs::remove_file(env.dir.join(format!("ready.{i}")));
+            }
+            let tunnels: Vec<Child> = (0..*n)
+                .map(|i| {
+                    env.command("r2")
+                        .args(["-s", &a, "tunnel", &path(1), &format!("{producer} {i} {}", each * 16)])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            // One waiter per tunnel notes when it ends, so that no process
+            // is started to tell the time as each ends.
+            let ends: Vec<std::thread::JoinHandle<f64>> = tunnels
+                .into_iter()
+                .map(|mut c| {
+                    std::thread::Builder::new()
+                        .stack_size(64 * 1024)
+                        .spawn(move || {
+                            assert!(c.wait().unwrap().success(), "a tunnel failed");
+                            now_ns()
+                        })
+                        .unwrap()
+                })
+                .collect();
             env.wait_for("the producers", || (0..*n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
             env.wait_for("the far side's cats", || children_named(ds[1].0, "cat") == *n);
             let release = now_ns();
             go.write_all(&vec![b'\n'; *n]).unwrap();
-            assert!(all.wait().unwrap().success(), "many tunnels");
-            let times: Vec<f64> = (0..*n)
-                .map(|i| {
-                    std::fs::read_to_string(env.dir.join(format!("t.{i}"))).unwrap().trim().parse::<f64>().unwrap()
-                })
-                .map(|end| (end - release) / 1e9)
-                .collect();
+            let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release) / 1e9).collect();
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
             agg.0.push((each * *n as u64) as f64 / max);
             fair.0.push(min / max);
