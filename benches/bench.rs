@@ -3,7 +3,9 @@
 //! Every configuration runs in the same process run, interleaved
 //! round-robin over the repetitions so that machine noise hits all alike;
 //! the table gives medians, min–max and ratios, and is also written to
-//! `target/bench.txt`. Needs socat, perl and dd. Environment: R2_BENCH_REPS
+//! `target/bench.txt`. The many-tunnel runs also give the CPU time all
+//! processes took per GiB (from /proc/stat), which moves less than
+//! throughput on a shared machine and says whether the run was CPU-bound. Needs socat, perl and dd. Environment: R2_BENCH_REPS
 //! (default 5), R2_BENCH_MIB (bulk size, default 1024), R2_BENCH_RTTS
 //! (round trips, default 10000).
 
@@ -267,6 +269,18 @@ for (1 .. $chunks) {
     format!("perl {file}")
 }
 
+/// The machine's CPU time so far, from /proc/stat, in clock ticks:
+/// (busy, all). Busy is user, nice, system, irq and softirq time; idle,
+/// iowait and the time stolen by the hypervisor are not.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, busy + at(3) + at(4) + at(7))
+}
+
 fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -324,9 +338,11 @@ fn main() {
         hops_tp.push((format!("r2 {h} links"), Series::default()));
         hops_tp.push((format!("socat {} relays", h + 1), Series::default()));
     }
-    let mut many: Vec<(usize, Series, Series)> = vec![(1, Series::default(), Series::default())];
-    many.push((10, Series::default(), Series::default()));
-    many.push((100, Series::default(), Series::default()));
+    // (tunnels, aggregate, fairness, CPU seconds per GiB, busy share)
+    let mut many: Vec<(usize, Series, Series, Series, Series)> = [1, 10, 100]
+        .into_iter()
+        .map(|n| (n, Series::default(), Series::default(), Series::default(), Series::default()))
+        .collect();
     let mut peak = (0u64, 0u64);
     let dd = format!("dd if=/dev/zero bs=64k count={count} 2>/dev/null");
     let hop_mib = (mib / 4).max(64);
@@ -359,7 +375,7 @@ fn main() {
         // 4. many tunnels, all set up first with their producers ready,
         // then released together by one line each on a FIFO; timed from the
         // release to each one's end
-        for (n, agg, fair) in many.iter_mut() {
+        for (n, agg, fair, cpu, busy) in many.iter_mut() {
             let each = (mib / *n as u64).max(8);
             let _ = std::fs::remove_file(env.dir.join("go"));
             assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
@@ -392,8 +408,13 @@ fn main() {
             env.wait_for("the producers", || (0..*n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
             env.wait_for("the far side's cats", || children_named(ds[1].0, "cat") == *n);
             let release = now_ns();
+            let cpu0 = cpu_ticks();
             go.write_all(&vec![b'\n'; *n]).unwrap();
             let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release) / 1e9).collect();
+            let cpu1 = cpu_ticks();
+            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+            cpu.0.push((cpu1.0 - cpu0.0) as f64 / ticks / ((each * *n as u64) as f64 / 1024.0));
+            busy.0.push((cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64);
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
             agg.0.push((each * *n as u64) as f64 / max);
             fair.0.push(min / max);
@@ -465,15 +486,23 @@ fn main() {
             let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / pair[1].1.median());
         }
     }
-    let _ = writeln!(out, "\n4. many tunnels through one link: aggregate MiB/s (ratio to 1), slowest/fastest");
+    let _ = writeln!(
+        out,
+        "\n4. many tunnels through one link: aggregate MiB/s (ratio to 1), slowest/fastest,\n   \
+         CPU time of all processes per GiB (ratio to 1), share of the machine's CPU time that was busy"
+    );
     let single = many[0].1.median();
-    for (n, agg, fair) in &many {
+    let single_cpu = many[0].3.median();
+    for (n, agg, fair, cpu, busy) in &many {
         let _ = writeln!(
             out,
-            "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}",
+            "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%",
             r(agg),
             agg.median() / single,
-            fair.median()
+            fair.median(),
+            cpu.median(),
+            cpu.median() / single_cpu,
+            busy.median() * 100.0
         );
     }
     let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
