@@ -281,6 +281,59 @@ fn cpu_ticks() -> (u64, u64) {
     (busy, busy + at(3) + at(4) + at(7))
 }
 
+/// One configuration of the many-streams runs: `n` tunnels through one
+/// link, or `n` pipe chains.
+#[derive(Default)]
+struct Many {
+    n: usize,
+    pipes: bool,
+    agg: Series,
+    fair: Series,
+    /// CPU seconds of all processes per GiB.
+    cpu: Series,
+    /// The share of the machine's CPU time that was busy.
+    busy: Series,
+}
+
+/// Starts `commands`, each running the producer with its index; once every
+/// producer is ready and `set()` holds, releases them together by one line
+/// each on the FIFO `go`. Returns each one's time from the release to its
+/// end (a thread per command waits for it, so that no process is started
+/// to tell the time), and the machine's busy CPU seconds and busy share
+/// meanwhile.
+fn release_together(env: &Env, commands: Vec<Command>, mut set: impl FnMut() -> bool) -> (Vec<f64>, (f64, f64)) {
+    let n = commands.len();
+    let _ = std::fs::remove_file(env.dir.join("go"));
+    assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
+    let mut go = std::fs::OpenOptions::new().read(true).write(true).open(env.dir.join("go")).unwrap();
+    for i in 0..n {
+        let _ = std::fs::remove_file(env.dir.join(format!("ready.{i}")));
+    }
+    let ends: Vec<std::thread::JoinHandle<f64>> = commands
+        .into_iter()
+        .map(|mut c| {
+            let mut child = c.spawn().unwrap();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    assert!(child.wait().unwrap().success(), "a many-streams run failed");
+                    now_ns()
+                })
+                .unwrap()
+        })
+        .collect();
+    env.wait_for("the producers", || (0..n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
+    env.wait_for("the far side's cats", &mut set);
+    let release = now_ns();
+    let cpu0 = cpu_ticks();
+    go.write_all(&vec![b'\n'; n]).unwrap();
+    let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release) / 1e9).collect();
+    let cpu1 = cpu_ticks();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let busy = (cpu1.0 - cpu0.0) as f64;
+    (times, (busy / hz, busy / (cpu1.1 - cpu0.1).max(1) as f64))
+}
+
 fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -338,10 +391,9 @@ fn main() {
         hops_tp.push((format!("r2 {h} links"), Series::default()));
         hops_tp.push((format!("socat {} relays", h + 1), Series::default()));
     }
-    // (tunnels, aggregate, fairness, CPU seconds per GiB, busy share)
-    let mut many: Vec<(usize, Series, Series, Series, Series)> = [1, 10, 100]
+    let mut many: Vec<Many> = [(1, false), (10, false), (100, false), (1, true), (100, true)]
         .into_iter()
-        .map(|n| (n, Series::default(), Series::default(), Series::default(), Series::default()))
+        .map(|(n, pipes)| Many { n, pipes, ..Many::default() })
         .collect();
     let mut peak = (0u64, 0u64);
     let dd = format!("dd if=/dev/zero bs=64k count={count} 2>/dev/null");
@@ -372,52 +424,33 @@ fn main() {
             let (_, t) = env.run(&format!("{hop_dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
             hops_tp[2 * i + 1].1 .0.push(hop_mib as f64 / t.as_secs_f64());
         }
-        // 4. many tunnels, all set up first with their producers ready,
-        // then released together by one line each on a FIFO; timed from the
-        // release to each one's end
-        for (n, agg, fair, cpu, busy) in many.iter_mut() {
-            let each = (mib / *n as u64).max(8);
-            let _ = std::fs::remove_file(env.dir.join("go"));
-            assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
-            let mut go = std::fs::OpenOptions::new().read(true).write(true).open(env.dir.join("go")).unwrap();
-            for i in 0..*n {
-                let _ = std::fs::remove_file(env.dir.join(format!("ready.{i}")));
-            }
-            let tunnels: Vec<Child> = (0..*n)
+        // 4. many tunnels, and as many pipe chains of the same shape, all
+        // set up first with their producers ready, then released together
+        // by one line each on a FIFO; timed from the release to each end
+        for m in many.iter_mut() {
+            let each = (mib / m.n as u64).max(8);
+            let commands: Vec<Command> = (0..m.n)
                 .map(|i| {
-                    env.command("r2")
-                        .args(["-s", &a, "tunnel", &path(1), &format!("{producer} {i} {}", each * 16)])
-                        .spawn()
-                        .unwrap()
+                    let produce = format!("{producer} {i} {}", each * 16);
+                    if m.pipes {
+                        let mut c = env.command("/bin/sh");
+                        c.arg("-c").arg(format!("{produce} | cat | cat | cat >/dev/null"));
+                        c
+                    } else {
+                        let mut c = env.command("r2");
+                        c.args(["-s", &a, "tunnel", &path(1), &produce]);
+                        c
+                    }
                 })
                 .collect();
-            // One waiter per tunnel notes when it ends, so that no process
-            // is started to tell the time as each ends.
-            let ends: Vec<std::thread::JoinHandle<f64>> = tunnels
-                .into_iter()
-                .map(|mut c| {
-                    std::thread::Builder::new()
-                        .stack_size(64 * 1024)
-                        .spawn(move || {
-                            assert!(c.wait().unwrap().success(), "a tunnel failed");
-                            now_ns()
-                        })
-                        .unwrap()
-                })
-                .collect();
-            env.wait_for("the producers", || (0..*n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
-            env.wait_for("the far side's cats", || children_named(ds[1].0, "cat") == *n);
-            let release = now_ns();
-            let cpu0 = cpu_ticks();
-            go.write_all(&vec![b'\n'; *n]).unwrap();
-            let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release) / 1e9).collect();
-            let cpu1 = cpu_ticks();
-            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-            cpu.0.push((cpu1.0 - cpu0.0) as f64 / ticks / ((each * *n as u64) as f64 / 1024.0));
-            busy.0.push((cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64);
+            let far_cats = || m.pipes || children_named(ds[1].0, "cat") == m.n;
+            let (times, cpu) = release_together(&env, commands, far_cats);
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
-            agg.0.push((each * *n as u64) as f64 / max);
-            fair.0.push(min / max);
+            let gib = (each * m.n as u64) as f64 / 1024.0;
+            m.agg.0.push(gib * 1024.0 / max);
+            m.fair.0.push(min / max);
+            m.cpu.0.push(cpu.0 / gib);
+            m.busy.0.push(cpu.1);
         }
     }
 
@@ -488,21 +521,23 @@ fn main() {
     }
     let _ = writeln!(
         out,
-        "\n4. many tunnels through one link: aggregate MiB/s (ratio to 1), slowest/fastest,\n   \
-         CPU time of all processes per GiB (ratio to 1), share of the machine's CPU time that was busy"
+        "\n4. many tunnels through one link, and as many pipe chains producer|cat|cat|cat:\n   \
+         aggregate MiB/s (ratio to one), slowest/fastest, CPU time of all processes\n   \
+         per GiB (ratio to one), share of the machine's CPU time that was busy"
     );
-    let single = many[0].1.median();
-    let single_cpu = many[0].3.median();
-    for (n, agg, fair, cpu, busy) in &many {
+    for m in &many {
+        let one = many.iter().find(|o| o.n == 1 && o.pipes == m.pipes).unwrap_or(m);
+        let what = if m.pipes { "pipe chains" } else { "tunnels" };
         let _ = writeln!(
             out,
-            "   {n:>3} tunnels  {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%",
-            r(agg),
-            agg.median() / single,
-            fair.median(),
-            cpu.median(),
-            cpu.median() / single_cpu,
-            busy.median() * 100.0
+            "   {:>3} {what:<11} {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%",
+            m.n,
+            r(&m.agg),
+            m.agg.median() / one.agg.median(),
+            m.fair.median(),
+            m.cpu.median(),
+            m.cpu.median() / one.cpu.median(),
+            m.busy.median() * 100.0
         );
     }
     let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
