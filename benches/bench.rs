@@ -78,14 +78,8 @@ impl Env {
     /// bench dies (a Ctrl-C reaches only the bench's own group).
     fn spawn(&mut self, script: &str) -> u32 {
         use std::os::unix::process::CommandExt;
-        let mut cmd = self.sh(script);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
+        let mut cmd = self.command("/bin/sh");
+        cmd.arg("-c").arg(script).stderr(Stdio::null()).process_group(0);
         let c = cmd.spawn().unwrap();
         let pid = c.id();
         self.procs.push(c);
@@ -153,11 +147,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// Wall-clock time in ns since the epoch, as `date +%s%N` prints it.
-fn now_ns() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as f64).unwrap_or(0.0)
 }
 
 fn threads(pid: u32) -> usize {
@@ -309,7 +298,7 @@ fn release_together(env: &Env, commands: Vec<Command>, mut set: impl FnMut() -> 
     for i in 0..n {
         let _ = std::fs::remove_file(env.dir.join(format!("ready.{i}")));
     }
-    let ends: Vec<std::thread::JoinHandle<f64>> = commands
+    let ends: Vec<std::thread::JoinHandle<Instant>> = commands
         .into_iter()
         .map(|mut c| {
             let mut child = c.spawn().unwrap();
@@ -317,17 +306,17 @@ fn release_together(env: &Env, commands: Vec<Command>, mut set: impl FnMut() -> 
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     assert!(child.wait().unwrap().success(), "a many-streams run failed");
-                    now_ns()
+                    Instant::now()
                 })
                 .unwrap()
         })
         .collect();
     env.wait_for("the producers", || (0..n).all(|i| env.dir.join(format!("ready.{i}")).exists()));
     env.wait_for("the far side's cats", &mut set);
-    let release = now_ns();
+    let release = Instant::now();
     let cpu0 = cpu_ticks();
     go.write_all(&vec![b'\n'; n]).unwrap();
-    let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release) / 1e9).collect();
+    let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release).as_secs_f64()).collect();
     let cpu1 = cpu_ticks();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let busy = (cpu1.0 - cpu0.0) as f64;
