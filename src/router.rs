@@ -595,7 +595,7 @@ impl Router {
     }
 
     /// The port a message to neighbour `n` leaves by.
-    fn port_of(&self, n: NodeId) -> Option<PortId> {
+    pub fn port_of(&self, n: NodeId) -> Option<PortId> {
         match self.nodes.get(&n)?.via {
             Via::Link(p) | Via::Endpoint(p) => Some(p),
             Via::Virtual(c) => self.port_of(c),

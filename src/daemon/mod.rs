@@ -99,6 +99,13 @@ pub enum Input {
         key: Key,
         n: usize,
     },
+    /// A link's reader gave `n` bytes of data to a tunnel program itself,
+    /// `done` if they are written out (or discarded) already.
+    TunnelDelivered {
+        key: Key,
+        n: usize,
+        done: bool,
+    },
     /// A tunnel program's input is closed (or failed).
     TunnelWriterDone {
         key: Key,
@@ -393,6 +400,7 @@ impl Daemon {
                     self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
                 }
             }
+            Input::TunnelDelivered { key, n, done } => self.tunnel_delivered(key, n, done),
             Input::TunnelWriterDone { key, error } => {
                 if let Some(t) = self.tunnels.get_mut(&key) {
                     t.writer_done = true;
@@ -649,8 +657,7 @@ impl Daemon {
         match msg {
             Owned::Data(n) => {
                 if t.flow.received(n).is_err() {
-                    let why = "the tunnel process's side sent beyond its credit".to_string();
-                    return self.router_event(Event::Closed { port, error: Some(why) });
+                    return self.beyond_credit(key);
                 }
                 packet.advance(offset + 1);
                 self.tunnel_data(key, packet, n);
@@ -752,20 +759,62 @@ impl Daemon {
         match msg {
             Owned::Data(n) => {
                 if t.flow.received(n).is_err() {
-                    warn!("tunnel for {peer}: data beyond credit; ending it");
-                    let text = "data beyond credit".to_string();
-                    if let Some(t) = self.tunnels.remove(&key) {
-                        self.totals.instances_ended += 1;
-                        self.end_instance(t);
-                    }
-                    return self.router_event(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
+                    return self.beyond_credit(key);
                 }
                 packet.advance(1);
                 self.tunnel_data(key, packet, n);
+                self.learn_inbound(key, peer, via);
             }
             Owned::Eof => t.close_output(),
             Owned::Credit(n) => t.add_credit(n),
             Owned::Exit(_) | Owned::Open => {}
+        }
+    }
+
+    /// Lets the link that brings the data of the far-side tunnel end `key`
+    /// (for `peer`, whose messages come by way of neighbour `via`) deliver
+    /// it to the program itself (`Shortcuts::deliver`).
+    fn learn_inbound(&mut self, key: Key, peer: NodeId, via: Option<NodeId>) {
+        let Some(port) = via.and_then(|v| self.router.port_of(v)) else { return };
+        let Some(table) = self.ports.get(&port).and_then(|p| p.shortcuts.as_ref()) else { return };
+        let Some(out) = self.tunnels.get(&key).and_then(|t| t.program_input()) else { return };
+        if lock(out).splices() {
+            table.add_inbound(shortcut::inbound_key(peer), out, key);
+        }
+    }
+
+    /// A link's reader gave `n` bytes of data to the program of tunnel end
+    /// `key` itself: they count against the peer's credit as if the loop
+    /// had, and are granted back once `done` (written out or discarded),
+    /// else when its writer reports them.
+    fn tunnel_delivered(&mut self, key: Key, n: usize, done: bool) {
+        let Some(t) = self.tunnels.get_mut(&key) else { return };
+        t.input.add(n);
+        if t.flow.received(n).is_err() {
+            return self.beyond_credit(key);
+        }
+        if let Some(g) = done.then(|| t.flow.written(n)).flatten() {
+            self.tunnel_send(key, &TunnelMsg::Credit(g).encode());
+        }
+    }
+
+    /// The peer of tunnel end `key` sent data beyond its credit: the end
+    /// is over.
+    fn beyond_credit(&mut self, key: Key) {
+        match key {
+            Key::Server(peer) => {
+                warn!("tunnel for {peer}: data beyond credit; ending it");
+                let text = "data beyond credit".to_string();
+                if let Some(t) = self.tunnels.remove(&key) {
+                    self.totals.instances_ended += 1;
+                    self.end_instance(t);
+                }
+                self.router_event(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
+            }
+            Key::Client(port) => {
+                let why = "the tunnel process's side sent beyond its credit".to_string();
+                self.router_event(Event::Closed { port, error: Some(why) });
+            }
         }
     }
 

@@ -6,23 +6,40 @@
 //! hand-over, and a stalled one never stops the loop. The loop is the only
 //! sender; `queued` counts what the writer has not finished, and the loop
 //! writes directly only when it is zero, so bytes never overtake each other.
+//!
+//! A message's data may be held in a pipe (a [`Body`]) instead of its
+//! packet: it follows the packet's bytes, moved by splice(2). Only outputs
+//! on pipes, which a splice can write without blocking, take such messages
+//! from the loop and the readers ([`Output::splices`]).
 
 use crate::sys::buffers;
-use crate::sys::frames::{write_all, write_now};
+use crate::sys::frames::{write_all, write_nonblocking, write_now};
+use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::{frame_prefix, LEN_PREFIX};
 use crate::wire::Packet;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A message waiting for the writer, of which `done` bytes (counting a
-/// frame's length prefix) are already written.
+/// frame's length prefix) are already written; its data may follow in a
+/// body (what is left of it).
 pub struct Pending {
     pub packet: Packet,
+    body: Option<Body>,
+    /// The message's length: its packet's and its body's.
+    len: usize,
     done: usize,
+}
+
+impl Pending {
+    /// The message's length, however much of it is written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// How [`Output::send`] dealt with a message.
@@ -32,6 +49,8 @@ pub enum Sent {
     Written,
     /// Left to the writer thread.
     Queued,
+    /// Dropped: the writer thread is gone (its fd failed).
+    Discarded,
 }
 
 /// The loop's side of an output.
@@ -41,6 +60,9 @@ pub struct Output {
     queued: Arc<AtomicUsize>,
     /// The fd can be written without blocking (pwritev2 `RWF_NOWAIT`).
     direct: bool,
+    /// Where the fd is a pipe: a non-blocking open file description of
+    /// its own for it, which the loop writes and splices bodies to.
+    pipe: Option<OwnedFd>,
     framed: bool,
     /// What was sent, counting frames' length prefixes.
     pub sent: Traffic,
@@ -59,13 +81,47 @@ pub fn output(fd: OwnedFd, framed: bool) -> (Output, Writer) {
     let fd = Arc::new(fd);
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = unbounded();
-    let out =
-        Output { fd: fd.clone(), queue: tx, queued: queued.clone(), direct: true, framed, sent: Traffic::default() };
+    let pipe = reopen_pipe(fd.as_fd());
+    let out = Output {
+        fd: fd.clone(),
+        queue: tx,
+        queued: queued.clone(),
+        direct: true,
+        pipe,
+        framed,
+        sent: Traffic::default(),
+    };
     (out, Writer { fd, queue: rx, queued, framed })
 }
 
-/// The iovecs of `p` from byte `done` on.
+/// A non-blocking open file description of its own for the pipe `fd`, if
+/// it is one and not a packet pipe (opened through /proc). A pipe once spliced to refuses
+/// `RWF_NOWAIT` writes (since Linux 6.7), so the loop writes a pipe that
+/// may get bodies through this, without changing the shared fd's flags.
+fn reopen_pipe(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
+        return None;
+    }
+    // A packet pipe keeps each write a record: no bodies there, and
+    // writes go through the fd itself, whose O_DIRECT makes it one.
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+    if flags & nix::libc::O_DIRECT != 0 {
+        return None;
+    }
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    Some(f.into())
+}
+
+/// The iovecs of `p`'s prefix and packet bytes from byte `done` on.
 fn slices<'a>(prefix: &'a [u8; LEN_PREFIX], p: &'a Packet, done: usize, framed: bool) -> [IoSlice<'a>; 2] {
+    let done = done.min(p.len() + if framed { LEN_PREFIX } else { 0 });
     let (head, body): (&[u8], &[u8]) = match (framed, done) {
         (true, d) if d < LEN_PREFIX => (&prefix[d..], p.bytes()),
         (true, d) => (&[], &p.bytes()[d - LEN_PREFIX..]),
@@ -77,24 +133,49 @@ fn slices<'a>(prefix: &'a [u8; LEN_PREFIX], p: &'a Packet, done: usize, framed: 
 impl Output {
     /// Writes `packet` now if it can, else queues what is left of it.
     pub fn send(&mut self, packet: Packet) -> Sent {
-        let total = packet.len() + if self.framed { LEN_PREFIX } else { 0 };
+        self.send_with(packet, None)
+    }
+
+    /// Whether messages with a [`Body`] may be sent here: the fd is a pipe.
+    pub fn splices(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Writes `packet`, followed by `body`, now if it can, else queues
+    /// what is left of them.
+    pub fn send_with(&mut self, packet: Packet, mut body: Option<Body>) -> Sent {
+        let len = packet.len() + body.as_ref().map_or(0, Body::len);
+        let head = packet.len() + if self.framed { LEN_PREFIX } else { 0 };
+        let total = head + (len - packet.len());
         self.sent.add(total);
         let mut done = 0;
-        if self.direct && self.queued.load(Ordering::Acquire) == 0 {
-            let prefix = frame_prefix(packet.len());
-            match write_now(self.fd.as_fd(), &slices(&prefix, &packet, 0, self.framed)) {
-                Ok(n) if n == total => {
-                    buffers::recycle(packet);
-                    return Sent::Written;
-                }
+        if self.direct && self.queued.load(Ordering::Acquire) == 0 && (body.is_none() || self.pipe.is_some()) {
+            let prefix = frame_prefix(len);
+            let iov = slices(&prefix, &packet, 0, self.framed);
+            let written = match &self.pipe {
+                _ if head == 0 => Ok(0),
+                Some(nb) => write_nonblocking(nb.as_fd(), &iov),
+                None => write_now(self.fd.as_fd(), &iov),
+            };
+            match written {
                 Ok(n) => done = n,
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => self.direct = false,
                 // The writer meets the error again and reports it.
                 Err(_) => {}
             }
+            if let (true, Some(b), Some(nb)) = (done == head, &mut body, &self.pipe) {
+                done += b.write_now(nb.as_fd()).unwrap_or(0);
+            }
+            if done == total {
+                buffers::recycle(packet);
+                return Sent::Written;
+            }
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let _ = self.queue.send(Pending { packet, done });
+        if self.queue.send(Pending { packet, body, len, done }).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Sent::Discarded;
+        }
         Sent::Queued
     }
 }
@@ -115,19 +196,28 @@ impl Writer {
     }
 
     /// Writes `batch` out, blocking as long as it takes, with one `writev`
-    /// where the fd allows; then lets the loop write directly again. The
-    /// caller recycles the batch (`recycle`).
-    pub fn write(&self, batch: &[Pending]) -> io::Result<()> {
-        let prefixes: Vec<[u8; LEN_PREFIX]> = batch.iter().map(|p| frame_prefix(p.packet.len())).collect();
-        let mut iov = Vec::with_capacity(batch.len() * 2);
-        for (p, pre) in batch.iter().zip(&prefixes) {
-            iov.extend(slices(pre, &p.packet, p.done, self.framed));
+    /// for the bytes of the packets up to each body (spliced after them);
+    /// then lets the loop write directly again. The caller recycles the
+    /// batch (`recycle`).
+    pub fn write(&self, batch: &mut [Pending]) -> io::Result<()> {
+        let prefixes: Vec<[u8; LEN_PREFIX]> = batch.iter().map(|p| frame_prefix(p.len())).collect();
+        let mut start = 0;
+        while start < batch.len() {
+            // The packets up to and including the next one with a body.
+            let end = batch[start..].iter().position(|p| p.body.is_some()).map_or(batch.len(), |i| start + i + 1);
+            let mut iov = Vec::with_capacity((end - start) * 2);
+            for (p, pre) in batch[start..end].iter().zip(&prefixes[start..end]) {
+                iov.extend(slices(pre, &p.packet, p.done, self.framed).into_iter().filter(|s| !s.is_empty()));
+            }
+            write_all(self.fd.as_fd(), &mut iov)?;
+            drop(iov);
+            if let Some(b) = &mut batch[end - 1].body {
+                b.write_all(self.fd.as_fd())?;
+            }
+            start = end;
         }
-        let r = write_all(self.fd.as_fd(), &mut iov);
-        if r.is_ok() {
-            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        }
-        r
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        Ok(())
     }
 
     /// Gives the written batch's buffers back to the pool.
@@ -148,12 +238,13 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::sys::frames::FrameReader;
+    use crate::sys::splice::Pipes;
     use crate::wire::message::Kind;
     use crate::wire::NodeId;
 
-    /// Frames written partly directly and partly by the writer arrive whole
-    /// and in order, through a pipe too small to take them all at once (it
-    /// is read only after the last is sent).
+    /// Frames written partly directly and partly by the writer, some with
+    /// bodies, arrive whole and in order, through a pipe too small to take
+    /// them all at once (it is read only after the last is sent).
     #[test]
     fn direct_and_queued_frames_keep_their_order() {
         let (r, w) = nix::unistd::pipe().unwrap();
@@ -163,14 +254,25 @@ mod tests {
         let w = std::thread::spawn(move || {
             let mut batch = Vec::new();
             while writer.next(&mut batch, 8) {
-                writer.write(&batch).unwrap();
+                writer.write(&mut batch).unwrap();
                 Writer::recycle(&mut batch);
             }
             writer.finish();
         });
+        // Every third message's data follows in a body.
+        let pipes = Pipes::new(40);
+        let (src_r, src_w) = nix::unistd::pipe().unwrap();
         let mut sent = Vec::new();
-        for p in &ps {
-            sent.push(out.send(p.clone()));
+        for (i, p) in ps.iter().enumerate() {
+            if i % 3 != 2 || p.len() < 100 {
+                sent.push(out.send(p.clone()));
+                continue;
+            }
+            let mut body = pipes.try_body().unwrap();
+            let (head, data) = p.bytes().split_at(40);
+            write_all(src_w.as_fd(), &mut [IoSlice::new(data)]).unwrap();
+            assert_eq!(body.fill(src_r.as_fd(), data.len()).unwrap(), data.len());
+            sent.push(out.send_with(Packet::from_bytes(head), Some(body)));
         }
         assert_eq!(sent[0], Sent::Written);
         assert!(sent.contains(&Sent::Queued), "a 64 KiB pipe cannot take 1.2 MB at once");

@@ -1,13 +1,16 @@
-//! The threads that own a port's fds: a reader that relays frames by
-//! shortcut or turns them into router events, a writer that drains the
+//! The threads that own a port's fds: a reader that delivers tunnel data
+//! or relays frames by shortcut or turns them into router events, a writer that drains the
 //! port's queue, and for a link made by `r2 connect`, a watcher that
 //! notices when that client goes away.
 
 use super::output::Writer;
-use super::shortcut::Shortcuts;
+use super::shortcut::{Shortcuts, INBOUND_KEY};
 use super::Input;
 use crate::router::{Event, PortId};
-use crate::sys::frames::{wait_ready, FrameReader, ReadError, WakeFd};
+use crate::sys::frames::{wait_ready, FrameReader, ReadError, Splicing, WakeFd};
+use crate::sys::splice::Pipes;
+use crate::wire::message::HEADROOM;
+use crate::wire::Packet;
 use crossbeam_channel::Sender;
 use nix::poll::PollFlags;
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,8 +27,12 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()>
     thread::Builder::new().name(name).stack_size(STACK).spawn(f).map(|_| ())
 }
 
-/// Reads frames from `fd` and relays them by shortcut or hands them to the
-/// router, until end-of-file, an error, or the wake pipe.
+/// The pipes a link's reader keeps for the data it delivers by splice.
+const PIPES: usize = 32;
+
+/// Reads frames from `fd` and delivers them to a tunnel end or relays them
+/// by shortcut, or hands them to the router, until end-of-file, an error,
+/// or the wake pipe.
 pub fn start_reader(
     port: PortId,
     fd: OwnedFd,
@@ -34,9 +41,33 @@ pub fn start_reader(
     events: Sender<Input>,
 ) -> std::io::Result<()> {
     spawn(format!("rd{port}"), move || {
-        let mut r = FrameReader::new(fd, Some(wake));
+        let table = shortcuts.clone();
+        let mut r = FrameReader::new(fd, Some(wake)).splicing(Splicing {
+            key_len: INBOUND_KEY,
+            want: Box::new(move |key| table.delivers(key)),
+            pipes: Pipes::new(PIPES),
+        });
         loop {
-            let ev = match r.next_packet() {
+            let next = match (r.next_packet(), r.take_body()) {
+                (Ok(Some(packet)), Some(body)) => match shortcuts.deliver(packet, body) {
+                    Ok(ev) => {
+                        if events.send(ev).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    // The table changed meanwhile: the loop gets it whole.
+                    Err((packet, mut body)) => {
+                        let mut b = packet.into_buffer();
+                        match body.read_into(&mut b) {
+                            Ok(()) => Ok(Some(Packet::from_parts(b, HEADROOM))),
+                            Err(e) => Err(ReadError::Io(e)),
+                        }
+                    }
+                },
+                (next, _) => next,
+            };
+            let ev = match next {
                 Ok(Some(packet)) => match shortcuts.relay(packet) {
                     Ok(()) => continue,
                     Err(packet) => {
@@ -62,7 +93,7 @@ pub fn start_writer(port: PortId, writer: Writer, events: Sender<Input>) -> std:
     spawn(format!("wr{port}"), move || {
         let mut batch = Vec::with_capacity(BATCH);
         while writer.next(&mut batch, BATCH) {
-            if let Err(e) = writer.write(&batch) {
+            if let Err(e) = writer.write(&mut batch) {
                 let error = Some(format!("write error: {e}"));
                 let _ = events.send(Input::Router(Event::Closed { port, error }));
                 return;

@@ -18,13 +18,25 @@
 //! the loop has seen where the router sends one, the reader adds those
 //! headers and writes the next itself, by the same two rules.
 //!
+//! The other way, once the loop has given a far-side tunnel end Data that
+//! came over a link, that link's reader learns where the end's Data goes
+//! (its inbound table): it reads the headers of a large Data message,
+//! splices the data into a body and writes it to the program itself, and
+//! tells the loop how much, for the end's flow control. The same two rules
+//! hold.
+//!
 //! [`Action::Shortcut`]: crate::router::Action::Shortcut
 //! [`Action::ForgetShortcuts`]: crate::router::Action::ForgetShortcuts
 
-use super::output::Output;
+use super::output::{Output, Sent};
+use super::tunnel::Key;
+use super::Input;
 use crate::router::shortcut_key;
+use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
-use crate::wire::message::{LEN_PREFIX, MAX_MESSAGE};
+use crate::wire::message::{Kind, HEADER, LEN_PREFIX, MAX_MESSAGE};
+use crate::wire::tunnel::DATA;
+use crate::wire::NodeId;
 use crate::wire::Packet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,19 +65,32 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Route {
     out: Weak<Mutex<Output>>,
     head: Vec<u8>,
+    /// The output takes messages with a body.
+    splices: bool,
 }
 
 impl Route {
+    fn new(out: &SharedOutput, head: Vec<u8>) -> Route {
+        Route { out: Arc::downgrade(out), head, splices: lock(out).splices() }
+    }
+
     /// Sends `p` with its first `skip` bytes replaced by the head, if that
     /// is within the cap and the output is still there.
-    fn send(&self, mut p: Packet, skip: usize) -> Result<(), Packet> {
-        if self.head.len() + p.len() - skip > MAX_MESSAGE {
-            return Err(p);
+    fn send(&self, p: Packet, skip: usize) -> Result<(), Packet> {
+        self.send_with(p, skip, None).map_err(|(p, _)| p)
+    }
+
+    /// Sends `p`, followed by `body`, as [`Route::send`] does, if the
+    /// output takes bodies.
+    fn send_with(&self, mut p: Packet, skip: usize, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
+        let len = p.len() + body.as_ref().map_or(0, Body::len);
+        if self.head.len() + len - skip > MAX_MESSAGE || (body.is_some() && !self.splices) {
+            return Err((p, body));
         }
-        let Some(out) = self.out.upgrade() else { return Err(p) };
+        let Some(out) = self.out.upgrade() else { return Err((p, body)) };
         p.advance(skip);
         p.prepend(&self.head);
-        lock(&out).send(p);
+        lock(&out).send_with(p, body);
         TAKEN.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -85,9 +110,28 @@ impl Pending {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn none(&self) -> bool {
+    pub fn none(&self) -> bool {
         self.0.load(Ordering::Acquire) == 0
     }
+}
+
+/// Where a link's reader delivers the Data messages of one far-side tunnel
+/// end itself: that end's program input.
+struct Inbound {
+    out: Weak<Mutex<Output>>,
+    key: Key,
+}
+
+/// The first bytes of a Data message for a far-side tunnel end, as a link
+/// brings it: `From(peer, To(0, …` and the Data tag. The key of the
+/// inbound table.
+pub const INBOUND_KEY: usize = 2 * HEADER + 1;
+
+/// The inbound key of the tunnel end of `peer`.
+pub fn inbound_key(peer: NodeId) -> Vec<u8> {
+    let mut k = Packet::new(Kind::From, peer, &[]).bytes().to_vec();
+    k.extend_from_slice(Packet::new(Kind::To, NodeId::TUNNEL, &[DATA]).bytes());
+    k
 }
 
 /// One link's shortcuts, and what its reader counts.
@@ -95,6 +139,7 @@ impl Pending {
 pub struct Shortcuts {
     pub pending: Pending,
     routes: Mutex<HashMap<Vec<u8>, Route>>,
+    inbound: Mutex<HashMap<Vec<u8>, Inbound>>,
     relayed: AtomicU64,
     rx_bytes: AtomicU64,
     rx_frames: AtomicU64,
@@ -108,8 +153,7 @@ impl Shortcuts {
     /// The reader read message `p`: relays it if a shortcut says how, else
     /// gives it back, to be handed to the loop.
     pub fn relay(&self, p: Packet) -> Result<(), Packet> {
-        self.rx_bytes.fetch_add((p.len() + LEN_PREFIX) as u64, Ordering::Relaxed);
-        self.rx_frames.fetch_add(1, Ordering::Relaxed);
+        self.count(p.len());
         if !self.pending.none() {
             return Err(p);
         }
@@ -125,12 +169,65 @@ impl Shortcuts {
     pub fn add(&self, key: Vec<u8>, out: &SharedOutput, head: Vec<u8>) {
         let mut routes = lock(&self.routes);
         if routes.len() < MAX_ROUTES {
-            routes.insert(key, Route { out: Arc::downgrade(out), head });
+            routes.insert(key, Route::new(out, head));
         }
     }
 
     pub fn forget(&self) {
         lock(&self.routes).clear();
+        lock(&self.inbound).clear();
+    }
+
+    /// Data messages that start with `key` (see [`inbound_key`]) go to
+    /// `out`, the program input of tunnel end `end`.
+    pub fn add_inbound(&self, key: Vec<u8>, out: &SharedOutput, end: Key) {
+        let mut table = lock(&self.inbound);
+        if table.len() < MAX_ROUTES && !table.contains_key(&key) {
+            table.insert(key, Inbound { out: Arc::downgrade(out), key: end });
+        }
+    }
+
+    /// Whether the reader delivers a message that starts with `key` itself
+    /// (so may splice its data): the table says where, and none of its
+    /// messages waits for the loop.
+    pub fn delivers(&self, key: &[u8]) -> bool {
+        self.pending.none() && lock(&self.inbound).contains_key(key)
+    }
+
+    /// The reader read a large message whose first bytes are `p` and
+    /// whose rest is in `body`: delivers its data to a tunnel end's
+    /// program if the inbound table says where, and returns what to tell
+    /// the loop; else gives them back.
+    pub fn deliver(&self, mut p: Packet, body: Body) -> Result<Input, (Packet, Body)> {
+        if !self.pending.none() {
+            return Err((p, body));
+        }
+        let out = {
+            let table = lock(&self.inbound);
+            match p.bytes().get(..INBOUND_KEY).and_then(|k| table.get(k)) {
+                Some(i) => i.out.upgrade().map(|o| (o, i.key)),
+                None => None,
+            }
+        };
+        let Some((out, key)) = out else { return Err((p, body)) };
+        let mut out = lock(&out);
+        if !out.splices() {
+            return Err((p, body));
+        }
+        self.count(p.len() + body.len());
+        p.advance(INBOUND_KEY);
+        let n = p.len() + body.len();
+        let done = match out.send_with(p, Some(body)) {
+            Sent::Queued => false,
+            Sent::Written | Sent::Discarded => true,
+        };
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(Input::TunnelDelivered { key, n, done })
+    }
+
+    fn count(&self, len: usize) {
+        self.rx_bytes.fetch_add((len + LEN_PREFIX) as u64, Ordering::Relaxed);
+        self.rx_frames.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Messages relayed by shortcut so far.
@@ -163,14 +260,22 @@ impl Outbound {
     /// The reader read the Data message `p`: sends it if it knows the way,
     /// else gives it back, to be handed to the loop.
     pub fn send(&self, p: Packet) -> Result<(), Packet> {
-        self.read_bytes.fetch_add(p.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        self.send_with(p, None).map_err(|(p, _)| p)
+    }
+
+    /// The reader read the Data message `p` whose data is in `body`: sends
+    /// them if it knows the way and that output takes bodies, else gives
+    /// them back.
+    pub fn send_with(&self, p: Packet, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
+        let len = p.len() + body.as_ref().map_or(0, Body::len);
+        self.read_bytes.fetch_add(len.saturating_sub(1) as u64, Ordering::Relaxed);
         self.read_frames.fetch_add(1, Ordering::Relaxed);
         if !self.pending.none() {
-            return Err(p);
+            return Err((p, body));
         }
         match lock(&self.route).as_ref() {
-            Some(r) => r.send(p, 0),
-            None => Err(p),
+            Some(r) => r.send_with(p, 0, body),
+            None => Err((p, body)),
         }
     }
 
@@ -179,9 +284,14 @@ impl Outbound {
         lock(&self.route).is_some()
     }
 
+    /// Whether the way out is known and takes messages with a body.
+    pub fn splices(&self) -> bool {
+        lock(&self.route).as_ref().is_some_and(|r| r.splices)
+    }
+
     /// Data messages go to `out`, after `head`.
     pub fn learn(&self, out: &SharedOutput, head: Vec<u8>) {
-        *lock(&self.route) = Some(Route { out: Arc::downgrade(out), head });
+        *lock(&self.route) = Some(Route::new(out, head));
     }
 
     pub fn forget(&self) {

@@ -5,27 +5,31 @@
 //! instance of its tunnel process. Both sides are the same machine: a reader
 //! thread turns each read of the program's output into one Data message,
 //! as far as the peer's credit allows, and sends it on itself once it knows
-//! the way (`shortcut::Outbound`). Each Data message goes to the
-//! program with one write, made by the loop itself while the pipe takes it
-//! at once, else by a writer thread that reports it; credit is granted back
-//! as data is written out (r2.7, "Flow control").
+//! the way (`shortcut::Outbound`); while the data comes in bulk and that
+//! way is a pipe, it splices the data instead of reading it
+//! (`sys::splice`). Each Data message goes to the program with one write,
+//! made by the loop (or, for the far side, by the link's reader) while the
+//! pipe takes it at once, else by a writer thread that reports it; credit
+//! is granted back as data is written out (r2.7, "Flow control").
 
-use super::output::{output, Output, Sent, Writer};
-use super::shortcut::Outbound;
+use super::output::{output, Pending, Sent, Writer};
+use super::shortcut::{lock, Outbound, SharedOutput};
 use super::Input;
 use crate::router::PortId;
 use crate::sys::buffers;
 use crate::sys::frames::{read_append, wait_ready, WakeFd, Waker};
+use crate::sys::splice::Pipes;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
 use crate::wire::{NodeId, Packet};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::poll::PollFlags;
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Child;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
@@ -98,8 +102,9 @@ pub enum Side {
 /// One tunnel end and the threads around its program's pipes.
 pub struct TunnelEnd {
     pub side: Side,
-    /// The program's input; dropped at Eof.
-    to_program: Option<Output>,
+    /// The program's input, which a link's reader may write to as well
+    /// (`shortcut::Shortcuts::deliver`); dropped at Eof.
+    to_program: Option<SharedOutput>,
     /// The program's input is gone: later data is discarded.
     pub output_failed: bool,
     pub writer_done: bool,
@@ -153,7 +158,7 @@ impl TunnelEnd {
         reader.start(events.clone())?;
         Ok(TunnelEnd {
             side,
-            to_program: Some(out),
+            to_program: Some(Arc::new(Mutex::new(out))),
             output_failed: false,
             writer_done: false,
             _stop_reader: stop,
@@ -176,12 +181,18 @@ impl TunnelEnd {
         let _ = self.credit_wake.try_send(());
     }
 
+    /// The program's input, while it takes data.
+    pub fn program_input(&self) -> Option<&SharedOutput> {
+        self.to_program.as_ref().filter(|_| !self.output_failed)
+    }
+
     /// Gives data to the program.
     pub fn write(&mut self, data: Packet) -> Delivery {
-        match &mut self.to_program {
-            Some(out) if !self.output_failed => match out.send(data) {
+        match &self.to_program {
+            Some(out) if !self.output_failed => match lock(out).send(data) {
                 Sent::Written => Delivery::Written,
                 Sent::Queued => Delivery::Queued,
+                Sent::Discarded => Delivery::Discarded,
             },
             _ => Delivery::Discarded,
         }
@@ -234,9 +245,56 @@ impl Reader {
         Packet::from_parts(small, self.headroom)
     }
 
+    /// A Data message with no data yet, for data that follows in a body.
+    fn header(&self) -> Packet {
+        let mut b = Vec::with_capacity(self.headroom + 1);
+        b.resize(self.headroom, 0);
+        b.push(DATA);
+        Packet::from_parts(b, self.headroom)
+    }
+
+    /// Moves at most `max` bytes of the program's output into this
+    /// reader's pipe, once that is back from the last message, and sends
+    /// them on as the data of one Data message.
+    fn splice_once(&self, pipes: &Pipes, max: usize) -> Spliced {
+        let got = crossbeam_channel::select! {
+            recv(pipes.free()) -> p => p,
+            recv(self.credit_rx) -> r => return if r.is_ok() { Spliced::Again } else { Spliced::Stop },
+        };
+        let Some(mut body) = pipes.body(got) else { return Spliced::NoPipe };
+        let n = match body.fill(self.fd.as_fd(), max) {
+            Ok(0) => return Spliced::Eof,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Spliced::Again,
+            Err(e) if e.kind() == ErrorKind::Unsupported => return Spliced::Unsupported,
+            Err(e) => return Spliced::Failed(e),
+        };
+        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+        match self.outbound.send_with(self.header(), Some(body)) {
+            Ok(()) => Spliced::Sent(n),
+            // The way out changed meanwhile: the loop gets the data itself.
+            Err((p, body)) => {
+                let mut b = p.into_buffer();
+                match body.map_or(Ok(()), |mut body| body.read_into(&mut b)) {
+                    Ok(()) => Spliced::Back(Packet::from_parts(b, self.headroom), n),
+                    Err(e) => Spliced::Failed(e),
+                }
+            }
+        }
+    }
+
     fn run(self, events: Sender<Input>) {
         let need = if self.packet { PACKET as i64 } else { 1 };
         let mut buf = Vec::new();
+        // The reader's pipe for the data it splices: one, as the link's
+        // pipe is where the data waits (more measured no faster).
+        let pipes = Pipes::new(1);
+        // Whether the program's output can be spliced from (not in packet
+        // mode: a splice may join packets), and whether the last read was
+        // large: the reader splices while data comes in bulk and the way
+        // out takes it, and reads small data, which is quicker to copy.
+        let mut can_splice = !self.packet;
+        let mut bulk = false;
         loop {
             let avail = loop {
                 let c = self.credit.load(Ordering::Acquire);
@@ -254,23 +312,52 @@ impl Reader {
                 Ok(false) => return,
                 Err(e) => log::debug!("tunnel {:?}: {e}", self.key),
             }
-            if buf.capacity() < buffers::SIZE {
-                buf = buffers::take();
-            }
-            buf.resize(self.headroom + 1, 0);
-            let packet = match read_append(self.fd.as_fd(), &mut buf, max) {
-                Ok(None) => continue,
-                Ok(Some(0)) => None,
-                Ok(Some(n)) => {
-                    self.credit.fetch_sub(n as i64, Ordering::AcqRel);
-                    match self.outbound.send(self.packet_of(&mut buf, n)) {
-                        Ok(()) => continue,
-                        Err(p) => Some(p),
+            let packet = if can_splice && bulk && self.outbound.splices() {
+                match self.splice_once(&pipes, max) {
+                    Spliced::Sent(n) => {
+                        bulk = n >= buffers::SMALL;
+                        continue;
+                    }
+                    Spliced::Again => continue,
+                    Spliced::Unsupported => {
+                        can_splice = false;
+                        continue;
+                    }
+                    Spliced::NoPipe => {
+                        bulk = false;
+                        continue;
+                    }
+                    Spliced::Stop => return,
+                    Spliced::Back(p, n) => {
+                        bulk = n >= buffers::SMALL;
+                        Some(p)
+                    }
+                    Spliced::Eof => None,
+                    Spliced::Failed(e) => {
+                        log::debug!("tunnel {:?}: {e}", self.key);
+                        None
                     }
                 }
-                Err(e) => {
-                    log::debug!("tunnel {:?}: {e}", self.key);
-                    None
+            } else {
+                if buf.capacity() < buffers::SIZE {
+                    buf = buffers::take();
+                }
+                buf.resize(self.headroom + 1, 0);
+                match read_append(self.fd.as_fd(), &mut buf, max) {
+                    Ok(None) => continue,
+                    Ok(Some(0)) => None,
+                    Ok(Some(n)) => {
+                        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                        bulk = n >= buffers::SMALL;
+                        match self.outbound.send(self.packet_of(&mut buf, n)) {
+                            Ok(()) => continue,
+                            Err(p) => Some(p),
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!("tunnel {:?}: {e}", self.key);
+                        None
+                    }
                 }
             };
             let eof = packet.is_none();
@@ -280,6 +367,25 @@ impl Reader {
             }
         }
     }
+}
+
+/// What became of one splice of a program's output.
+enum Spliced {
+    /// Its data, this many bytes, went on by the reader's shortcut.
+    Sent(usize),
+    /// Nothing to read after all, or a credit came in while the reader
+    /// waited for its pipe: start again.
+    Again,
+    /// The output cannot be spliced from: read it.
+    Unsupported,
+    /// No pipe could be made: read this time.
+    NoPipe,
+    /// The tunnel end is gone.
+    Stop,
+    /// A Data message, of this many bytes of data, for the loop.
+    Back(Packet, usize),
+    Eof,
+    Failed(std::io::Error),
 }
 
 /// Writes what the loop queued for the program, each message with one
@@ -293,13 +399,12 @@ fn start_writer(key: Key, writer: Writer, events: Sender<Input>) -> std::io::Res
             let mut error = None;
             let mut batch = Vec::with_capacity(1);
             while writer.next(&mut batch, 1) {
-                if let Err(e) = writer.write(&batch) {
+                let n = batch.iter().map(Pending::len).sum();
+                if let Err(e) = writer.write(&mut batch) {
                     error = Some(e.to_string());
                     break;
                 }
-                let Some(p) = batch.pop() else { continue };
-                let n = p.packet.len();
-                buffers::recycle(p.packet);
+                Writer::recycle(&mut batch);
                 if events.send(Input::TunnelWritten { key, n }).is_err() {
                     return;
                 }

@@ -4,9 +4,11 @@
 //! another thread, so readers `poll` their fd together with a wake pipe: the
 //! owner drops the [`Waker`] (the pipe's write end) and the reader returns.
 //! Passed fds may be non-blocking; `EAGAIN` is met with `poll`, and the
-//! flags of a shared fd are never changed.
+//! flags of a shared fd are never changed. A reader may be told to splice
+//! the data of large messages instead of reading it ([`Splicing`]).
 
 use super::buffers;
+use super::splice::{Body, Pipes};
 use crate::wire::message::{decode_frame, Packet, WireError, HEADROOM, LEN_PREFIX, MAX_MESSAGE};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -120,6 +122,19 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bufs: &mut [IoSlice<'_>]) -> io::Result
     Ok(())
 }
 
+/// Writes what the non-blocking fd takes of `bufs`: the bytes written, 0
+/// where it would block.
+pub fn write_nonblocking(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match nix::sys::uio::writev(fd, bufs) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Writes what the fd takes of `bufs` without blocking, whatever the fd's
 /// own flags (pwritev2(2) with `RWF_NOWAIT`, so the flags of a shared fd
 /// are never changed): the bytes written, 0 where it would block.
@@ -157,7 +172,20 @@ const DIRECT_TAIL: usize = 4096;
 /// into its packet's buffer instead: one `readv` fills the rest of the
 /// frame, guessing its size from the last one, and puts what follows into
 /// the reader's buffer, so no byte is copied twice.
+/// Says whether a message that starts with these bytes is to be spliced.
+pub type Want = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// What a [`FrameReader`] splices: the rest of each large message whose
+/// first `key_len` bytes `want` says yes to goes into a body, from `pipes`.
+pub struct Splicing {
+    pub key_len: usize,
+    pub want: Want,
+    pub pipes: Pipes,
+}
+
 pub struct FrameReader {
+    splicing: Option<Splicing>,
+    body: Option<Body>,
     fd: OwnedFd,
     wake: Option<WakeFd>,
     buf: Vec<u8>,
@@ -174,7 +202,19 @@ const AT: usize = HEADROOM - LEN_PREFIX;
 
 impl FrameReader {
     pub fn new(fd: OwnedFd, wake: Option<WakeFd>) -> FrameReader {
-        FrameReader { fd, wake, buf: vec![0; READ_BUFFER], start: 0, end: 0, guess: 0 }
+        FrameReader { splicing: None, body: None, fd, wake, buf: vec![0; READ_BUFFER], start: 0, end: 0, guess: 0 }
+    }
+
+    /// Splices the rest of large messages as `s` says.
+    pub fn splicing(mut self, s: Splicing) -> FrameReader {
+        self.splicing = Some(s);
+        self
+    }
+
+    /// The body of the last packet, if the rest of its message was
+    /// spliced into one: the packet holds the message's first bytes.
+    pub fn take_body(&mut self) -> Option<Body> {
+        self.body.take()
     }
 
     /// The next message; Ok(None) at end-of-file between frames.
@@ -251,6 +291,41 @@ impl FrameReader {
                 self.end -= k;
                 continue;
             }
+            if let Some(sp) = &self.splicing {
+                let key = LEN_PREFIX + sp.key_len;
+                // Large: read just its key first, to see whether to splice.
+                if have < key && size >= key + DIRECT_TAIL {
+                    if let Some(w) = &self.wake {
+                        if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(w)).map_err(ReadError::Io)? {
+                            return Err(ReadError::Woken);
+                        }
+                    }
+                    match read_split(self.fd.as_fd(), &mut pb, key - have, &mut []).map_err(ReadError::Io)? {
+                        Some((0, _)) => {
+                            buffers::give(pb);
+                            return match have {
+                                0 => Ok(None),
+                                k => Err(ReadError::Truncated(k)),
+                            };
+                        }
+                        Some(_) => continue,
+                        None => {
+                            if self.wake.is_none() {
+                                wait_ready(self.fd.as_fd(), PollFlags::POLLIN, None).map_err(ReadError::Io)?;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if have >= key && want >= DIRECT_TAIL && (sp.want)(&pb[HEADROOM..AT + key]) {
+                    if let Some(mut body) = sp.pipes.try_body() {
+                        self.fill_body(&mut body, want, have)?;
+                        self.body = Some(body);
+                        self.guess = size;
+                        return Ok(Some(Packet::from_parts(pb, HEADROOM)));
+                    }
+                }
+            }
             // What follows goes to the buffer: a little, so that the next
             // large frame, too, is read straight into its packet (and not
             // copied out of the buffer), leaving room there for whatever a
@@ -277,6 +352,26 @@ impl FrameReader {
                 Some((_, tail)) => self.end = tail,
             }
         }
+    }
+}
+
+impl FrameReader {
+    /// Splices the `want` bytes that end a frame, of which `have` are
+    /// read, into `body`.
+    fn fill_body(&self, body: &mut Body, want: usize, have: usize) -> Result<(), ReadError> {
+        while body.len() < want {
+            match body.fill(self.fd.as_fd(), want - body.len()) {
+                Ok(0) => return Err(ReadError::Truncated(have + body.len())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, self.wake.as_ref()).map_err(ReadError::Io)? {
+                        return Err(ReadError::Woken);
+                    }
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +490,41 @@ mod tests {
         for (i, (a, b)) in got.iter().zip(&ps).enumerate() {
             assert!(a == b, "frame {i}: {} bytes, expected {}", a.len(), b.len());
         }
+    }
+
+    /// With splicing, each large message whose key is wanted comes as its
+    /// first bytes and a body with the rest; the others come whole; all
+    /// are the messages sent, in order, whatever the pieces they came in.
+    #[test]
+    fn large_wanted_messages_come_with_a_body() {
+        let ps: Vec<Packet> = (0..300u32)
+            .map(|i| {
+                let len = [10, 70_000 - 100, 5_000, 40_000, 65_000][i as usize % 5] + i as usize;
+                let kind = if i % 3 == 0 { Kind::From } else { Kind::To };
+                Packet::new(kind, NodeId([i as u8; 32]), &vec![i as u8; len.min(65_000)])
+            })
+            .collect();
+        let bytes = framed(&ps);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            for piece in bytes.chunks(33_333) {
+                write_all(w.as_fd(), &mut [IoSlice::new(piece)]).unwrap();
+            }
+        });
+        let want: Want = Box::new(|key: &[u8]| key[0] == Kind::From as u8);
+        let mut fr = FrameReader::new(r, None).splicing(Splicing { key_len: 33, want, pipes: Pipes::new(2) });
+        let (mut got, mut bodies) = (Vec::new(), 0);
+        while let Some(p) = fr.next_packet().unwrap() {
+            let mut b = p.into_buffer();
+            if let Some(mut body) = fr.take_body() {
+                bodies += 1;
+                body.read_into(&mut b).unwrap();
+            }
+            got.push(Packet::from_parts(b, HEADROOM));
+        }
+        writer.join().unwrap();
+        assert_eq!(got, ps);
+        assert!(bodies >= 10, "large From messages read straight are spliced ({bodies})");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Operating-system plumbing shared by the daemon and the clients: where the
 //! socket and id file live, passing fds over UNIX sockets, blocking frame
-//! I/O on fds that a wake pipe can interrupt, and reused frame buffers.
+//! I/O on fds that a wake pipe can interrupt, reused frame buffers, and data
+//! moved between fds by splice.
 
 pub mod buffers;
 pub mod fdpass;
 pub mod frames;
 pub mod paths;
+pub mod splice;
 
 /// Marks every inherited fd above 2 close-on-exec, so that the programs r2
 /// starts get only their standard fds. Call before the first thread starts.

@@ -1,0 +1,278 @@
+//! Bulk data held in a pipe instead of memory, moved with splice(2).
+//!
+//! A pipe's data lives in pages, and splice(2) between two pipes moves
+//! those pages without copying a byte. A reader splices a large message's
+//! data from its fd into a pipe of its own (a [`Body`]), and the output the
+//! message goes to splices it on after the message's first bytes: the
+//! daemon never copies the data. A reader has a few such pipes
+//! ([`Pipes`]); a body written out whole gives its pipe back, one dropped
+//! before that closes it. The process keeps at most [`MAX_PIPES`] pipes
+//! for bodies, so that busy tunnels cannot run it out of fds; a reader
+//! without one reads the data instead.
+
+use crossbeam_channel::{bounded, Receiver, RecvError, Sender};
+use nix::errno::Errno;
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::poll::PollFlags;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The most pipes for bodies in this process (two fds each).
+pub const MAX_PIPES: usize = 256;
+
+/// The pipes for bodies now open.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A pipe of one's own, empty while it is not in a [`Body`].
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    /// A new pipe, non-blocking on both ends (its data is always there
+    /// when asked for, so only the other fd of a splice ever waits), with
+    /// room for a message's data in pages of any fill. None past
+    /// [`MAX_PIPES`] or when the system has none.
+    fn new() -> Option<Pipe> {
+        if OPEN.fetch_add(1, Ordering::AcqRel) >= MAX_PIPES {
+            OPEN.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
+            Ok((r, w)) => {
+                let _ = nix::fcntl::fcntl(r.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_ROOM));
+                Some(Pipe { r, w })
+            }
+            Err(_) => {
+                OPEN.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        }
+    }
+}
+
+/// A body pipe's buffer: a 64 KiB message's data spliced from pages that
+/// are only partly filled takes more than 16 of the pipe's page slots.
+const PIPE_ROOM: i32 = 256 * 1024;
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where a written-out body's pipe goes: `Some` for reuse, `None` when the
+/// pipe was closed with data in it.
+type Home = Sender<Option<Pipe>>;
+
+/// A reader's pipes for bodies: at most as many as it was made with, each
+/// made when first needed.
+pub struct Pipes {
+    home: Home,
+    back: Receiver<Option<Pipe>>,
+}
+
+impl Pipes {
+    pub fn new(n: usize) -> Pipes {
+        let (home, back) = bounded(n);
+        for _ in 0..n {
+            let _ = home.send(None);
+        }
+        Pipes { home, back }
+    }
+
+    /// Where free pipes wait, for a reader that waits for one.
+    pub fn free(&self) -> &Receiver<Option<Pipe>> {
+        &self.back
+    }
+
+    /// An empty body in the pipe `got` from [`Pipes::free`]; None if no
+    /// pipe can be made (the slot stays free, to try again later).
+    pub fn body(&self, got: Result<Option<Pipe>, RecvError>) -> Option<Body> {
+        let pipe = match got.ok()? {
+            Some(p) => p,
+            None => match Pipe::new() {
+                Some(p) => p,
+                None => {
+                    let _ = self.home.try_send(None);
+                    return None;
+                }
+            },
+        };
+        Some(Body { pipe: Some(pipe), len: 0, home: self.home.clone() })
+    }
+
+    /// An empty body, if a pipe is free now.
+    pub fn try_body(&self) -> Option<Body> {
+        match self.back.try_recv() {
+            Ok(p) => self.body(Ok(p)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// `len` bytes of data in a pipe, on their way from one fd to another.
+pub struct Body {
+    pipe: Option<Pipe>,
+    len: usize,
+    home: Home,
+}
+
+/// What a splice did.
+fn spliced(r: nix::Result<usize>) -> io::Result<usize> {
+    match r {
+        Ok(n) => Ok(n),
+        Err(Errno::EAGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(Errno::EINVAL) => Err(io::ErrorKind::Unsupported.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Body {
+    /// The bytes it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn pipe(&self) -> io::Result<&Pipe> {
+        self.pipe.as_ref().ok_or_else(|| io::ErrorKind::BrokenPipe.into())
+    }
+
+    /// Moves at most `max` bytes of what `src` has now into the body: the
+    /// bytes moved, 0 at end-of-file. `WouldBlock` if `src` has nothing,
+    /// `Unsupported` if it cannot be spliced from (nothing is lost then).
+    pub fn fill(&mut self, src: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            let r = splice(src, None, self.pipe()?.w.as_fd(), None, max, flags);
+            if r == Err(Errno::EINTR) {
+                continue;
+            }
+            let n = spliced(r)?;
+            self.len += n;
+            return Ok(n);
+        }
+    }
+
+    /// Moves what the pipe `dst` takes at once of the body into it: the
+    /// bytes moved (0 where it is full).
+    pub fn write_now(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            match spliced(splice(self.pipe()?.r.as_fd(), None, dst, None, self.len, flags)) {
+                Ok(n) => {
+                    self.len -= n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves all of the body into `dst`, waiting while it is full; where
+    /// `dst` cannot be spliced to, the bytes are read and written instead.
+    pub fn write_all(&mut self, dst: BorrowedFd<'_>) -> io::Result<()> {
+        let flags = SpliceFFlags::SPLICE_F_MOVE;
+        while self.len > 0 {
+            match spliced(splice(self.pipe()?.r.as_fd(), None, dst, None, self.len, flags)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.len -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    super::frames::wait_ready(dst, PollFlags::POLLOUT, None)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    let mut buf = Vec::with_capacity(self.len);
+                    self.read_into(&mut buf)?;
+                    return super::frames::write_all(dst, &mut [io::IoSlice::new(&buf)]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends all of the body to `buf`.
+    pub fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.reserve(self.len);
+        while self.len > 0 {
+            let at = buf.len();
+            buf.resize(at + self.len, 0);
+            let r = nix::unistd::read(self.pipe()?.r.as_fd(), &mut buf[at..]);
+            match r {
+                Ok(0) => {
+                    buf.truncate(at);
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => {
+                    buf.truncate(at + n);
+                    self.len -= n;
+                }
+                Err(Errno::EINTR) => buf.truncate(at),
+                Err(e) => {
+                    buf.truncate(at);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            let _ = self.home.try_send((self.len == 0).then_some(p));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes go from one pipe through a body into another unchanged; the
+    /// emptied pipe is reused, one dropped full is closed and made anew.
+    #[test]
+    fn a_body_moves_bytes_and_its_pipe_is_reused() {
+        let pipes = Pipes::new(1);
+        let (src_r, src_w) = nix::unistd::pipe().unwrap();
+        let (dst_r, dst_w) = nix::unistd::pipe().unwrap();
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+        nix::unistd::write(&src_w, &data).unwrap();
+        let mut b = pipes.try_body().unwrap();
+        assert!(pipes.try_body().is_none(), "one pipe, and it is out");
+        assert_eq!(b.fill(src_r.as_fd(), 30_000).unwrap(), 30_000);
+        assert_eq!(b.write_now(dst_w.as_fd()).unwrap(), 30_000);
+        assert_eq!(b.fill(src_r.as_fd(), 65_536).unwrap(), 20_000);
+        b.write_all(dst_w.as_fd()).unwrap();
+        drop(b);
+        let mut got = vec![0; 50_000];
+        let mut at = 0;
+        while at < got.len() {
+            at += nix::unistd::read(&dst_r, &mut got[at..]).unwrap();
+        }
+        assert_eq!(got, data);
+        assert!(matches!(pipes.free().try_recv(), Ok(Some(_))), "an emptied body's pipe comes back");
+        let _ = pipes.home.send(None);
+        let mut b = pipes.try_body().unwrap();
+        assert!(b.fill(src_r.as_fd(), 100).unwrap_err().kind() == io::ErrorKind::WouldBlock);
+        nix::unistd::write(&src_w, b"abc").unwrap();
+        assert_eq!(b.fill(src_r.as_fd(), 100).unwrap(), 3);
+        let mut v = b"x".to_vec();
+        b.read_into(&mut v).unwrap();
+        assert_eq!(v, b"xabc");
+        nix::unistd::write(&src_w, b"def").unwrap();
+        b.fill(src_r.as_fd(), 100).unwrap();
+        drop(b);
+        assert!(matches!(pipes.free().try_recv(), Ok(None)), "a body dropped full is closed");
+    }
+}
