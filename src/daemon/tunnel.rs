@@ -23,7 +23,7 @@ use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
 use crate::wire::{NodeId, Packet};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use nix::poll::PollFlags;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
@@ -257,9 +257,19 @@ impl Reader {
     /// reader's pipe, once that is back from the last message, and sends
     /// them on as the data of one Data message.
     fn splice_once(&self, pipes: &Pipes, max: usize) -> Spliced {
-        let got = crossbeam_channel::select! {
-            recv(pipes.free()) -> p => p,
-            recv(self.credit_rx) -> r => return if r.is_ok() { Spliced::Again } else { Spliced::Stop },
+        // The pipe is back once the last message's data is written out; a
+        // stalled link keeps it, so look now and then whether the tunnel
+        // end is gone.
+        let got = loop {
+            match pipes.free().recv_timeout(STALLED) {
+                Ok(p) => break p,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(TryRecvError::Disconnected) = self.credit_rx.try_recv() {
+                        return Spliced::Stop;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Spliced::NoPipe,
+            }
         };
         let Some(mut body) = pipes.body(got) else { return Spliced::NoPipe };
         let n = match body.fill(self.fd.as_fd(), max) {
@@ -369,12 +379,14 @@ impl Reader {
     }
 }
 
+/// How often a reader waiting for its pipe looks whether its end is gone.
+const STALLED: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What became of one splice of a program's output.
 enum Spliced {
     /// Its data, this many bytes, went on by the reader's shortcut.
     Sent(usize),
-    /// Nothing to read after all, or a credit came in while the reader
-    /// waited for its pipe: start again.
+    /// Nothing to read after all: start again.
     Again,
     /// The output cannot be spliced from: read it.
     Unsupported,

@@ -10,7 +10,7 @@
 //! for bodies, so that busy tunnels cannot run it out of fds; a reader
 //! without one reads the data instead.
 
-use crossbeam_channel::{bounded, Receiver, RecvError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use nix::poll::PollFlags;
@@ -90,8 +90,8 @@ impl Pipes {
 
     /// An empty body in the pipe `got` from [`Pipes::free`]; None if no
     /// pipe can be made (the slot stays free, to try again later).
-    pub fn body(&self, got: Result<Option<Pipe>, RecvError>) -> Option<Body> {
-        let pipe = match got.ok()? {
+    pub fn body(&self, got: Option<Pipe>) -> Option<Body> {
+        let pipe = match got {
             Some(p) => p,
             None => match Pipe::new() {
                 Some(p) => p,
@@ -106,10 +106,7 @@ impl Pipes {
 
     /// An empty body, if a pipe is free now.
     pub fn try_body(&self) -> Option<Body> {
-        match self.back.try_recv() {
-            Ok(p) => self.body(Ok(p)),
-            Err(_) => None,
-        }
+        self.back.try_recv().ok().and_then(|p| self.body(p))
     }
 }
 
