@@ -142,6 +142,25 @@ fn bulk_64_mib_three_hops() {
     bulk(3);
 }
 
+/// Bulk data into a far-side program is spliced: the far side's link
+/// reader delivers nearly every large Data message to the program itself,
+/// and the data arrives intact, over one hop and over three.
+#[test]
+fn bulk_into_a_program_is_delivered_by_the_link_reader() {
+    for hops in [1, 3] {
+        let s = Scratch::new(&format!("deliver{hops}"));
+        let l = Line::new(&s, hops, &["sha256sum"]);
+        sh_out(&s, "head -c 16777216 /dev/urandom > in");
+        let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let want = sh_out(&s, "sha256sum < in");
+        assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim_end(), want, "16 MiB over {hops} hops");
+        // 256 Data messages of 64 KiB, from a file read in bulk.
+        let short = counters(&s, l.last())["messages_shortcut"];
+        assert!(short > 200, "over {hops} hops, the far side delivered {short} messages itself");
+    }
+}
+
 /// A relay's link onward is cut while a tunnel streams through it by
 /// shortcut: the caller is told and exits, the far instance is reaped, the
 /// relay frees all it held; over a new link, a new tunnel takes shortcuts
