@@ -5,9 +5,10 @@
 //! the table gives medians, min–max and ratios, and is also written to
 //! `target/bench.txt`. The many-tunnel runs also give the CPU time all
 //! processes took per GiB (from /proc/stat), which moves less than
-//! throughput on a shared machine and says whether the run was CPU-bound. Needs socat, perl and dd. Environment: R2_BENCH_REPS
-//! (default 5), R2_BENCH_MIB (bulk size, default 1024), R2_BENCH_RTTS
-//! (round trips, default 10000).
+//! throughput on a shared machine and says whether the run was CPU-bound,
+//! and the daemons' share of it (from /proc/PID/stat). Needs socat, perl
+//! and dd. Environment: R2_BENCH_REPS (default 5), R2_BENCH_MIB (bulk
+//! size, default 1024), R2_BENCH_RTTS (round trips, default 10000).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -153,6 +154,15 @@ fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// The CPU time of process `pid` and its threads so far (utime + stime
+/// of proc(5)'s stat), in clock ticks.
+fn proc_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let at = |i: usize| rest.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    at(11) + at(12)
+}
+
 /// Samples of one configuration.
 #[derive(Default)]
 struct Series(Vec<f64>);
@@ -282,15 +292,22 @@ struct Many {
     cpu: Series,
     /// The share of the machine's CPU time that was busy.
     busy: Series,
+    /// CPU seconds of the daemons per GiB.
+    daemons: Series,
 }
 
 /// Starts `commands`, each running the producer with its index; once every
 /// producer is ready and `set()` holds, releases them together by one line
 /// each on the FIFO `go`. Returns each one's time from the release to its
 /// end (a thread per command waits for it, so that no process is started
-/// to tell the time), and the machine's busy CPU seconds and busy share
-/// meanwhile.
-fn release_together(env: &Env, commands: Vec<Command>, mut set: impl FnMut() -> bool) -> (Vec<f64>, (f64, f64)) {
+/// to tell the time), and meanwhile the machine's busy CPU seconds and busy
+/// share, and the CPU seconds of the processes `pids` (the daemons).
+fn release_together(
+    env: &Env,
+    commands: Vec<Command>,
+    mut set: impl FnMut() -> bool,
+    pids: &[u32],
+) -> (Vec<f64>, (f64, f64, f64)) {
     let n = commands.len();
     let _ = std::fs::remove_file(env.dir.join("go"));
     assert!(Command::new("mkfifo").arg(env.dir.join("go")).status().unwrap().success(), "mkfifo");
@@ -315,12 +332,14 @@ fn release_together(env: &Env, commands: Vec<Command>, mut set: impl FnMut() -> 
     env.wait_for("the far side's cats", &mut set);
     let release = Instant::now();
     let cpu0 = cpu_ticks();
+    let own0: u64 = pids.iter().map(|&p| proc_ticks(p)).sum();
     go.write_all(&vec![b'\n'; n]).unwrap();
     let times: Vec<f64> = ends.into_iter().map(|e| (e.join().unwrap() - release).as_secs_f64()).collect();
     let cpu1 = cpu_ticks();
+    let own1: u64 = pids.iter().map(|&p| proc_ticks(p)).sum();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let busy = (cpu1.0 - cpu0.0) as f64;
-    (times, (busy / hz, busy / (cpu1.1 - cpu0.1).max(1) as f64))
+    (times, (busy / hz, busy / (cpu1.1 - cpu0.1).max(1) as f64, (own1 - own0) as f64 / hz))
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -433,13 +452,15 @@ fn main() {
                 })
                 .collect();
             let far_cats = || m.pipes || children_named(ds[1].0, "cat") == m.n;
-            let (times, cpu) = release_together(&env, commands, far_cats);
+            let pids: Vec<u32> = if m.pipes { Vec::new() } else { ds.iter().map(|d| d.0).collect() };
+            let (times, cpu) = release_together(&env, commands, far_cats, &pids);
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
             let gib = (each * m.n as u64) as f64 / 1024.0;
             m.agg.0.push(gib * 1024.0 / max);
             m.fair.0.push(min / max);
             m.cpu.0.push(cpu.0 / gib);
             m.busy.0.push(cpu.1);
+            m.daemons.0.push(cpu.2 / gib);
         }
     }
 
@@ -512,21 +533,23 @@ fn main() {
         out,
         "\n4. many tunnels through one link, and as many pipe chains producer|cat|cat|cat:\n   \
          aggregate MiB/s (ratio to one), slowest/fastest, CPU time of all processes\n   \
-         per GiB (ratio to one), share of the machine's CPU time that was busy"
+         per GiB (ratio to one), share of the machine's CPU time that was busy, and\n   \
+         the daemons' CPU time per GiB"
     );
     for m in &many {
         let one = many.iter().find(|o| o.n == 1 && o.pipes == m.pipes).unwrap_or(m);
         let what = if m.pipes { "pipe chains" } else { "tunnels" };
         let _ = writeln!(
             out,
-            "   {:>3} {what:<11} {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%",
+            "   {:>3} {what:<11} {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%{}",
             m.n,
             r(&m.agg),
             m.agg.median() / one.agg.median(),
             m.fair.median(),
             m.cpu.median(),
             m.cpu.median() / one.cpu.median(),
-            m.busy.median() * 100.0
+            m.busy.median() * 100.0,
+            if m.pipes { String::new() } else { format!("  daemons {:.2}", m.daemons.median()) }
         );
     }
     let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
