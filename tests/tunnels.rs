@@ -155,9 +155,10 @@ fn bulk_into_a_program_is_delivered_by_the_link_reader() {
         assert!(o.status.success(), "{}", stderr_of(&o));
         let want = sh_out(&s, "sha256sum < in");
         assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim_end(), want, "16 MiB over {hops} hops");
-        // 256 Data messages of 64 KiB, from a file read in bulk.
+        // 256 Data messages of 64 KiB, from a file read in bulk; the first
+        // go by the loop, and so may some while the loop is slow.
         let short = counters(&s, l.last())["messages_shortcut"];
-        assert!(short > 200, "over {hops} hops, the far side delivered {short} messages itself");
+        assert!(short > 128, "over {hops} hops, the far side delivered {short} messages itself");
     }
 }
 
