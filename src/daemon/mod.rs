@@ -780,6 +780,7 @@ impl Daemon {
         let Some(out) = self.tunnels.get(&key).and_then(|t| t.program_input()) else { return };
         if lock(out).splices() {
             table.add_inbound(shortcut::inbound_key(peer), out, key);
+            self.forgotten = false;
         }
     }
 

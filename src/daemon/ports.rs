@@ -9,8 +9,6 @@ use super::Input;
 use crate::router::{Event, PortId};
 use crate::sys::frames::{wait_ready, FrameReader, ReadError, Splicing, WakeFd};
 use crate::sys::splice::Pipes;
-use crate::wire::message::HEADROOM;
-use crate::wire::Packet;
 use crossbeam_channel::Sender;
 use nix::poll::PollFlags;
 use std::os::fd::{AsFd, OwnedFd};
@@ -57,13 +55,7 @@ pub fn start_reader(
                         continue;
                     }
                     // The table changed meanwhile: the loop gets it whole.
-                    Err((packet, mut body)) => {
-                        let mut b = packet.into_buffer();
-                        match body.read_into(&mut b) {
-                            Ok(()) => Ok(Some(Packet::from_parts(b, HEADROOM))),
-                            Err(e) => Err(ReadError::Io(e)),
-                        }
-                    }
+                    Err((packet, body)) => body.complete(packet).map(Some).map_err(ReadError::Io),
                 },
                 (next, _) => next,
             };

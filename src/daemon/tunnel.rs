@@ -284,9 +284,12 @@ impl Reader {
             Ok(()) => Spliced::Sent(n),
             // The way out changed meanwhile: the loop gets the data itself.
             Err((p, body)) => {
-                let mut b = p.into_buffer();
-                match body.map_or(Ok(()), |mut body| body.read_into(&mut b)) {
-                    Ok(()) => Spliced::Back(Packet::from_parts(b, self.headroom), n),
+                let whole = match body {
+                    Some(body) => body.complete(p),
+                    None => Ok(p),
+                };
+                match whole {
+                    Ok(p) => Spliced::Back(p, n),
                     Err(e) => Spliced::Failed(e),
                 }
             }

@@ -165,13 +165,6 @@ const BUSY_BUFFER: usize = 1024 * 1024;
 /// The most read after a frame that is read straight into its packet.
 const DIRECT_TAIL: usize = 4096;
 
-/// Reads frames from an fd, one [`Packet`] at a time.
-///
-/// Small frames are read many at a time into the reader's buffer and
-/// copied out. While frames are large (bulk data), each is read straight
-/// into its packet's buffer instead: one `readv` fills the rest of the
-/// frame, guessing its size from the last one, and puts what follows into
-/// the reader's buffer, so no byte is copied twice.
 /// Says whether a message that starts with these bytes is to be spliced.
 pub type Want = Box<dyn Fn(&[u8]) -> bool + Send>;
 
@@ -183,6 +176,13 @@ pub struct Splicing {
     pub pipes: Pipes,
 }
 
+/// Reads frames from an fd, one [`Packet`] at a time.
+///
+/// Small frames are read many at a time into the reader's buffer and
+/// copied out. While frames are large (bulk data), each is read straight
+/// into its packet's buffer instead: one `readv` fills the rest of the
+/// frame, guessing its size from the last one, and puts what follows into
+/// the reader's buffer, so no byte is copied twice.
 pub struct FrameReader {
     splicing: Option<Splicing>,
     body: Option<Body>,
@@ -291,32 +291,13 @@ impl FrameReader {
                 self.end -= k;
                 continue;
             }
+            // What follows goes to the buffer: a little, so that the next
+            // large frame, too, is read straight into its packet (and not
+            // copied out of the buffer), leaving room there for whatever a
+            // wrong guess puts in `pb`.
+            let (mut want, mut room) = (want, (self.buf.len() - self.guess.max(LEN_PREFIX)).min(DIRECT_TAIL));
             if let Some(sp) = &self.splicing {
                 let key = LEN_PREFIX + sp.key_len;
-                // Large: read just its key first, to see whether to splice.
-                if have < key && size >= key + DIRECT_TAIL {
-                    if let Some(w) = &self.wake {
-                        if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(w)).map_err(ReadError::Io)? {
-                            return Err(ReadError::Woken);
-                        }
-                    }
-                    match read_split(self.fd.as_fd(), &mut pb, key - have, &mut []).map_err(ReadError::Io)? {
-                        Some((0, _)) => {
-                            buffers::give(pb);
-                            return match have {
-                                0 => Ok(None),
-                                k => Err(ReadError::Truncated(k)),
-                            };
-                        }
-                        Some(_) => continue,
-                        None => {
-                            if self.wake.is_none() {
-                                wait_ready(self.fd.as_fd(), PollFlags::POLLIN, None).map_err(ReadError::Io)?;
-                            }
-                            continue;
-                        }
-                    }
-                }
                 if have >= key && want >= DIRECT_TAIL && (sp.want)(&pb[HEADROOM..AT + key]) {
                     if let Some(mut body) = sp.pipes.try_body() {
                         self.fill_body(&mut body, want, have)?;
@@ -325,12 +306,11 @@ impl FrameReader {
                         return Ok(Some(Packet::from_parts(pb, HEADROOM)));
                     }
                 }
+                // Large: read just its key first, to see whether to splice.
+                if have < key && size >= key + DIRECT_TAIL {
+                    (want, room) = (key - have, 0);
+                }
             }
-            // What follows goes to the buffer: a little, so that the next
-            // large frame, too, is read straight into its packet (and not
-            // copied out of the buffer), leaving room there for whatever a
-            // wrong guess puts in `pb`.
-            let room = (self.buf.len() - self.guess.max(LEN_PREFIX)).min(DIRECT_TAIL);
             if let Some(w) = &self.wake {
                 if !wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(w)).map_err(ReadError::Io)? {
                     return Err(ReadError::Woken);
@@ -353,9 +333,7 @@ impl FrameReader {
             }
         }
     }
-}
 
-impl FrameReader {
     /// Splices the `want` bytes that end a frame, of which `have` are
     /// read, into `body`.
     fn fill_body(&self, body: &mut Body, want: usize, have: usize) -> Result<(), ReadError> {

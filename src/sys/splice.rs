@@ -10,6 +10,7 @@
 //! for bodies, so that busy tunnels cannot run it out of fds; a reader
 //! without one reads the data instead.
 
+use crate::wire::Packet;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
@@ -117,15 +118,23 @@ pub struct Body {
     home: Home,
 }
 
-/// What a splice did.
-fn spliced(r: nix::Result<usize>) -> io::Result<usize> {
-    match r {
-        Ok(n) => Ok(n),
-        Err(Errno::EAGAIN) => Err(io::ErrorKind::WouldBlock.into()),
-        Err(Errno::EINVAL) => Err(io::ErrorKind::Unsupported.into()),
-        Err(e) => Err(e.into()),
+/// One splice(2) of at most `len` bytes from `src` to `dst`, again if a
+/// signal interrupted it. `WouldBlock` where either side would block,
+/// `Unsupported` where an fd cannot be spliced.
+fn splice_some(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: usize, flags: SpliceFFlags) -> io::Result<usize> {
+    loop {
+        match splice(src, None, dst, None, len, flags) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(Errno::EINVAL) => return Err(io::ErrorKind::Unsupported.into()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
+
+/// Splice without waiting on our own pipe's side.
+const NOW: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 impl Body {
     /// The bytes it holds.
@@ -145,47 +154,32 @@ impl Body {
     /// bytes moved, 0 at end-of-file. `WouldBlock` if `src` has nothing,
     /// `Unsupported` if it cannot be spliced from (nothing is lost then).
     pub fn fill(&mut self, src: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
-        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        loop {
-            let r = splice(src, None, self.pipe()?.w.as_fd(), None, max, flags);
-            if r == Err(Errno::EINTR) {
-                continue;
-            }
-            let n = spliced(r)?;
-            self.len += n;
-            return Ok(n);
-        }
+        let n = splice_some(src, self.pipe()?.w.as_fd(), max, NOW)?;
+        self.len += n;
+        Ok(n)
     }
 
     /// Moves what the pipe `dst` takes at once of the body into it: the
     /// bytes moved (0 where it is full).
     pub fn write_now(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        loop {
-            match spliced(splice(self.pipe()?.r.as_fd(), None, dst, None, self.len, flags)) {
-                Ok(n) => {
-                    self.len -= n;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let n = match splice_some(self.pipe()?.r.as_fd(), dst, self.len, NOW) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            r => r?,
+        };
+        self.len -= n;
+        Ok(n)
     }
 
     /// Moves all of the body into `dst`, waiting while it is full; where
     /// `dst` cannot be spliced to, the bytes are read and written instead.
     pub fn write_all(&mut self, dst: BorrowedFd<'_>) -> io::Result<()> {
-        let flags = SpliceFFlags::SPLICE_F_MOVE;
         while self.len > 0 {
-            match spliced(splice(self.pipe()?.r.as_fd(), None, dst, None, self.len, flags)) {
+            match splice_some(self.pipe()?.r.as_fd(), dst, self.len, SpliceFFlags::SPLICE_F_MOVE) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.len -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     super::frames::wait_ready(dst, PollFlags::POLLOUT, None)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     let mut buf = Vec::with_capacity(self.len);
                     self.read_into(&mut buf)?;
@@ -195,6 +189,16 @@ impl Body {
             }
         }
         Ok(())
+    }
+
+    /// The whole message whose first bytes are `head` and whose rest this
+    /// body holds, in memory: for where the body cannot go on as it is.
+    pub fn complete(mut self, head: Packet) -> io::Result<Packet> {
+        let len = head.len();
+        let mut b = head.into_buffer();
+        let start = b.len() - len;
+        self.read_into(&mut b)?;
+        Ok(Packet::from_parts(b, start))
     }
 
     /// Appends all of the body to `buf`.
