@@ -11,7 +11,9 @@
 //! with values alone.
 
 use crate::wire::id::MAX_HOPS;
+use crate::wire::list;
 use crate::wire::message::{Kind, Msg, Packet, HEADER, MAX_MESSAGE};
+use crate::wire::tunnel::DATA;
 use crate::wire::{FailCode, NodeId};
 use log::{debug, info, warn};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -135,27 +137,97 @@ pub enum Action {
     Tunnel { peer: NodeId, via: Option<NodeId>, packet: Packet },
     /// Neighbour `peer` has ended, or ended its tunnel: end its instance.
     TunnelGone { peer: NodeId },
-    /// The message just sent was relayed from one link to another, and any
-    /// later message on `from` that starts with the bytes `key` and goes on
-    /// with a non-empty rest would be relayed the same way: on `to`, as
-    /// `head` followed by that rest (if that is within [`MAX_MESSAGE`]).
-    /// The link's reader may do so itself until [`Action::ForgetShortcuts`].
-    Shortcut { from: PortId, key: Vec<u8>, to: PortId, head: Vec<u8> },
+    /// The message just routed went the way that any later one read on
+    /// `from` would go if it starts with the bytes `key` and goes on with a
+    /// non-empty rest: to `to`, as `head` followed by that rest (if that is
+    /// within [`MAX_MESSAGE`]). The reader of `from` may send such messages
+    /// on itself until [`Action::ForgetShortcuts`] (r2d.8, "Shortcuts").
+    Shortcut(Shortcut),
     /// A neighbour or a connection has ended: every shortcut is void.
     ForgetShortcuts,
 }
 
-/// The first bytes of a message that decide where a relay sends it: a
-/// `To(n1, …)` header, or `From(n0, To(n1, …))`'s two. None when the
-/// message has nothing after them (ε), or another shape. What a link's
-/// reader looks up in its [`Action::Shortcut`]s.
-pub fn shortcut_key(msg: &[u8]) -> Option<&[u8]> {
+/// A way for a reader to send messages on without the router, as the
+/// router would: see [`Action::Shortcut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortcut {
+    pub from: Lane,
+    pub key: Vec<u8>,
+    pub to: Exit,
+    pub head: Vec<u8>,
+}
+
+/// Where the messages of a shortcut are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// A link's reader: transit messages (keyed by [`relay_key`]) and the
+    /// Data of far-side tunnel ends (keyed by [`delivery_key`]).
+    Link(PortId),
+    /// The reader of the endpoint on this port, when it is the caller's
+    /// end of a tunnel: the Data messages it makes of its program's output.
+    Endpoint(PortId),
+    /// The reader of the tunnel node's instance for this neighbour: the
+    /// Data messages it makes of its program's output.
+    Tunnel(NodeId),
+}
+
+/// Where the messages of a shortcut go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Out on this link.
+    Port(PortId),
+    /// To the tunnel node's instance for this neighbour, as the packet of
+    /// an [`Action::Tunnel`].
+    Tunnel(NodeId),
+}
+
+/// The first bytes of a message read on a link that decide where a relay
+/// sends it: a `To(n1, …)` header, or `From(n0, To(n1, …))`'s two. None
+/// when the message has nothing after them (ε), or another shape. What a
+/// link's reader looks up among its relay shortcuts.
+pub fn relay_key(msg: &[u8]) -> Option<&[u8]> {
     let n = match (msg.first(), msg.get(HEADER)) {
         (Some(&k), _) if k == Kind::To as u8 => HEADER,
         (Some(&k), Some(&k2)) if k == Kind::From as u8 && k2 == Kind::To as u8 => 2 * HEADER,
         _ => return None,
     };
     (msg.len() > n).then(|| &msg[..n])
+}
+
+/// The length of a [`delivery_key`].
+pub const DELIVERY_KEY: usize = 2 * HEADER + 1;
+
+/// The first bytes of a message read on a link that decide where the Data
+/// of a far-side tunnel end goes: `From(n0, To(0, Data …` up to the Data
+/// tag. None for anything else, or Data without data. What a link's
+/// reader looks up among its delivery shortcuts.
+pub fn delivery_key(msg: &[u8]) -> Option<&[u8]> {
+    let ok = msg.len() > DELIVERY_KEY
+        && msg[0] == Kind::From as u8
+        && msg[HEADER] == Kind::To as u8
+        && msg[HEADER + 1..2 * HEADER] == NodeId::TUNNEL.0
+        && msg[2 * HEADER] == DATA;
+    ok.then(|| &msg[..DELIVERY_KEY])
+}
+
+/// The first bytes of a message from an endpoint that is a tunnel's Data:
+/// its `To` headers, the last to node 0, and the Data tag. None for
+/// anything else, or Data without data. A Data message of the caller's
+/// tunnel end starts with just these bytes, whatever its data.
+pub fn tunnel_data_key(msg: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    for _ in 0..=MAX_HOPS + 1 {
+        let m = Msg::parse(&msg[at..]).ok()?;
+        if m.kind != Kind::To {
+            return None;
+        }
+        at += HEADER;
+        if m.id == NodeId::TUNNEL {
+            let ok = msg.len() > at + 1 && msg[at] == DATA;
+            return ok.then(|| &msg[..at + 1]);
+        }
+    }
+    None
 }
 
 #[derive(Debug)]
@@ -306,8 +378,16 @@ impl Router {
             Event::Closed { port, error } => self.close(port, error, out),
             Event::FromTunnel { to, mut packet } => {
                 if self.nodes.get(&to).is_some_and(|n| n.conns.contains(&NodeId::TUNNEL)) {
+                    let data = packet.bytes().first() == Some(&DATA) && packet.len() > 1;
+                    let origin =
+                        data.then(|| Origin { lane: Lane::Tunnel(to), key: vec![DATA], rest: packet.len() - 1 });
                     packet.push_header(Kind::From, NodeId::TUNNEL);
-                    let _ = self.send_to(to, &mut packet, out);
+                    let sent = out.len() + 1;
+                    if self.send_to(to, &mut packet, out).is_ok() && out.len() == sent {
+                        if let Some(o) = origin {
+                            self.shortcut(o, out);
+                        }
+                    }
                 }
             }
             Event::TunnelFail { to, code, text } => self.fail(to, NodeId::TUNNEL, code, &text, out),
@@ -387,7 +467,7 @@ impl Router {
                     }
                     return;
                 }
-                let origin = Origin::of(port, &p, HEADER);
+                let origin = Origin::of(Lane::Link(port), &p, relay_key(p.bytes()).filter(|k| k.len() == HEADER));
                 self.route(peer, p, origin, out)
             }
             Kind::From => {
@@ -452,7 +532,8 @@ impl Router {
                     debug!("fail from {n0} via {peer} about {}", inner.id);
                     return;
                 }
-                let origin = Origin::of(port, &p, 2 * HEADER);
+                let key = delivery_key(p.bytes()).or(relay_key(p.bytes()).filter(|k| k.len() == 2 * HEADER));
+                let origin = Origin::of(Lane::Link(port), &p, key);
                 p.strip();
                 self.route(n0, p, origin, out)
             }
@@ -472,16 +553,19 @@ impl Router {
                 let text = format!("a path has at most {MAX_HOPS} hops");
                 self.fail(id, self.own, FailCode::Refused, &text, out)
             }
-            Ok(_) => self.route(id, p, None, out),
+            Ok(_) => {
+                let origin = Origin::of(Lane::Endpoint(port), &p, tunnel_data_key(p.bytes()));
+                self.route(id, p, origin, out)
+            }
         }
     }
 
     /// `p` is `To(to, body)` from neighbour `from`: deliver `From(from, body)`
-    /// to `to`, or answer with a Fail. `origin`: the message came over a
-    /// link, and a relay to a link may become a shortcut.
+    /// to `to`, or answer with a Fail. `origin`: where it was read, if a
+    /// shortcut may send the next like it.
     fn route(&mut self, from: NodeId, mut p: Packet, origin: Option<Origin>, out: &mut Vec<Action>) {
         let Ok(m) = p.msg() else { return };
-        let (to, quiet, eps, body) = (m.id, is_quiet(m.body), m.body.is_empty(), m.body.len());
+        let (to, quiet, eps) = (m.id, is_quiet(m.body), m.body.is_empty());
         if to == NodeId::LIST {
             if !quiet {
                 let list = self.list_body();
@@ -493,7 +577,7 @@ impl Router {
             return;
         }
         if to == NodeId::TUNNEL {
-            return self.route_to_tunnel(from, p, out);
+            return self.route_to_tunnel(from, p, origin, out);
         }
         if to.is_reserved() || to == self.own || !self.nodes.contains_key(&to) {
             if !quiet {
@@ -525,27 +609,27 @@ impl Router {
             return;
         }
         if let (Some(o), false, true) = (origin, quiet, out.len() == sent) {
-            self.shortcut(o, body, out);
+            self.shortcut(o, out);
         }
     }
 
-    /// After relaying a message that came over a link, whose `body` bytes
-    /// end the send just pushed: if it left by a link too, tell the daemon
-    /// how to relay the next like it.
-    fn shortcut(&self, o: Origin, body: usize, out: &mut Vec<Action>) {
+    /// After sending the message that `o` was read as, as the one send
+    /// just pushed: if it left by a link, tell the daemon how to send the
+    /// next like it.
+    fn shortcut(&self, o: Origin, out: &mut Vec<Action>) {
         let Some(Action::Send { port, packet }) = out.last() else { return };
-        let link = |p: PortId| matches!(self.ports.get(&p), Some(Port::Link { .. }));
-        if !link(*port) || !link(o.port) {
+        if !matches!(self.ports.get(port), Some(Port::Link { .. })) {
             return;
         }
-        let Some(head) = packet.bytes().get(..packet.len().saturating_sub(body)) else { return };
-        let (to, head) = (*port, head.to_vec());
-        out.push(Action::Shortcut { from: o.port, key: o.key[..o.len].to_vec(), to, head });
+        let Some(head) = packet.len().checked_sub(o.rest).and_then(|n| packet.bytes().get(..n)) else { return };
+        let (to, head) = (Exit::Port(*port), head.to_vec());
+        out.push(Action::Shortcut(Shortcut { from: o.lane, key: o.key, to, head }));
     }
 
     /// `p` is `To(0, m)` from neighbour `from`: hand the tunnel message `m`
-    /// to the tunnel node, or say why not.
-    fn route_to_tunnel(&mut self, from: NodeId, mut p: Packet, out: &mut Vec<Action>) {
+    /// to the tunnel node, or say why not. A Data message read on a link
+    /// (its `origin`) teaches that link's reader to deliver the next ones.
+    fn route_to_tunnel(&mut self, from: NodeId, mut p: Packet, origin: Option<Origin>, out: &mut Vec<Action>) {
         let Ok(m) = p.msg() else { return };
         if m.body.is_empty() {
             if let Some(n) = self.nodes.get_mut(&from) {
@@ -567,6 +651,10 @@ impl Router {
         };
         p.strip();
         out.push(Action::Tunnel { peer: from, via, packet: p });
+        if let Some(o) = origin.filter(|o| matches!(o.lane, Lane::Link(_)) && o.key.len() == DELIVERY_KEY) {
+            let to = Exit::Tunnel(from);
+            out.push(Action::Shortcut(Shortcut { from: o.lane, key: o.key, to, head: vec![DATA] }));
+        }
     }
 
     /// Sends message `p` to neighbour `n`: as it is on n's own port, or as
@@ -734,20 +822,11 @@ impl Router {
         }
     }
 
-    /// The ls reply of node 1: a count and the ids of the physical neighbours.
+    /// The ls reply of node 1: the physical neighbours, ordered by id.
     fn list_body(&self) -> Vec<u8> {
-        let ids: BTreeSet<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| matches!(n.via, Via::Link(_)))
-            .map(|(id, _)| *id)
-            .take(u16::MAX as usize)
-            .collect();
-        let mut b = (ids.len() as u16).to_be_bytes().to_vec();
-        for id in ids {
-            b.extend_from_slice(&id.0);
-        }
-        b
+        let ids: BTreeSet<NodeId> =
+            self.nodes.iter().filter(|(_, n)| matches!(n.via, Via::Link(_))).map(|(id, _)| *id).collect();
+        list::encode(ids.into_iter())
     }
 
     /// Checks the state invariants; the tests and the fuzzer call it.
@@ -782,23 +861,21 @@ impl Router {
     }
 }
 
-/// Where a message routed now came from, for [`Action::Shortcut`]: its
-/// link, and its first `len` bytes, the key of [`shortcut_key`].
-#[derive(Clone, Copy)]
+/// Where a message being routed was read, for [`Action::Shortcut`]: the
+/// lane, the key its reader would look it up by, and how many bytes of the
+/// message follow the key.
 struct Origin {
-    port: PortId,
-    key: [u8; 2 * HEADER],
-    len: usize,
+    lane: Lane,
+    key: Vec<u8>,
+    rest: usize,
 }
 
 impl Origin {
-    /// The origin of `p`, read on link `port`, if `shortcut_key` finds
-    /// exactly the `len` bytes the router looked at.
-    fn of(port: PortId, p: &Packet, len: usize) -> Option<Origin> {
-        let k = shortcut_key(p.bytes()).filter(|k| k.len() == len)?;
-        let mut key = [0; 2 * HEADER];
-        key[..len].copy_from_slice(k);
-        Some(Origin { port, key, len })
+    /// The origin of `p`, read on `lane`, whose key is `key` (a prefix of
+    /// `p`'s bytes), if it has one.
+    fn of(lane: Lane, p: &Packet, key: Option<&[u8]>) -> Option<Origin> {
+        let key = key?;
+        Some(Origin { lane, key: key.to_vec(), rest: p.len() - key.len() })
     }
 }
 
@@ -821,16 +898,6 @@ fn to_layers(mut b: &[u8], max: usize) -> usize {
         }
     }
     n
-}
-
-/// Decodes the ls reply of node 1.
-pub fn parse_list(b: &[u8]) -> Option<Vec<NodeId>> {
-    let (n, rest) = (b.get(..2)?, b.get(2..)?);
-    let n = u16::from_be_bytes([n[0], n[1]]) as usize;
-    if rest.len() != n * 32 {
-        return None;
-    }
-    Some(rest.chunks(32).filter_map(NodeId::from_slice).collect())
 }
 
 pub mod fuzz;

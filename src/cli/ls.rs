@@ -3,8 +3,8 @@
 
 use super::{daemon::seconds, Command, Error, Global, Result};
 use crate::client::{Control, Received};
-use crate::router::parse_list;
 use crate::wire::control::{Reply, Request};
+use crate::wire::list;
 use crate::wire::message::nest_to;
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
 use crate::wire::NodeId;
@@ -82,7 +82,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         };
         match interpret(&msg, &path, NodeId::LIST) {
             PathReply::Answer(body) => {
-                let ids = parse_list(body).ok_or_else(|| Error::Failed("malformed neighbour list".into()))?;
+                let ids = list::decode(body).ok_or_else(|| Error::Failed("malformed neighbour list".into()))?;
                 for id in ids {
                     println!("{id}");
                 }

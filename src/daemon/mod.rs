@@ -538,14 +538,7 @@ impl Daemon {
                 }
             }
             Action::Tunnel { peer, via, packet } => self.tunnel_server_receive(peer, via, packet),
-            Action::Shortcut { from, key, to, head } => {
-                let out = self.ports.get(&to).and_then(|p| p.output.as_ref());
-                let table = self.ports.get(&from).and_then(|p| p.shortcuts.as_ref());
-                if let (Some(out), Some(table)) = (out, table) {
-                    table.add(key, out, head);
-                    self.forgotten = false;
-                }
-            }
+            Action::Shortcut(s) => self.shortcut(s),
             Action::ForgetShortcuts => self.forget_shortcuts(),
             Action::TunnelGone { peer } => {
                 if let Some(t) = self.tunnels.remove(&Key::Server(peer)) {
@@ -696,16 +689,12 @@ impl Daemon {
 
     /// Sends a tunnel message from the end `key` to its peer.
     fn tunnel_send(&mut self, key: Key, msg: &[u8]) {
-        self.tunnel_send_packet(key, Packet::from_parts(msg.to_vec(), 0), false);
+        self.tunnel_send_packet(key, Packet::from_parts(msg.to_vec(), 0));
     }
 
-    /// Sends a tunnel message from the end `key` to its peer. For `data`,
-    /// if the end's reader does not know the way yet and the router sends
-    /// the message on an output and does nothing else, the reader learns
-    /// the headers it got and that output.
-    fn tunnel_send_packet(&mut self, key: Key, mut p: Packet, data: bool) {
+    /// Sends a tunnel message from the end `key` to its peer.
+    fn tunnel_send_packet(&mut self, key: Key, mut p: Packet) {
         let Some(t) = self.tunnels.get(&key) else { return };
-        let learn = (data && !t.outbound.known()).then(|| p.bytes().to_vec());
         let ev = match &t.side {
             Side::Client { port, path } => {
                 p.push_header(Kind::To, NodeId::TUNNEL);
@@ -716,23 +705,14 @@ impl Daemon {
             }
             Side::Server { peer, .. } => Event::FromTunnel { to: *peer, packet: p },
         };
-        let actions = self.router_actions(ev);
-        if let (Some(msg), [Action::Send { port, packet }]) = (learn, &actions[..]) {
-            let out = self.ports.get(port).and_then(|p| p.output.as_ref());
-            let head = packet.bytes().strip_suffix(&msg[..]);
-            if let (Some(out), Some(head), Some(t)) = (out, head, self.tunnels.get(&key)) {
-                t.outbound.learn(out, head.to_vec());
-                self.forgotten = false;
-            }
-        }
-        self.act_all(actions);
+        self.router_event(ev);
     }
 
     /// A read of a tunnel program's output (None: its end).
     fn tunnel_read(&mut self, key: Key, packet: Option<Packet>) {
         let Some(t) = self.tunnels.get_mut(&key) else { return };
         match packet {
-            Some(p) => self.tunnel_send_packet(key, p, true),
+            Some(p) => self.tunnel_send_packet(key, p),
             None => {
                 t.sent_eof = true;
                 self.tunnel_send(key, &TunnelMsg::Eof.encode());
@@ -763,7 +743,6 @@ impl Daemon {
                 }
                 packet.advance(1);
                 self.tunnel_data(key, packet, n);
-                self.learn_inbound(key, peer, via);
             }
             Owned::Eof => t.close_output(),
             Owned::Credit(n) => t.add_credit(n),
@@ -771,11 +750,40 @@ impl Daemon {
         }
     }
 
+    /// Gives a reader the shortcut the router decided.
+    fn shortcut(&mut self, s: crate::router::Shortcut) {
+        use crate::router::{Exit, Lane};
+        let output = |ports: &HashMap<PortId, PortIo>, p: PortId| ports.get(&p).and_then(|p| p.output.clone());
+        match (s.from, s.to) {
+            (Lane::Link(from), Exit::Port(to)) => {
+                let out = output(&self.ports, to);
+                let table = self.ports.get(&from).and_then(|p| p.shortcuts.as_ref());
+                if let (Some(out), Some(table)) = (out, table) {
+                    table.add(s.key, &out, s.head);
+                    self.forgotten = false;
+                }
+            }
+            (Lane::Link(from), Exit::Tunnel(peer)) => self.learn_inbound(Key::Server(peer), peer, from),
+            (lane @ (Lane::Endpoint(_) | Lane::Tunnel(_)), Exit::Port(to)) => {
+                let key = match lane {
+                    Lane::Endpoint(p) => Key::Client(p),
+                    Lane::Tunnel(peer) => Key::Server(peer),
+                    Lane::Link(_) => return,
+                };
+                let (Some(out), Some(t)) = (output(&self.ports, to), self.tunnels.get(&key)) else { return };
+                if s.key.last() == Some(&crate::wire::tunnel::DATA) {
+                    t.outbound.learn(&out, s.head);
+                    self.forgotten = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Lets the link that brings the data of the far-side tunnel end `key`
     /// (for `peer`, whose messages come by way of neighbour `via`) deliver
     /// it to the program itself (`Shortcuts::deliver`).
-    fn learn_inbound(&mut self, key: Key, peer: NodeId, via: Option<NodeId>) {
-        let Some(port) = via.and_then(|v| self.router.port_of(v)) else { return };
+    fn learn_inbound(&mut self, key: Key, peer: NodeId, port: PortId) {
         let Some(table) = self.ports.get(&port).and_then(|p| p.shortcuts.as_ref()) else { return };
         let Some(out) = self.tunnels.get(&key).and_then(|t| t.program_input()) else { return };
         if lock(out).splices() {

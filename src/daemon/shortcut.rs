@@ -31,7 +31,7 @@
 use super::output::{Output, Sent};
 use super::tunnel::Key;
 use super::Input;
-use crate::router::shortcut_key;
+use crate::router::relay_key;
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::{Kind, HEADER, LEN_PREFIX, MAX_MESSAGE};
@@ -157,7 +157,7 @@ impl Shortcuts {
         if !self.pending.none() {
             return Err(p);
         }
-        let Some(k) = shortcut_key(p.bytes()).map(<[u8]>::len) else { return Err(p) };
+        let Some(k) = relay_key(p.bytes()).map(<[u8]>::len) else { return Err(p) };
         let routes = lock(&self.routes);
         let Some(r) = routes.get(&p.bytes()[..k]) else { return Err(p) };
         r.send(p, k)?;
@@ -274,7 +274,8 @@ impl Outbound {
             return Err((p, body));
         }
         match lock(&self.route).as_ref() {
-            Some(r) => r.send_with(p, 0, body),
+            // The head ends in the Data tag the packet starts with.
+            Some(r) => r.send_with(p, 1, body),
             None => Err((p, body)),
         }
     }

@@ -5,54 +5,93 @@
 //! over the cap, every shortcut must predict exactly what the router does,
 //! and once every port has closed the router holds nothing.
 
-use super::{shortcut_key, Action, Event, PortId, Router, Timers};
+use super::{delivery_key, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut, Timers};
 use crate::wire::message::{Kind, MAX_MESSAGE};
+use crate::wire::tunnel::DATA;
 use crate::wire::{FailCode, NodeId, Packet};
 use std::collections::HashMap;
 
-type Table = HashMap<Vec<u8>, (PortId, Vec<u8>)>;
+type Table = HashMap<Vec<u8>, (Exit, Vec<u8>)>;
 
 /// The shortcuts a daemon keeps, as the router's actions make and void
-/// them; before each message, what the shortcut a link's reader would
-/// take says must happen, and afterwards [`ShortcutModel::check`] that the
-/// router did just that.
+/// them; before each message, what the shortcut its reader would take says
+/// must happen, and afterwards [`ShortcutModel::check`] that the router did
+/// just that. All kinds: relays and deliveries read on links, and the Data
+/// of both tunnel ends.
 #[derive(Default)]
 pub struct ShortcutModel {
-    /// Per incoming port: key -> (outgoing port, head).
-    tables: HashMap<PortId, Table>,
+    /// Per lane: key -> (exit, head).
+    tables: HashMap<Lane, Table>,
     /// How many messages a shortcut predicted.
     pub checked: usize,
 }
 
 impl ShortcutModel {
     /// Where a reader would send `ev`'s message, and the bytes, if a
-    /// shortcut says.
-    pub fn predict(&self, ev: &Event) -> Option<(PortId, Vec<u8>)> {
-        let Event::Received { port, packet } = ev else { return None };
-        let key = shortcut_key(packet.bytes())?;
-        let (to, head) = self.tables.get(port)?.get(key)?;
-        let bytes = [&head[..], &packet.bytes()[key.len()..]].concat();
+    /// shortcut says: the lane and key it would look it up by, as the
+    /// daemon's readers do.
+    pub fn predict(&self, ev: &Event) -> Option<(Exit, Vec<u8>)> {
+        let (lane, key, bytes) = match ev {
+            Event::Received { port, packet } => {
+                let b = packet.bytes();
+                let on_link = self.tables.get(&Lane::Link(*port));
+                let lane = if on_link.is_some() { Lane::Link(*port) } else { Lane::Endpoint(*port) };
+                let key = match lane {
+                    Lane::Link(_) => {
+                        delivery_key(b).filter(|k| on_link.is_some_and(|t| t.contains_key(*k))).or(relay_key(b))
+                    }
+                    _ => tunnel_data_key(b),
+                };
+                (lane, key?, b)
+            }
+            Event::FromTunnel { to, packet } => {
+                let b = packet.bytes();
+                let data = b.first() == Some(&DATA) && b.len() > 1;
+                (Lane::Tunnel(*to), data.then(|| &b[..1])?, b)
+            }
+            _ => return None,
+        };
+        let (to, head) = self.tables.get(&lane)?.get(key)?;
+        let bytes = [&head[..], &bytes[key.len()..]].concat();
         (bytes.len() <= MAX_MESSAGE).then_some((*to, bytes))
     }
 
+    /// The kinds of lane that hold shortcuts now.
+    pub fn lanes(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self
+            .tables
+            .keys()
+            .map(|l| match l {
+                Lane::Link(_) => "link",
+                Lane::Endpoint(_) => "endpoint",
+                Lane::Tunnel(_) => "tunnel",
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Checks that the router's `actions` for a message were the one send
-    /// predicted (and at most shortcuts again), then learns from them.
-    pub fn check(&mut self, predicted: Option<(PortId, Vec<u8>)>, actions: &[Action]) {
+    /// or tunnel message predicted (and at most shortcuts again), then
+    /// learns from them.
+    pub fn check(&mut self, predicted: Option<(Exit, Vec<u8>)>, actions: &[Action]) {
         if let Some((to, bytes)) = predicted {
-            let sends: Vec<(PortId, &[u8])> = actions
+            let did: Vec<(Exit, &[u8])> = actions
                 .iter()
                 .filter_map(|a| match a {
-                    Action::Send { port, packet } => Some((*port, packet.bytes())),
-                    Action::Shortcut { .. } => None,
+                    Action::Send { port, packet } => Some((Exit::Port(*port), packet.bytes())),
+                    Action::Tunnel { peer, packet, .. } => Some((Exit::Tunnel(*peer), packet.bytes())),
+                    Action::Shortcut(_) => None,
                     other => panic!("a shortcut's message made the router do {other:?}"),
                 })
                 .collect();
-            assert_eq!(sends, vec![(to, &bytes[..])], "a shortcut predicted another send");
+            assert_eq!(did, vec![(to, &bytes[..])], "a shortcut predicted another outcome");
             self.checked += 1;
         }
         for a in actions {
             match a {
-                Action::Shortcut { from, key, to, head } => {
+                Action::Shortcut(Shortcut { from, key, to, head }) => {
                     self.tables.entry(*from).or_default().insert(key.clone(), (*to, head.clone()));
                 }
                 Action::ForgetShortcuts => self.tables.clear(),

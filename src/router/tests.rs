@@ -108,7 +108,7 @@ impl Net {
                         self.tunnel_msgs.push((r, peer, via, packet.bytes().to_vec()))
                     }
                     Action::TunnelGone { peer } => self.tunnels_gone.push((r, peer)),
-                    Action::Shortcut { .. } | Action::ForgetShortcuts => {}
+                    Action::Shortcut(_) | Action::ForgetShortcuts => {}
                     Action::Close { port, error } => {
                         if let Some(far) = self.wires.remove(&(r, port)) {
                             self.wires.remove(&far);
@@ -191,7 +191,7 @@ fn nesting_over_three_hops() {
     let got = net.take(0, ep);
     let u = unnest_from(&got[0], 4);
     assert_eq!(u.via, vec![id(2), id(3), id(4), NodeId::LIST]);
-    assert_eq!(parse_list(u.inner), Some(vec![id(3)]));
+    assert_eq!(crate::wire::list::decode(u.inner), Some(vec![id(3)]));
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn ls_lists_physical_neighbours_only() {
     let got = net.take(0, ep);
     let u = unnest_from(&got[0], 4);
     // node 2 has neighbours 1 and 3; the virtual neighbour X is not listed
-    assert_eq!(parse_list(u.inner), Some(vec![id(1), id(3)]));
+    assert_eq!(crate::wire::list::decode(u.inner), Some(vec![id(1), id(3)]));
 }
 
 fn expect_fail(reply: &[u8], via: &[NodeId], about: NodeId, code: FailCode) {
@@ -537,4 +537,51 @@ fn a_fail_from_an_unknown_neighbour_keeps_no_state() {
     m.push_header(Kind::From, id(44));
     net.send(1, pb, m.bytes());
     assert_eq!(net.routers[1].held(), (1, 1));
+}
+
+/// Every kind of shortcut is the router's: the caller's tunnel end learns
+/// the way of its Data, each relay how to pass it on, the far link how to
+/// deliver it to the instance, and the instance the way back; each then
+/// predicts exactly what the router does with the next Data (the Net
+/// checks every prediction).
+#[test]
+fn tunnel_data_teaches_every_kind_of_shortcut() {
+    let (mut net, links) = chain(3);
+    net.routers[2] = Router::new(id(3), Timers::default()).with_tunnels();
+    net.cut(1, links[1].0);
+    net.link(1, 2);
+    let x = id(98);
+    let ep = net.endpoint(0, x);
+    let path = [id(2), id(3), NodeId::TUNNEL];
+    net.send(0, ep, &nest_to(&path, b"\x01\x00\x10\x00\x00"));
+    let mut lanes = Vec::new();
+    for round in 0..2 {
+        net.send(0, ep, &nest_to(&path, b"\x02data"));
+        net.queue.push_back((2, Event::FromTunnel { to: x, packet: Packet::from_bytes(b"\x02back") }));
+        net.run();
+        assert_eq!(net.take(0, ep), vec![nest_from(&path, b"\x02back")], "round {round}");
+        lanes = net.shortcuts.iter().map(|s| s.lanes()).collect();
+    }
+    let last = net.tunnel_msgs.last().map(|t| t.3.clone());
+    assert_eq!(last, Some(b"\x02data".to_vec()));
+    assert!(lanes[0].contains(&"endpoint"), "the caller's reader: {lanes:?}");
+    assert!(lanes[1].contains(&"link"), "the relay: {lanes:?}");
+    assert!(lanes[2].contains(&"link") && lanes[2].contains(&"tunnel"), "the far side: {lanes:?}");
+    let checked: Vec<usize> = net.shortcuts.iter().map(|s| s.checked).collect();
+    // B learnt the way out from Open already.
+    assert_eq!(checked, vec![1, 3, 2], "A sends, B relays both ways, C delivers and sends back");
+}
+
+/// Control messages of a tunnel never teach a shortcut: only Data goes by one.
+#[test]
+fn only_tunnel_data_makes_shortcuts() {
+    let key = |m: &[u8]| tunnel_data_key(m).map(<[u8]>::len);
+    assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x02d")), Some(2 * HEADER + 1));
+    assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x02")), None, "Data without data");
+    assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x04\0\0\0\x01")), None, "Credit");
+    assert_eq!(key(&nest_to(&[id(2), id(3)], b"\x02d")), None, "not to node 0");
+    let from = |m: &[u8]| Packet::new(Kind::From, id(9), m).bytes().to_vec();
+    assert!(delivery_key(&from(&nest_to(&[NodeId::TUNNEL], b"\x02d"))).is_some());
+    assert!(delivery_key(&from(&nest_to(&[NodeId::TUNNEL], b"\x03"))).is_none(), "Eof");
+    assert!(delivery_key(&from(&nest_to(&[id(4)], b"\x02d"))).is_none(), "transit");
 }

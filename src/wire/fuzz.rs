@@ -23,6 +23,9 @@ pub fn decoders(data: &[u8]) {
     if let Ok(r) = Request::decode(data) {
         assert_eq!(&r.encode()[4..], data, "request round trip");
     }
+    if let Some(ids) = super::list::decode(data) {
+        assert_eq!(super::list::encode(ids.into_iter()), data, "list round trip");
+    }
     if let Ok(r) = Reply::decode(data) {
         let _ = r.encode();
     }

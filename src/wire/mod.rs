@@ -5,6 +5,7 @@
 pub mod control;
 pub mod fuzz;
 pub mod id;
+pub mod list;
 pub mod message;
 pub mod path;
 pub mod tunnel;
