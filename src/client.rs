@@ -1,9 +1,9 @@
 //! The manager's side of the control socket: requests, replies, passing
 //! fds, and endpoints that speak link frames.
 
+use crate::link::stream;
 use crate::sys::fdpass::send_with_fds;
 use crate::wire::control::{frame_len, Reply, Request};
-use crate::wire::message::{decode_frame, frame_prefix};
 use crate::wire::NodeId;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::RawFd;
@@ -100,7 +100,7 @@ pub enum Received {
 impl Endpoint {
     /// Sends one message (the frame prefix is added here).
     pub fn send(&mut self, msg: &[u8]) -> Result<(), String> {
-        let mut f = frame_prefix(msg.len()).to_vec();
+        let mut f = stream::prefix(msg.len()).to_vec();
         f.extend_from_slice(msg);
         self.stream.write_all(&f).map_err(|e| format!("sending to the daemon on {}: {e}", self.path.display()))
     }
@@ -108,7 +108,7 @@ impl Endpoint {
     /// The next message, waiting until `deadline`.
     pub fn recv(&mut self, deadline: Instant) -> Result<Received, String> {
         loop {
-            match decode_frame(&self.buf) {
+            match stream::decode(&self.buf) {
                 Ok(Some((used, msg))) => {
                     let m = msg.to_vec();
                     self.buf.drain(..used);

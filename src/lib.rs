@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod link;
 pub mod router;
 pub mod sys;
 pub mod wire;

@@ -47,3 +47,10 @@ fn router_corpus_and_random_inputs() {
     random_inputs(0xD1B54A32D192ED03, 20_000, r2::router::fuzz::events);
     eprintln!("replayed {n} saved inputs for router");
 }
+
+#[test]
+fn framing_corpus_and_random_inputs() {
+    let n = replay("framing", r2::link::fuzz::framings);
+    random_inputs(0x2545F4914F6CDD1D, 20_000, r2::link::fuzz::framings);
+    eprintln!("replayed {n} saved inputs for framing");
+}

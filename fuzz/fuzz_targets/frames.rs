@@ -1,5 +1,5 @@
-//! Fuzzes every decoder of bytes from outside: frames as a link reader
-//! splits them, the layers of a message, tunnel and control messages.
+//! Fuzzes the decoders of `wire`: the layers of a message, tunnel, list and
+//! control messages, paths. (The framings have a target of their own.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -102,7 +102,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         policy: a.policy,
         timers: a.timers,
     };
-    crate::daemon::run(cfg).map_err(Error::Failed)?;
+    crate::daemon::run(cfg).map_err(|e| Error::Failed(e.to_string()))?;
     Ok(0)
 }
 

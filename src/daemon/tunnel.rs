@@ -1,85 +1,39 @@
-//! Tunnel ends: a program's stdio joined to a tunnel, on either side.
+//! A tunnel end's I/O: the threads around its program's pipes.
 //!
-//! The caller's side (`r2 tunnel`) is an endpoint whose messages travel
-//! along a path to node 0 of a far daemon; the far side is that daemon's
-//! instance of its tunnel process. Both sides are the same machine: a reader
-//! thread turns each read of the program's output into one Data message,
-//! as far as the peer's credit allows, and sends it on itself once it knows
-//! the way (`shortcut::Outbound`); while the data comes in bulk and that
-//! way is a pipe, it splices the data instead of reading it
-//! (`sys::splice`). Each Data message goes to the program with one write,
-//! made by the loop (or, for the far side, by the link's reader) while the
-//! pipe takes it at once, else by a writer thread that reports it; credit
-//! is granted back as data is written out (r2.7, "Flow control").
+//! On either side of a tunnel (the caller's `r2 tunnel`, or an instance of
+//! the far daemon's tunnel process), a reader thread turns each read of
+//! the program's output into one Data message, as far as the peer's
+//! credit allows, and sends it on itself once the router has taught it the
+//! way (`shortcuts::Outbound`); while the data comes in bulk and that way
+//! is a pipe, it splices the data instead of reading it (`sys::splice`).
+//! Each Data message goes to the program with one write on its input (a
+//! `link::Output` in the raw framing), made by its sender while the pipe
+//! takes it at once, else by a writer thread that reports it; credit is
+//! granted back as data is written out (r2.7, "Flow control"). What the
+//! end's state is lives in `session`.
 
-use super::output::{output, Pending, Sent, Writer};
-use super::shortcut::{lock, Outbound, SharedOutput};
-use super::Input;
-use crate::router::PortId;
+use super::input::Input;
+use super::session::{Key, Session};
+use super::shortcuts::Outbound;
+use crate::link::output::{output, Pending, Writer};
+use crate::link::raw::Raw;
+use crate::link::{lock, Sent, SharedOutput};
 use crate::sys::buffers;
-use crate::sys::frames::{read_append, wait_ready, WakeFd, Waker};
+use crate::sys::fd::{read_append, wait_ready, WakeFd, Waker};
 use crate::sys::splice::Pipes;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::DATA;
-use crate::wire::{NodeId, Packet};
+use crate::wire::Packet;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use nix::poll::PollFlags;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::Child;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
-
-/// Names a tunnel end: the caller's by its endpoint's port, the far side's
-/// by the caller's endpoint id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Key {
-    Client(PortId),
-    Server(NodeId),
-}
-
-/// The receiving half of flow control: how much the peer may still send,
-/// and when to grant more. Pure.
-#[derive(Debug)]
-pub struct Flow {
-    window: u64,
-    peer_credit: u64,
-    unacked: u64,
-}
-
-/// The peer sent more than it was granted.
-#[derive(Debug, PartialEq, Eq)]
-pub struct OverCredit;
-
-impl Flow {
-    /// The peer starts with `window` bytes of credit.
-    pub fn new(window: u32) -> Flow {
-        Flow { window: window as u64, peer_credit: window as u64, unacked: 0 }
-    }
-
-    /// `n` bytes of data arrived.
-    pub fn received(&mut self, n: usize) -> Result<(), OverCredit> {
-        self.peer_credit = self.peer_credit.checked_sub(n as u64).ok_or(OverCredit)?;
-        Ok(())
-    }
-
-    /// `n` bytes were written out (or discarded): returns a grant to send
-    /// once half a window has drained.
-    pub fn written(&mut self, n: usize) -> Option<u32> {
-        self.unacked += n as u64;
-        if self.unacked < self.window / 2 {
-            return None;
-        }
-        let g = self.unacked.min(u32::MAX as u64);
-        self.unacked -= g;
-        self.peer_credit += g;
-        Some(g as u32)
-    }
-}
 
 /// What became of data for the program.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,32 +45,15 @@ pub enum Delivery {
     Discarded,
 }
 
-/// Which side a tunnel end is on.
-pub enum Side {
-    /// The caller: `path` leads to the far daemon; the endpoint is on `port`.
-    Client { port: PortId, path: Vec<NodeId> },
-    /// The far side: an instance of the tunnel process for `peer`.
-    Server { peer: NodeId, child: Option<Child> },
-}
-
-/// One tunnel end and the threads around its program's pipes.
+/// One tunnel end: its state and the threads around its program's pipes.
 pub struct TunnelEnd {
-    pub side: Side,
+    pub session: Session,
     /// The program's input, which a link's reader may write to as well
-    /// (`shortcut::Shortcuts::deliver`); dropped at Eof.
+    /// (`shortcuts::LinkRoutes::deliver`); dropped at Eof.
     to_program: Option<SharedOutput>,
-    /// The program's input is gone: later data is discarded.
-    pub output_failed: bool,
-    pub writer_done: bool,
     _stop_reader: Waker,
     credit: Arc<AtomicI64>,
     credit_wake: Sender<()>,
-    pub flow: Flow,
-    pub sent_eof: bool,
-    pub got_eof: bool,
-    /// The tunnel process's exit status (on the caller's side: as reported).
-    pub exit: Option<u8>,
-    pub exit_sent: bool,
     pub since: std::time::Instant,
     /// Data given to the program.
     pub input: Traffic,
@@ -131,20 +68,19 @@ impl TunnelEnd {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         key: Key,
-        side: Side,
+        session: Session,
         rfd: OwnedFd,
         wfd: OwnedFd,
         headroom: usize,
         packet: bool,
-        window: u32,
+        outbound: Arc<Outbound>,
         events: &Sender<Input>,
     ) -> std::io::Result<TunnelEnd> {
-        let (stop, wake) = crate::sys::frames::wake_pair()?;
+        let (stop, wake) = crate::sys::fd::wake_pair()?;
         let credit = Arc::new(AtomicI64::new(0));
         let (credit_wake, credit_rx) = bounded(1);
-        let (out, writer) = output(wfd, false);
+        let (out, writer) = output(wfd, Arc::new(Raw { packets: packet }));
         start_writer(key, writer, events.clone())?;
-        let outbound = Outbound::new();
         let reader = Reader {
             key,
             fd: rfd,
@@ -157,18 +93,11 @@ impl TunnelEnd {
         };
         reader.start(events.clone())?;
         Ok(TunnelEnd {
-            side,
+            session,
             to_program: Some(Arc::new(Mutex::new(out))),
-            output_failed: false,
-            writer_done: false,
             _stop_reader: stop,
             credit,
             credit_wake,
-            flow: Flow::new(window),
-            sent_eof: false,
-            got_eof: false,
-            exit: None,
-            exit_sent: false,
             since: std::time::Instant::now(),
             input: Traffic::default(),
             outbound,
@@ -183,25 +112,24 @@ impl TunnelEnd {
 
     /// The program's input, while it takes data.
     pub fn program_input(&self) -> Option<&SharedOutput> {
-        self.to_program.as_ref().filter(|_| !self.output_failed)
+        self.to_program.as_ref().filter(|_| !self.session.input_failed())
     }
 
     /// Gives data to the program.
     pub fn write(&mut self, data: Packet) -> Delivery {
-        match &self.to_program {
-            Some(out) if !self.output_failed => match lock(out).send(data) {
+        match self.program_input() {
+            Some(out) => match lock(out).send(data) {
                 Sent::Written => Delivery::Written,
                 Sent::Queued => Delivery::Queued,
                 Sent::Discarded => Delivery::Discarded,
             },
-            _ => Delivery::Discarded,
+            None => Delivery::Discarded,
         }
     }
 
     /// The peer's direction has ended: close the program's input once what
     /// was queued is written.
-    pub fn close_output(&mut self) {
-        self.got_eof = true;
+    pub fn close_input(&mut self) {
         self.to_program = None;
     }
 }
@@ -414,7 +342,7 @@ fn start_writer(key: Key, writer: Writer, events: Sender<Input>) -> std::io::Res
             let mut error = None;
             let mut batch = Vec::with_capacity(1);
             while writer.next(&mut batch, 1) {
-                let n = batch.iter().map(Pending::len).sum();
+                let n = batch.iter().map(Pending::message_len).sum();
                 if let Err(e) = writer.write(&mut batch) {
                     error = Some(e.to_string());
                     break;
@@ -428,37 +356,4 @@ fn start_writer(key: Key, writer: Writer, events: Sender<Input>) -> std::io::Res
             let _ = events.send(Input::TunnelWriterDone { key, error });
         })
         .map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flow_grants_at_half_a_window() {
-        let mut f = Flow::new(1000);
-        assert_eq!(f.received(600), Ok(()));
-        assert_eq!(f.written(400), None);
-        assert_eq!(f.written(200), Some(600));
-        assert_eq!(f.received(1000), Ok(()));
-        assert_eq!(f.received(1), Err(OverCredit));
-    }
-
-    #[test]
-    fn flow_never_lets_the_peer_exceed_a_window_in_flight() {
-        let mut f = Flow::new(256);
-        let mut granted_total = 256u64;
-        let mut sent_total = 0u64;
-        for step in 0..10_000u64 {
-            let n = (step * 7919 % 97 + 1) as usize;
-            if sent_total + n as u64 <= granted_total {
-                f.received(n).unwrap();
-                sent_total += n as u64;
-                if let Some(g) = f.written(n) {
-                    granted_total += g as u64;
-                }
-            }
-            assert!(granted_total - sent_total <= 256);
-        }
-    }
 }

@@ -4,8 +4,8 @@
 //! moved between fds by splice.
 
 pub mod buffers;
+pub mod fd;
 pub mod fdpass;
-pub mod frames;
 pub mod paths;
 pub mod splice;
 

@@ -178,12 +178,12 @@ impl Body {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.len -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    super::frames::wait_ready(dst, PollFlags::POLLOUT, None)?;
+                    super::fd::wait_ready(dst, PollFlags::POLLOUT, None)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     let mut buf = Vec::with_capacity(self.len);
                     self.read_into(&mut buf)?;
-                    return super::frames::write_all(dst, &mut [io::IoSlice::new(&buf)]);
+                    return super::fd::write_all(dst, &mut [io::IoSlice::new(&buf)]);
                 }
                 Err(e) => return Err(e),
             }

@@ -4,18 +4,11 @@
 
 use super::control::{Reply, Request};
 use super::id::{parse_path, MAX_HOPS};
-use super::message::{decode_frame, unnest_from, Kind, Msg, Packet, MAX_MESSAGE};
+use super::message::{unnest_from, Kind, Msg, Packet};
 use super::tunnel::TunnelMsg;
 
 /// Runs every decoder on `data` and checks what they promise.
 pub fn decoders(data: &[u8]) {
-    // A stream split into frames, as a link reader does.
-    let mut rest = data;
-    while let Ok(Some((used, msg))) = decode_frame(rest) {
-        assert!(used == msg.len() + 4 && msg.len() <= MAX_MESSAGE && used <= rest.len());
-        message(msg);
-        rest = &rest[used..];
-    }
     message(data);
     if let Ok(m) = TunnelMsg::decode(data) {
         assert_eq!(m.encode(), data, "tunnel message round trip");

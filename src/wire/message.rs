@@ -1,9 +1,10 @@
-//! Link messages and frames.
+//! Link messages.
 //!
 //! ```text
-//! frame   = length:u32be message          (33 <= length <= MAX_MESSAGE)
 //! message = kind:u8 id:[u8;32] body       (body: the rest, may be empty)
 //! ```
+//!
+//! How a link delimits messages is its framing's business (`link`).
 //!
 //! A `To`/`From` body is itself a message (or empty: ε, "I have ended"), so
 //! nested messages carry no length of their own and are decoded one layer at a
@@ -15,8 +16,6 @@ use std::fmt;
 
 /// Size of a message header: kind and id.
 pub const HEADER: usize = 1 + ID_LEN;
-/// Size of a frame's length prefix.
-pub const LEN_PREFIX: usize = 4;
 /// The most data one message carries.
 pub const MAX_DATA: usize = 64 * 1024;
 /// The largest message: the data, a tunnel message's tag, and a header for
@@ -54,8 +53,6 @@ impl Kind {
 /// Why bytes are not a frame or a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireError {
-    /// A frame length below one header or above the cap.
-    BadLength(u32),
     /// A message shorter than its header.
     Short(usize),
     UnknownKind(u8),
@@ -68,9 +65,6 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::BadLength(n) => {
-                write!(f, "frame length {n} outside {HEADER}..={MAX_MESSAGE}")
-            }
             WireError::Short(n) => write!(f, "message of {n} bytes is shorter than a header"),
             WireError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
             WireError::BadHello(s) => write!(f, "bad hello: {s}"),
@@ -163,29 +157,6 @@ impl<'a> Msg<'a> {
         }
         Ok(())
     }
-}
-
-/// Looks for one frame at the start of `buf`. Returns the frame's total size
-/// and its message, `None` when more bytes are needed, or an error for a
-/// length outside the caps — checked before anything is allocated.
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(usize, &[u8])>, WireError> {
-    let Some(prefix) = buf.get(..LEN_PREFIX) else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let n = len as usize;
-    if !(HEADER..=MAX_MESSAGE).contains(&n) {
-        return Err(WireError::BadLength(len));
-    }
-    match buf.get(LEN_PREFIX..LEN_PREFIX + n) {
-        Some(m) => Ok(Some((LEN_PREFIX + n, m))),
-        None => Ok(None),
-    }
-}
-
-/// The length prefix of a frame carrying `msg_len` bytes.
-pub fn frame_prefix(msg_len: usize) -> [u8; LEN_PREFIX] {
-    (msg_len as u32).to_be_bytes()
 }
 
 /// One owned message, with room in front for headers.
@@ -370,45 +341,6 @@ mod tests {
         NodeId([n; 32])
     }
 
-    fn frame(msg: &[u8]) -> Vec<u8> {
-        let mut f = frame_prefix(msg.len()).to_vec();
-        f.extend_from_slice(msg);
-        f
-    }
-
-    #[test]
-    fn frame_round_trip() {
-        let p = Packet::new(Kind::To, id(3), b"hello");
-        let f = frame(p.bytes());
-        let (used, m) = decode_frame(&f).unwrap().unwrap();
-        assert_eq!(used, f.len());
-        let m = Msg::parse(m).unwrap();
-        assert_eq!((m.kind, m.id, m.body), (Kind::To, id(3), &b"hello"[..]));
-    }
-
-    #[test]
-    fn every_truncation_waits_for_more() {
-        let p = Packet::new(Kind::From, id(9), &[1, 2, 3, 4, 5]);
-        let f = frame(p.bytes());
-        for cut in 0..f.len() {
-            assert_eq!(decode_frame(&f[..cut]), Ok(None), "cut at {cut}");
-        }
-        // Two frames back to back decode one at a time.
-        let mut two = f.clone();
-        two.extend_from_slice(&f);
-        assert_eq!(decode_frame(&two).unwrap().unwrap().0, f.len());
-    }
-
-    #[test]
-    fn length_caps_checked_first() {
-        for bad in [0u32, 1, (HEADER - 1) as u32, (MAX_MESSAGE + 1) as u32, u32::MAX] {
-            let f = bad.to_be_bytes();
-            assert_eq!(decode_frame(&f), Err(WireError::BadLength(bad)));
-        }
-        let max = (MAX_MESSAGE as u32).to_be_bytes();
-        assert_eq!(decode_frame(&max), Ok(None));
-    }
-
     #[test]
     fn garbage_messages() {
         assert_eq!(Msg::parse(&[1; 10]), Err(WireError::Short(10)));
@@ -422,7 +354,6 @@ mod tests {
                     (seed >> 16) as u8
                 })
                 .collect();
-            let _ = decode_frame(&bytes);
             let _ = Msg::parse(&bytes).map(|m| (m.fail(), m.check_hello()));
             let _ = unnest_from(&bytes, MAX_HOPS);
         }

@@ -1,0 +1,63 @@
+//! The event loop's mailbox: what the threads around the loop tell it.
+
+use super::session::Key;
+use crate::router::Event;
+use crate::wire::{NodeId, Packet};
+use nix::sys::signal::Signal;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+/// One thing for the loop to act on.
+pub enum Input {
+    /// For the router: from a port's link or watcher.
+    Router(Event),
+    /// `r2 connect`: a link on these fds.
+    Connect {
+        stream: UnixStream,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        expect: Option<NodeId>,
+        label: String,
+    },
+    /// `r2 ping` or `r2 ls`: an endpoint on the control connection itself.
+    Endpoint {
+        stream: UnixStream,
+    },
+    Stats {
+        stream: UnixStream,
+    },
+    /// `r2 tunnel`: a tunnel along `path` for the program on these fds.
+    Tunnel {
+        stream: UnixStream,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        path: Vec<NodeId>,
+        packet: bool,
+    },
+    List {
+        stream: UnixStream,
+    },
+    /// A read of a tunnel program's output; None at its end.
+    TunnelRead {
+        key: Key,
+        packet: Option<Packet>,
+    },
+    /// `n` bytes were written to a tunnel program.
+    TunnelWritten {
+        key: Key,
+        n: usize,
+    },
+    /// A link's reader gave `n` bytes of data to a tunnel program itself,
+    /// `done` if they are written out (or discarded) already.
+    TunnelDelivered {
+        key: Key,
+        n: usize,
+        done: bool,
+    },
+    /// A tunnel program's input is closed (or failed).
+    TunnelWriterDone {
+        key: Key,
+        error: Option<String>,
+    },
+    Signal(Signal),
+}

@@ -1,0 +1,459 @@
+//! Shortcuts: readers that send messages on themselves, as the router
+//! taught them, and the one registry that holds them.
+//!
+//! The router decides where every message goes. When it sends one on, it
+//! also says how any later message with the same first bytes would go
+//! ([`Action::Shortcut`]). The loop gives that to the [`Registry`], which
+//! puts it in the table of the reader it is for: a link's reader relays
+//! transit messages to another link ([`LinkRoutes::relay`]) and delivers
+//! the Data of far-side tunnel ends to their programs itself, spliced
+//! ([`LinkRoutes::deliver`]); a tunnel's reader sends the Data it reads
+//! straight to the link it leaves by ([`Outbound`]). So a message costs one
+//! thread hand-over per hop instead of two.
+//!
+//! Two rules keep this the router's decision: a reader takes a shortcut
+//! only while none of its earlier messages waits for the loop (so nothing
+//! overtakes), and every ending of a neighbour or a connection empties all
+//! tables ([`Action::ForgetShortcuts`], [`Registry::forget`]) before the
+//! loop lets that reader go on (so no shortcut outlives the state it came
+//! from).
+//!
+//! [`Action::Shortcut`]: crate::router::Action::Shortcut
+//! [`Action::ForgetShortcuts`]: crate::router::Action::ForgetShortcuts
+
+use super::session::Key;
+use crate::link::{lock, Output, Sent, SharedOutput};
+use crate::router::{relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
+use crate::sys::splice::Body;
+use crate::wire::control::Traffic;
+use crate::wire::message::MAX_MESSAGE;
+use crate::wire::tunnel::DATA;
+use crate::wire::Packet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// The most shortcuts one link keeps; past it, messages take the long way.
+const MAX_ROUTES: usize = 4096;
+
+/// Messages sent by shortcut in this process, links' and tunnels' alike.
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+struct Route {
+    out: Weak<Mutex<Output>>,
+    head: Vec<u8>,
+    /// The output takes messages with a body.
+    splices: bool,
+}
+
+impl Route {
+    fn new(out: &SharedOutput, head: Vec<u8>) -> Route {
+        Route { out: Arc::downgrade(out), head, splices: lock(out).splices() }
+    }
+
+    /// Sends `p` with its first `skip` bytes replaced by the head, if that
+    /// is within the cap and the output is still there.
+    fn send(&self, p: Packet, skip: usize) -> Result<(), Packet> {
+        self.send_with(p, skip, None).map_err(|(p, _)| p)
+    }
+
+    /// Sends `p`, followed by `body`, as [`Route::send`] does, if the
+    /// output takes bodies.
+    fn send_with(&self, mut p: Packet, skip: usize, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
+        let len = p.len() + body.as_ref().map_or(0, Body::len);
+        if self.head.len() + len - skip > MAX_MESSAGE || (body.is_some() && !self.splices) {
+            return Err((p, body));
+        }
+        let Some(out) = self.out.upgrade() else { return Err((p, body)) };
+        p.advance(skip);
+        p.prepend(&self.head);
+        lock(&out).send_with(p, body);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The messages a reader has handed to the loop that the loop has not yet
+/// handled and acted on: while there are any, the reader takes no shortcut.
+#[derive(Default)]
+pub struct Pending(AtomicUsize);
+
+impl Pending {
+    pub fn handing_over(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn handled(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn none(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Where a link's reader delivers the Data messages of one far-side tunnel
+/// end itself: that end's program input.
+struct Inbound {
+    out: Weak<Mutex<Output>>,
+    key: Key,
+}
+
+/// What a link's reader gave a tunnel end's program itself: `n` bytes of
+/// data, `done` if they are written out (or discarded) already. The loop
+/// counts them for the end's flow control.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub key: Key,
+    pub n: usize,
+    pub done: bool,
+}
+
+/// One link reader's shortcuts.
+#[derive(Default)]
+pub struct LinkRoutes {
+    pub pending: Pending,
+    relays: Mutex<HashMap<Vec<u8>, Route>>,
+    deliveries: Mutex<HashMap<Vec<u8>, Inbound>>,
+    relayed: AtomicU64,
+}
+
+impl LinkRoutes {
+    /// The reader read message `p`: relays it if a shortcut says how, else
+    /// gives it back, to be handed to the loop.
+    pub fn relay(&self, p: Packet) -> Result<(), Packet> {
+        if !self.pending.none() {
+            return Err(p);
+        }
+        let Some(k) = relay_key(p.bytes()).map(<[u8]>::len) else { return Err(p) };
+        let routes = lock(&self.relays);
+        let Some(r) = routes.get(&p.bytes()[..k]) else { return Err(p) };
+        r.send(p, k)?;
+        self.relayed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the reader delivers a message that starts with `key` (the
+    /// first [`DELIVERY_KEY`] bytes) itself, so may splice its data: the
+    /// table says where, and none of its messages waits for the loop.
+    pub fn delivers(&self, key: &[u8]) -> bool {
+        self.pending.none() && lock(&self.deliveries).contains_key(key)
+    }
+
+    /// The reader read a large message whose first bytes are `p` and
+    /// whose rest is in `body`: delivers its data to a tunnel end's
+    /// program if a shortcut says where, and says what it did; else gives
+    /// them back.
+    pub fn deliver(&self, mut p: Packet, body: Body) -> Result<Delivered, (Packet, Body)> {
+        if !self.pending.none() {
+            return Err((p, body));
+        }
+        let out = {
+            let table = lock(&self.deliveries);
+            // The packet may hold no more than the key: the rest is in the body.
+            match p.bytes().get(..DELIVERY_KEY).and_then(|k| table.get(k)) {
+                Some(i) => i.out.upgrade().map(|o| (o, i.key)),
+                None => None,
+            }
+        };
+        let Some((out, key)) = out else { return Err((p, body)) };
+        let mut out = lock(&out);
+        if !out.splices() {
+            return Err((p, body));
+        }
+        p.advance(DELIVERY_KEY);
+        let n = p.len() + body.len();
+        let done = match out.send_with(p, Some(body)) {
+            Sent::Queued => false,
+            Sent::Written | Sent::Discarded => true,
+        };
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(Delivered { key, n, done })
+    }
+
+    fn forget(&self) {
+        lock(&self.relays).clear();
+        lock(&self.deliveries).clear();
+    }
+
+    /// Messages relayed by shortcut so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+}
+
+/// A tunnel reader's way out: the headers its Data messages get and the
+/// output they leave by, and what it has read.
+pub struct Outbound {
+    pub pending: Pending,
+    /// The first bytes of the end's Data messages as the router sees them:
+    /// the key of the shortcuts for it.
+    key: Vec<u8>,
+    route: Mutex<Option<Route>>,
+    /// Data read from the program (not counting the Data tag).
+    read_bytes: AtomicU64,
+    read_frames: AtomicU64,
+}
+
+impl Outbound {
+    /// The way out of a tunnel end whose Data messages start with `key`
+    /// (up to the Data tag) when the router gets them.
+    pub fn new(key: Vec<u8>) -> Arc<Outbound> {
+        let (pending, route) = (Pending::default(), Mutex::new(None));
+        Arc::new(Outbound { pending, key, route, read_bytes: AtomicU64::new(0), read_frames: AtomicU64::new(0) })
+    }
+
+    /// The reader read the Data message `p`: sends it if it knows the way,
+    /// else gives it back, to be handed to the loop.
+    pub fn send(&self, p: Packet) -> Result<(), Packet> {
+        self.send_with(p, None).map_err(|(p, _)| p)
+    }
+
+    /// The reader read the Data message `p` whose data is in `body`: sends
+    /// them if it knows the way and that output takes bodies, else gives
+    /// them back.
+    pub fn send_with(&self, p: Packet, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
+        let len = p.len() + body.as_ref().map_or(0, Body::len);
+        self.read_bytes.fetch_add(len.saturating_sub(1) as u64, Ordering::Relaxed);
+        self.read_frames.fetch_add(1, Ordering::Relaxed);
+        if !self.pending.none() {
+            return Err((p, body));
+        }
+        match lock(&self.route).as_ref() {
+            // The head ends in the Data tag the packet starts with.
+            Some(r) => r.send_with(p, 1, body),
+            None => Err((p, body)),
+        }
+    }
+
+    /// Whether the way out is known.
+    #[cfg(test)]
+    fn known(&self) -> bool {
+        lock(&self.route).is_some()
+    }
+
+    /// Whether the way out is known and takes messages with a body.
+    pub fn splices(&self) -> bool {
+        lock(&self.route).as_ref().is_some_and(|r| r.splices)
+    }
+
+    /// Data messages go to `out`, after `head`.
+    fn learn(&self, out: &SharedOutput, head: Vec<u8>) {
+        *lock(&self.route) = Some(Route::new(out, head));
+    }
+
+    fn forget(&self) {
+        *lock(&self.route) = None;
+    }
+
+    /// What the reader has read from the program.
+    pub fn read(&self) -> Traffic {
+        Traffic { bytes: self.read_bytes.load(Ordering::Relaxed), frames: self.read_frames.load(Ordering::Relaxed) }
+    }
+}
+
+/// Every reader's shortcuts, and their forgetting and counters.
+#[derive(Default)]
+pub struct Registry {
+    links: HashMap<PortId, Arc<LinkRoutes>>,
+    /// The relay count of each link at the last [`Registry::heard`].
+    heard: HashMap<PortId, u64>,
+    tunnels: HashMap<Key, Weak<Outbound>>,
+    /// No reader holds a shortcut: none was made since they were last
+    /// forgotten.
+    forgotten: bool,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry { forgotten: true, ..Registry::default() }
+    }
+
+    /// The table of a new link's reader.
+    pub fn open_link(&mut self, port: PortId) -> Arc<LinkRoutes> {
+        let t = Arc::new(LinkRoutes::default());
+        self.links.insert(port, t.clone());
+        t
+    }
+
+    pub fn close_link(&mut self, port: PortId) {
+        self.links.remove(&port);
+        self.heard.remove(&port);
+    }
+
+    /// The way out of a new tunnel end's reader, whose Data messages start
+    /// with `key` when the router gets them; the end holds it.
+    pub fn open_tunnel(&mut self, end: Key, key: Vec<u8>) -> Arc<Outbound> {
+        self.tunnels.retain(|_, t| t.strong_count() > 0);
+        let t = Outbound::new(key);
+        self.tunnels.insert(end, Arc::downgrade(&t));
+        t
+    }
+
+    /// The loop has handled a message from `port`'s reader: the reader may
+    /// take shortcuts again.
+    pub fn handled(&self, port: PortId) {
+        if let Some(t) = self.links.get(&port) {
+            t.pending.handled();
+        }
+    }
+
+    /// Puts shortcut `s` in its reader's table. `output` finds the output
+    /// of a port, `input` the program input of a tunnel end; a shortcut
+    /// whose reader or exit is gone is dropped.
+    pub fn learn(
+        &mut self,
+        s: Shortcut,
+        output: impl Fn(PortId) -> Option<SharedOutput>,
+        input: impl Fn(Key) -> Option<SharedOutput>,
+    ) {
+        let end = match s.from {
+            Lane::Link(from) => {
+                let Some(table) = self.links.get(&from) else { return };
+                match s.to {
+                    Exit::Port(to) => {
+                        let Some(out) = output(to) else { return };
+                        let mut relays = lock(&table.relays);
+                        if relays.len() < MAX_ROUTES {
+                            relays.insert(s.key, Route::new(&out, s.head));
+                        }
+                    }
+                    Exit::Tunnel(peer) => {
+                        let key = Key::Instance(peer);
+                        let Some(out) = input(key).filter(|o| lock(o).splices()) else { return };
+                        let mut table = lock(&table.deliveries);
+                        if table.len() < MAX_ROUTES && !table.contains_key(&s.key) {
+                            table.insert(s.key, Inbound { out: Arc::downgrade(&out), key });
+                        }
+                    }
+                }
+                self.forgotten = false;
+                return;
+            }
+            Lane::Endpoint(port) => Key::Caller(port),
+            Lane::Tunnel(peer) => Key::Instance(peer),
+        };
+        let Exit::Port(to) = s.to else { return };
+        let Some(t) = self.tunnels.get(&end).and_then(Weak::upgrade) else { return };
+        // The head ends in the Data tag, as the key does.
+        if t.key != s.key || s.head.last() != Some(&DATA) {
+            return;
+        }
+        if let Some(out) = output(to) {
+            t.learn(&out, s.head);
+            self.forgotten = false;
+        }
+    }
+
+    /// Voids every shortcut, now: once this returns, no reader is sending
+    /// by one or will again until the loop makes new ones. So what the loop
+    /// sends next (an ε, say) comes after all that readers sent by the
+    /// state that just ended; a Data message from a tunnel reader after its
+    /// endpoint's ε would bind the endpoint's id anew at the next hop.
+    pub fn forget(&mut self) {
+        if std::mem::replace(&mut self.forgotten, true) {
+            return;
+        }
+        for t in self.links.values() {
+            t.forget();
+        }
+        self.tunnels.retain(|_, t| match t.upgrade() {
+            Some(t) => {
+                t.forget();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The links whose readers relayed messages by shortcut since the last
+    /// call: those links are alive.
+    pub fn heard(&mut self) -> Vec<PortId> {
+        let mut heard = Vec::new();
+        for (&port, t) in &self.links {
+            let n = t.relayed();
+            if self.heard.insert(port, n).unwrap_or(0) != n {
+                heard.push(port);
+            }
+        }
+        heard
+    }
+
+    /// How many messages went by shortcut in this process.
+    pub fn taken(&self) -> u64 {
+        TAKEN.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::reader::FrameReader;
+    use crate::link::stream::Stream;
+    use crate::wire::message::Kind;
+    use crate::wire::NodeId;
+
+    fn to(n: u8, body: &[u8]) -> Packet {
+        Packet::new(Kind::To, NodeId([n; 32]), body)
+    }
+
+    /// A relay rewrites the key into the head; other messages, and all
+    /// while one waits for the loop or after `forget`, come back.
+    #[test]
+    fn relays_by_the_table_only() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (out, _writer) = crate::link::output::output(w, Arc::new(Stream));
+        let out = Arc::new(Mutex::new(out));
+        let mut reg = Registry::new();
+        let s = reg.open_link(1);
+        let key = to(5, b"").bytes().to_vec();
+        let head = Packet::new(Kind::From, NodeId([9; 32]), b"").bytes().to_vec();
+        let shortcut = Shortcut { from: Lane::Link(1), key, to: Exit::Port(2), head };
+        reg.learn(shortcut, |p| (p == 2).then(|| out.clone()), |_| None);
+        assert!(s.relay(to(6, b"other")).is_err());
+        assert!(s.relay(to(5, b"")).is_err(), "ε takes the long way");
+        s.relay(to(5, b"first")).unwrap();
+        s.pending.handing_over();
+        assert!(s.relay(to(5, b"behind one in the loop")).is_err());
+        reg.handled(1);
+        s.relay(to(5, b"second")).unwrap();
+        assert_eq!(reg.heard(), vec![1]);
+        assert_eq!(reg.heard(), Vec::<PortId>::new(), "nothing relayed since");
+        reg.forget();
+        assert!(s.relay(to(5, b"third")).is_err());
+        assert_eq!(s.relayed(), 2);
+        drop(out);
+        drop(_writer);
+        let mut fr = FrameReader::new(r, Arc::new(Stream), None);
+        for body in [&b"first"[..], b"second"] {
+            let p = fr.next_packet().unwrap().unwrap();
+            let m = p.msg().unwrap();
+            assert_eq!((m.kind, m.id, m.body), (Kind::From, NodeId([9; 32]), body));
+        }
+        assert!(fr.next_packet().unwrap().is_none());
+    }
+
+    /// A tunnel end learns only the way of its own Data: a shortcut with
+    /// another key, or for an end that is gone, is dropped.
+    #[test]
+    fn a_tunnel_end_learns_its_own_way_only() {
+        let (_r, w) = nix::unistd::pipe().unwrap();
+        let (out, _writer) = crate::link::output::output(w, Arc::new(Stream));
+        let out = Arc::new(Mutex::new(out));
+        let mut reg = Registry::new();
+        let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, DATA]);
+        let learn = |reg: &mut Registry, key: Vec<u8>| {
+            let s = Shortcut { from: Lane::Endpoint(7), key, to: Exit::Port(2), head: vec![9, DATA] };
+            reg.learn(s, |_| Some(out.clone()), |_| None);
+        };
+        learn(&mut reg, vec![1, 3, DATA]);
+        assert!(!end.known());
+        learn(&mut reg, vec![1, 2, DATA]);
+        assert!(end.known());
+        reg.forget();
+        assert!(!end.known());
+        drop(end);
+        let _other = reg.open_tunnel(Key::Caller(8), vec![DATA]);
+        assert_eq!(reg.tunnels.len(), 1, "a gone end leaves the registry");
+    }
+}

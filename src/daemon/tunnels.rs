@@ -1,0 +1,515 @@
+//! The tunnel ends of a daemon, on both sides, and the processes of the
+//! far side.
+//!
+//! The caller's side of a tunnel (`r2 tunnel`) is an endpoint whose
+//! messages travel along a path to node 0 of a far daemon; the far side is
+//! that daemon's instance of its tunnel process, one per caller, started
+//! by the caller's Open and ended when the caller ends. Each end is a
+//! [`Session`] (its state) and a [`TunnelEnd`] (its program's pipes); this
+//! room turns what arrives for an end into what it does, and into the
+//! router events that carry its messages, which it hands back to the loop
+//! rather than calling the router itself. It also starts the instances'
+//! processes, ends them (SIGTERM, then SIGKILL) and reaps them.
+
+use super::input::Input;
+use super::session::{Key, Session, Step};
+use super::shortcuts::Registry;
+use super::tunnel::{Delivery, TunnelEnd};
+use crate::link::SharedOutput;
+use crate::router::{Event, PortId};
+use crate::wire::control::TunnelStats;
+use crate::wire::message::{Kind, HEADER};
+use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
+use crate::wire::tunnel::{TunnelMsg, DATA, DEFAULT_WINDOW};
+use crate::wire::{FailCode, NodeId, Packet};
+use crossbeam_channel::Sender;
+use log::{debug, info, warn};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a tunnel process has between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// The far side's tunnel process, as `r2d CMD` was told.
+#[derive(Clone, Debug, Default)]
+pub struct Instances {
+    /// Run with `sh -c` once per caller.
+    pub cmd: Option<String>,
+    /// Give it packet pipes (O_DIRECT).
+    pub packet: bool,
+    /// The most running at once.
+    pub max: usize,
+    /// If not empty: only for callers via these neighbours.
+    pub allow: Vec<NodeId>,
+}
+
+/// What the tunnel ends have done, for `r2 stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub tunnels_opened: u64,
+    pub tunnels_closed: u64,
+    pub instances_started: u64,
+    pub instances_ended: u64,
+    pub instances_refused: u64,
+    pub processes_reaped: u64,
+}
+
+/// Which side an end is on.
+enum Side {
+    /// The caller: `path` leads to the far daemon.
+    Caller { path: Vec<NodeId> },
+    /// An instance of the tunnel process; None once reaped.
+    Instance { child: Option<Child> },
+}
+
+struct End {
+    io: TunnelEnd,
+    side: Side,
+}
+
+/// Every tunnel end of the daemon.
+pub struct Tunnels {
+    instances: Instances,
+    ends: HashMap<Key, End>,
+    /// Tunnel processes told to end, with when to stop asking nicely.
+    reaping: Vec<(Child, Instant)>,
+    totals: Totals,
+    inputs: Sender<Input>,
+}
+
+/// The first bytes of a Data message of the caller's end on `path`, as the
+/// router gets it: the path's `To` headers, node 0's, and the Data tag.
+fn caller_key(path: &[NodeId]) -> Vec<u8> {
+    let mut p = Packet::from_bytes(&[DATA]);
+    p.push_header(Kind::To, NodeId::TUNNEL);
+    for h in path.iter().rev() {
+        p.push_header(Kind::To, *h);
+    }
+    p.bytes().to_vec()
+}
+
+impl Tunnels {
+    pub fn new(instances: Instances, inputs: Sender<Input>) -> Tunnels {
+        Tunnels { instances, ends: HashMap::new(), reaping: Vec::new(), totals: Totals::default(), inputs }
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Ends open, and processes still being reaped.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.ends.len(), self.reaping.len())
+    }
+
+    /// The program input of end `key`, while it takes data.
+    pub fn program_input(&self, key: Key) -> Option<SharedOutput> {
+        self.ends.get(&key).and_then(|e| e.io.program_input().cloned())
+    }
+
+    /// The loop has acted on a read of end `key`'s reader: the reader may
+    /// take its shortcut again.
+    pub fn handled(&self, key: Key) {
+        if let Some(e) = self.ends.get(&key) {
+            e.io.outbound.pending.handled();
+        }
+    }
+
+    // --- the caller's side ---------------------------------------------
+
+    /// Starts the caller's end of a tunnel along `path`, for the endpoint
+    /// on `port`, on the program's fds; then it sends Open.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_caller(
+        &mut self,
+        port: PortId,
+        path: Vec<NodeId>,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+        packet: bool,
+        shortcuts: &mut Registry,
+        out: &mut Vec<Event>,
+    ) -> std::io::Result<()> {
+        let key = Key::Caller(port);
+        let headroom = (path.len() + 1) * HEADER;
+        let outbound = shortcuts.open_tunnel(key, caller_key(&path));
+        let session = Session::new(true, DEFAULT_WINDOW);
+        let io = TunnelEnd::start(key, session, rfd, wfd, headroom, packet, outbound, &self.inputs)?;
+        self.ends.insert(key, End { io, side: Side::Caller { path } });
+        self.totals.tunnels_opened += 1;
+        self.send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode(), out);
+        Ok(())
+    }
+
+    /// The caller's endpoint on `port` is closed: its end goes, with the
+    /// exit status it was told, if any.
+    pub fn close_caller(&mut self, port: PortId) -> Option<Option<u8>> {
+        let end = self.ends.remove(&Key::Caller(port))?;
+        self.totals.tunnels_closed += 1;
+        Some(end.io.session.exit())
+    }
+
+    /// A message for the caller's endpoint on `port`: what came back along
+    /// its path. `own`: this node, for the messages of a broken path.
+    pub fn caller_receive(&mut self, port: PortId, mut packet: Packet, own: NodeId, out: &mut Vec<Event>) {
+        let key = Key::Caller(port);
+        let Some(End { side: Side::Caller { path }, .. }) = self.ends.get(&key) else { return };
+        let offset = match interpret(packet.bytes(), path, NodeId::TUNNEL) {
+            PathReply::Answer(inner) => match TunnelMsg::decode(inner) {
+                Ok(_) => packet.len() - inner.len(),
+                Err(e) => return debug!("tunnel {key:?}: {e}"),
+            },
+            PathReply::Fail { at, about, code, text } => {
+                let why = describe_fail(at, about, code, &text, own);
+                return out.push(Event::Closed { port, error: Some(why) });
+            }
+            PathReply::Ended { at } => {
+                let why = describe_end(at, own);
+                return out.push(Event::Closed { port, error: Some(why) });
+            }
+            PathReply::Other => return,
+        };
+        packet.advance(offset);
+        self.receive(key, packet, out);
+        self.caller_check_done(port, out);
+    }
+
+    /// The caller's side is done when the far side has exited and all its
+    /// output is written out.
+    fn caller_check_done(&mut self, port: PortId, out: &mut Vec<Event>) {
+        if self.ends.get(&Key::Caller(port)).is_some_and(|e| e.io.session.caller_done()) {
+            out.push(Event::Closed { port, error: None });
+        }
+    }
+
+    // --- both sides ----------------------------------------------------
+
+    /// The tunnel message in `packet` (it holds just that, and decodes)
+    /// from the peer of `key`.
+    fn receive(&mut self, key: Key, mut packet: Packet, out: &mut Vec<Event>) {
+        let Some(e) = self.ends.get_mut(&key) else { return };
+        let step = match TunnelMsg::decode(packet.bytes()) {
+            Ok(m) => e.io.session.on_message(&m),
+            Err(_) => return,
+        };
+        match step {
+            Err(_) => self.beyond_credit(key, out),
+            Ok(Step::Deliver(n)) => {
+                packet.advance(1);
+                e.io.input.add(n);
+                if e.io.write(packet) != Delivery::Queued {
+                    self.written(key, n, out);
+                }
+            }
+            Ok(Step::CloseInput) => e.io.close_input(),
+            Ok(Step::AddCredit(n)) => e.io.add_credit(n),
+            Ok(Step::Nothing) => {}
+        }
+    }
+
+    /// Sends a tunnel message from end `key` to its peer.
+    fn send(&mut self, key: Key, msg: &[u8], out: &mut Vec<Event>) {
+        self.send_packet(key, Packet::from_parts(msg.to_vec(), 0), out);
+    }
+
+    /// Sends a tunnel message from end `key` to its peer: for the caller,
+    /// as its endpoint's message along the path; for an instance, as node
+    /// 0's to the caller.
+    fn send_packet(&mut self, key: Key, mut p: Packet, out: &mut Vec<Event>) {
+        let Some(e) = self.ends.get(&key) else { return };
+        out.push(match (&e.side, key) {
+            (Side::Caller { path }, Key::Caller(port)) => {
+                p.push_header(Kind::To, NodeId::TUNNEL);
+                for h in path.iter().rev() {
+                    p.push_header(Kind::To, *h);
+                }
+                Event::Received { port, packet: p }
+            }
+            (_, Key::Instance(peer)) => Event::FromTunnel { to: peer, packet: p },
+            (_, Key::Caller(_)) => return,
+        });
+    }
+
+    /// A read of end `key`'s program output (None: its end).
+    pub fn read(&mut self, key: Key, packet: Option<Packet>, out: &mut Vec<Event>) {
+        let Some(e) = self.ends.get_mut(&key) else { return };
+        match packet {
+            Some(p) => self.send_packet(key, p, out),
+            None => {
+                e.io.session.output_ended();
+                self.send(key, &TunnelMsg::Eof.encode(), out);
+                self.instance_maybe_exit(key, out);
+            }
+        }
+    }
+
+    /// `n` bytes were written to end `key`'s program, or discarded.
+    pub fn written(&mut self, key: Key, n: usize, out: &mut Vec<Event>) {
+        if let Some(g) = self.ends.get_mut(&key).and_then(|e| e.io.session.written(n)) {
+            self.send(key, &TunnelMsg::Credit(g).encode(), out);
+        }
+    }
+
+    /// A link's reader gave `n` bytes of data to the program of end `key`
+    /// itself: they count against the peer's credit as if they had come
+    /// here, and are granted back once `done` (written out or discarded),
+    /// else when its writer reports them.
+    pub fn delivered(&mut self, key: Key, n: usize, done: bool, out: &mut Vec<Event>) {
+        let Some(e) = self.ends.get_mut(&key) else { return };
+        e.io.input.add(n);
+        if e.io.session.delivered(n).is_err() {
+            return self.beyond_credit(key, out);
+        }
+        if done {
+            self.written(key, n, out);
+        }
+    }
+
+    /// End `key`'s program input is closed, by `error` if any.
+    pub fn writer_done(&mut self, key: Key, error: Option<String>, out: &mut Vec<Event>) {
+        if let Some(e) = self.ends.get_mut(&key) {
+            if let Some(err) = &error {
+                debug!("tunnel {key:?}: its program's input: {err}");
+            }
+            e.io.session.input_closed(error.is_some());
+        }
+        match key {
+            Key::Caller(port) => self.caller_check_done(port, out),
+            Key::Instance(_) => self.instance_maybe_exit(key, out),
+        }
+    }
+
+    /// The peer of end `key` sent data beyond its credit: the end is over.
+    fn beyond_credit(&mut self, key: Key, out: &mut Vec<Event>) {
+        match key {
+            Key::Instance(peer) => {
+                warn!("tunnel for {peer}: data beyond credit; ending it");
+                self.end_instance(peer);
+                let text = "data beyond credit".to_string();
+                out.push(Event::TunnelFail { to: peer, code: FailCode::Overload, text });
+            }
+            Key::Caller(port) => {
+                let why = "the tunnel process's side sent beyond its credit".to_string();
+                out.push(Event::Closed { port, error: Some(why) });
+            }
+        }
+    }
+
+    // --- the far side: instances of the tunnel process -----------------
+
+    /// A tunnel message from neighbour `peer`, reached through `via`.
+    pub fn instance_receive(
+        &mut self,
+        peer: NodeId,
+        via: Option<NodeId>,
+        packet: Packet,
+        shortcuts: &mut Registry,
+        out: &mut Vec<Event>,
+    ) {
+        match TunnelMsg::decode(packet.bytes()) {
+            Ok(TunnelMsg::Open { window }) => self.start_instance(peer, via, window, shortcuts, out),
+            Ok(_) => self.receive(Key::Instance(peer), packet, out),
+            Err(e) => {
+                let text = e.to_string();
+                out.push(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text });
+            }
+        }
+    }
+
+    fn refuse(&mut self, peer: NodeId, code: FailCode, text: String, out: &mut Vec<Event>) {
+        self.totals.instances_refused += 1;
+        out.push(Event::TunnelFail { to: peer, code, text });
+    }
+
+    fn start_instance(
+        &mut self,
+        peer: NodeId,
+        via: Option<NodeId>,
+        window: u32,
+        shortcuts: &mut Registry,
+        out: &mut Vec<Event>,
+    ) {
+        let key = Key::Instance(peer);
+        if self.ends.contains_key(&key) {
+            return; // one instance per neighbour, ever
+        }
+        let Some(cmd) = self.instances.cmd.clone() else { return };
+        let allow = &self.instances.allow;
+        if !allow.is_empty() && !via.is_some_and(|v| allow.contains(&v)) {
+            warn!("tunnel for {peer} via {via:?} refused: not allowed");
+            return self.refuse(peer, FailCode::Refused, "not allowed to open tunnels here".into(), out);
+        }
+        let running = self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
+        if running >= self.instances.max {
+            let text = format!("{} tunnels already", self.instances.max);
+            warn!("tunnel for {peer} refused: {text}");
+            return self.refuse(peer, FailCode::TooManyTunnels, text, out);
+        }
+        match self.spawn(peer, via, &cmd, shortcuts) {
+            Ok(end) => {
+                info!("tunnel for {peer}: started {cmd:?}");
+                self.totals.instances_started += 1;
+                end.io.add_credit(window);
+                self.ends.insert(key, end);
+                self.send(key, &TunnelMsg::Credit(DEFAULT_WINDOW).encode(), out);
+            }
+            Err(e) => {
+                warn!("tunnel for {peer}: cannot start {cmd:?}: {e}");
+                self.refuse(peer, FailCode::Refused, format!("cannot start the tunnel process: {e}"), out);
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        peer: NodeId,
+        via: Option<NodeId>,
+        cmd: &str,
+        shortcuts: &mut Registry,
+    ) -> std::io::Result<End> {
+        let key = Key::Instance(peer);
+        let packet = self.instances.packet;
+        let (in_r, in_w) = pipe(packet)?;
+        let (out_r, out_w) = pipe(packet)?;
+        let outbound = shortcuts.open_tunnel(key, vec![DATA]);
+        let session = Session::new(false, DEFAULT_WINDOW);
+        let io = TunnelEnd::start(key, session, out_r, in_w, 2 * HEADER, packet, outbound, &self.inputs)?;
+        // If this fails, dropping `io` stops its threads.
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("R2_PEER", peer.to_string())
+            .env("R2_VIA", via.map(|v| v.to_string()).unwrap_or_default())
+            .stdin(Stdio::from(in_r))
+            .stdout(Stdio::from(out_w))
+            .process_group(0)
+            .spawn()?;
+        Ok(End { io, side: Side::Instance { child: Some(child) } })
+    }
+
+    /// Sends Exit once the instance has exited and its output has ended.
+    fn instance_maybe_exit(&mut self, key: Key, out: &mut Vec<Event>) {
+        if let Some(s) = self.ends.get_mut(&key).and_then(|e| e.io.session.exit_due()) {
+            self.send(key, &TunnelMsg::Exit(s).encode(), out);
+        }
+    }
+
+    /// Neighbour `peer` has ended, or ended its tunnel: so does its
+    /// instance.
+    pub fn gone(&mut self, peer: NodeId) {
+        if self.ends.contains_key(&Key::Instance(peer)) {
+            debug!("tunnel for {peer} ended");
+            self.end_instance(peer);
+        }
+    }
+
+    /// Ends an instance: its pipes close, its process group gets SIGTERM,
+    /// and it is reaped (SIGKILL if it lingers).
+    fn end_instance(&mut self, peer: NodeId) {
+        let Some(end) = self.ends.remove(&Key::Instance(peer)) else { return };
+        self.totals.instances_ended += 1;
+        self.kill(end);
+    }
+
+    fn kill(&mut self, end: End) {
+        if let Side::Instance { child: Some(c) } = end.side {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            self.reaping.push((c, Instant::now() + KILL_GRACE));
+        }
+    }
+
+    /// Collects exited tunnel processes (on SIGCHLD and every tick).
+    pub fn reap(&mut self, out: &mut Vec<Event>) {
+        let mut exited = Vec::new();
+        for (key, e) in self.ends.iter_mut() {
+            if let Side::Instance { child: slot @ Some(_) } = &mut e.side {
+                if let Some(Ok(Some(status))) = slot.as_mut().map(Child::try_wait) {
+                    info!("tunnel for {key:?}: process exited ({status})");
+                    self.totals.processes_reaped += 1;
+                    e.io.session.exited(status_byte(status));
+                    *slot = None;
+                    exited.push(*key);
+                }
+            }
+        }
+        for key in exited {
+            self.instance_maybe_exit(key, out);
+        }
+        let now = Instant::now();
+        let reaped = &mut self.totals.processes_reaped;
+        self.reaping.retain_mut(|(c, deadline)| match c.try_wait() {
+            Ok(Some(_)) | Err(_) => {
+                *reaped += 1;
+                false
+            }
+            Ok(None) => {
+                if now > *deadline {
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                }
+                true
+            }
+        });
+    }
+
+    /// Ends every instance and waits for their processes, at most
+    /// [`KILL_GRACE`] before killing what is left.
+    pub fn shutdown(&mut self) {
+        let ends: Vec<End> = self.ends.drain().map(|(_, e)| e).collect();
+        for e in ends {
+            self.kill(e);
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while !self.reaping.is_empty() {
+            if Instant::now() > deadline {
+                for (c, _) in &mut self.reaping {
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                    let _ = c.wait();
+                }
+                break;
+            }
+            self.reaping.retain_mut(|(c, _)| matches!(c.try_wait(), Ok(None)));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every end, for `r2 stats`; `endpoint` names a caller's endpoint.
+    pub fn stats(&self, endpoint: impl Fn(PortId) -> Option<NodeId>) -> Vec<TunnelStats> {
+        self.ends
+            .iter()
+            .map(|(key, e)| {
+                let (server, id) = match key {
+                    Key::Instance(peer) => (true, *peer),
+                    Key::Caller(port) => (false, endpoint(*port).unwrap_or(NodeId([0; 32]))),
+                };
+                let up_ms = e.io.since.elapsed().as_millis() as u64;
+                TunnelStats { server, id, up_ms, input: e.io.input, output: e.io.outbound.read() }
+            })
+            .collect()
+    }
+}
+
+/// An exit status as one byte, as a shell reports it.
+fn status_byte(s: std::process::ExitStatus) -> u8 {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 255,
+    }
+}
+
+/// A pipe, close-on-exec, packet mode if asked.
+fn pipe(packet: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let mut flags = OFlag::O_CLOEXEC;
+    if packet {
+        flags |= OFlag::O_DIRECT;
+    }
+    let (r, w) = nix::unistd::pipe2(flags)?;
+    crate::sys::grow_pipe(std::os::fd::AsFd::as_fd(&r));
+    Ok((r, w))
+}
