@@ -1,7 +1,7 @@
 //! One control-socket client: checked by peer credentials, its request read
 //! (with any fds passed along), then handed to the event loop.
 
-use super::Input;
+use super::input::Input;
 use crate::sys::fdpass::recv_with_fds;
 use crate::wire::control::{frame_len, Reply, Request};
 use crate::wire::NodeId;
