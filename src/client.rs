@@ -11,6 +11,39 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What went wrong in talking to the daemon.
+#[derive(Debug)]
+pub enum Error {
+    /// Nothing listens on the socket.
+    NoDaemon { path: PathBuf, error: std::io::Error },
+    /// The daemon said no.
+    Refused(String),
+    /// Reading or writing the socket failed; `doing` says what r2 did.
+    Io { doing: String, error: std::io::Error },
+    /// The daemon closed the connection unexpectedly.
+    Gone { path: PathBuf },
+    /// The daemon sent what this client does not understand.
+    Protocol(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NoDaemon { path, error } => write!(f, "no daemon listening on {}: {error}", path.display()),
+            Error::Refused(why) => write!(f, "the daemon refused: {why}"),
+            Error::Io { doing, error } => write!(f, "{doing}: {error}"),
+            Error::Gone { path } => write!(f, "the daemon on {} went away", path.display()),
+            Error::Protocol(what) => f.write_str(what),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn reading(error: std::io::Error) -> Error {
+    Error::Io { doing: "reading from the daemon".into(), error }
+}
+
 /// A connection to the local daemon.
 pub struct Control {
     stream: UnixStream,
@@ -19,62 +52,62 @@ pub struct Control {
 
 impl Control {
     /// Connects to the daemon's socket at `path`.
-    pub fn connect(path: &Path) -> Result<Control, String> {
+    pub fn connect(path: &Path) -> Result<Control> {
         match UnixStream::connect(path) {
             Ok(stream) => Ok(Control { stream, path: path.to_owned() }),
-            Err(e) => Err(format!("no daemon listening on {}: {e}", path.display())),
+            Err(error) => Err(Error::NoDaemon { path: path.to_owned(), error }),
         }
     }
 
     /// Sends a request, with `fds` passed along.
-    pub fn request(&mut self, req: &Request, fds: &[RawFd]) -> Result<(), String> {
+    pub fn request(&mut self, req: &Request, fds: &[RawFd]) -> Result<()> {
         match send_with_fds(&self.stream, &req.encode(), fds) {
             Ok(()) => Ok(()),
             // The daemon may have refused us before reading: say why.
-            Err(e) => match self.reply() {
-                Ok(Some(Reply::Error(why))) => Err(format!("the daemon refused: {why}")),
-                _ => Err(format!("cannot talk to the daemon on {}: {e}", self.path.display())),
+            Err(error) => match self.reply() {
+                Ok(Some(Reply::Error(why))) => Err(Error::Refused(why)),
+                _ => Err(Error::Io { doing: format!("cannot talk to the daemon on {}", self.path.display()), error }),
             },
         }
     }
 
     /// The next reply; `None` when the daemon closed the connection.
-    pub fn reply(&mut self) -> Result<Option<Reply>, String> {
+    pub fn reply(&mut self) -> Result<Option<Reply>> {
         let mut prefix = [0u8; 4];
         match self.stream.read_exact(&mut prefix) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(None),
-            Err(e) => return Err(format!("reading from the daemon: {e}")),
+            Err(e) => return Err(reading(e)),
         }
-        let n = frame_len(prefix).map_err(|e| e.to_string())?;
+        let n = frame_len(prefix).map_err(|e| Error::Protocol(e.to_string()))?;
         let mut body = vec![0u8; n];
-        self.stream.read_exact(&mut body).map_err(|e| format!("reading from the daemon: {e}"))?;
-        Reply::decode(&body).map(Some).map_err(|e| e.to_string())
+        self.stream.read_exact(&mut body).map_err(reading)?;
+        Reply::decode(&body).map(Some).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// A reply that must come; the daemon's refusal becomes an error.
-    pub fn expect_reply(&mut self) -> Result<Reply, String> {
+    pub fn expect_reply(&mut self) -> Result<Reply> {
         match self.reply()? {
-            Some(Reply::Error(e)) => Err(format!("the daemon refused: {e}")),
+            Some(Reply::Error(e)) => Err(Error::Refused(e)),
             Some(r) => Ok(r),
             None => Err(self.gone()),
         }
     }
 
-    /// The message for a daemon that closed the connection unexpectedly.
-    pub fn gone(&self) -> String {
-        format!("the daemon on {} went away", self.path.display())
+    /// The error of a daemon that closed the connection unexpectedly.
+    pub fn gone(&self) -> Error {
+        Error::Gone { path: self.path.clone() }
     }
 
     /// Asks for an endpoint and returns it.
-    pub fn endpoint(mut self) -> Result<Endpoint, String> {
+    pub fn endpoint(mut self) -> Result<Endpoint> {
         self.request(&Request::Endpoint, &[])?;
         match self.expect_reply()? {
             Reply::Endpoint { daemon, endpoint } => {
                 Ok(Endpoint { stream: self.stream, path: self.path, daemon, id: endpoint, buf: Vec::new() })
             }
-            r => Err(format!("unexpected reply from the daemon: {r:?}")),
+            r => Err(Error::Protocol(format!("unexpected reply from the daemon: {r:?}"))),
         }
     }
 }
@@ -99,14 +132,15 @@ pub enum Received {
 
 impl Endpoint {
     /// Sends one message (the frame prefix is added here).
-    pub fn send(&mut self, msg: &[u8]) -> Result<(), String> {
+    pub fn send(&mut self, msg: &[u8]) -> Result<()> {
         let mut f = stream::prefix(msg.len()).to_vec();
         f.extend_from_slice(msg);
-        self.stream.write_all(&f).map_err(|e| format!("sending to the daemon on {}: {e}", self.path.display()))
+        let doing = || format!("sending to the daemon on {}", self.path.display());
+        self.stream.write_all(&f).map_err(|error| Error::Io { doing: doing(), error })
     }
 
     /// The next message, waiting until `deadline`.
-    pub fn recv(&mut self, deadline: Instant) -> Result<Received, String> {
+    pub fn recv(&mut self, deadline: Instant) -> Result<Received> {
         loop {
             match stream::decode(&self.buf) {
                 Ok(Some((used, msg))) => {
@@ -115,13 +149,13 @@ impl Endpoint {
                     return Ok(Received::Message(m));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("bad frame from the daemon: {e}")),
+                Err(e) => return Err(Error::Protocol(format!("bad frame from the daemon: {e}"))),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(Received::Timeout);
             }
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(reading)?;
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(Received::Closed),
@@ -130,7 +164,7 @@ impl Endpoint {
                     return Ok(Received::Timeout)
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading from the daemon: {e}")),
+                Err(e) => return Err(reading(e)),
             }
         }
     }

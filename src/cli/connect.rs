@@ -57,7 +57,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
-    let control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let control = Control::connect(&g.socket())?;
     let (t, label) = if a.transport == "-" {
         (Transport::stdio(), "stdio".to_string())
     } else {

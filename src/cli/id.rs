@@ -20,9 +20,9 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global) -> Result<i32> {
-    let mut c = Control::connect(&g.socket()).map_err(Error::Failed)?;
-    c.request(&Request::Id, &[]).map_err(Error::Failed)?;
-    match c.expect_reply().map_err(Error::Failed)? {
+    let mut c = Control::connect(&g.socket())?;
+    c.request(&Request::Id, &[])?;
+    match c.expect_reply()? {
         Reply::Id(id) => {
             println!("{id}");
             Ok(0)

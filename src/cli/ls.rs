@@ -56,10 +56,10 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         }
         return Ok(0);
     }
-    let mut control = Control::connect(&g.socket()).map_err(Error::Failed)?;
+    let mut control = Control::connect(&g.socket())?;
     let Some(path) = a.path else {
-        control.request(&Request::List, &[]).map_err(Error::Failed)?;
-        return match control.expect_reply().map_err(Error::Failed)? {
+        control.request(&Request::List, &[])?;
+        return match control.expect_reply()? {
             Reply::List(links) => {
                 for (id, label) in links {
                     println!("{id}\t{label}");
@@ -69,11 +69,11 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             r => Err(Error::Failed(format!("unexpected reply: {r:?}"))),
         };
     };
-    let mut ep = control.endpoint().map_err(Error::Failed)?;
-    ep.send(&nest_to(&path, &nest_to(&[NodeId::LIST], b"?"))).map_err(Error::Failed)?;
+    let mut ep = control.endpoint()?;
+    ep.send(&nest_to(&path, &nest_to(&[NodeId::LIST], b"?")))?;
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
     loop {
-        let msg = match ep.recv(deadline).map_err(Error::Failed)? {
+        let msg = match ep.recv(deadline)? {
             Received::Message(m) => m,
             Received::Timeout => {
                 return Err(Error::Failed(format!("no answer within {} ms", a.timeout_ms)));

@@ -24,6 +24,12 @@ pub enum Error {
     Failed(String),
 }
 
+impl From<crate::client::Error> for Error {
+    fn from(e: crate::client::Error) -> Error {
+        Error::Failed(e.to_string())
+    }
+}
+
 impl From<lexopt::Error> for Error {
     fn from(e: lexopt::Error) -> Error {
         Error::Usage(e.to_string())

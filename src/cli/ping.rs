@@ -58,7 +58,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
-    let mut ep = Control::connect(&g.socket()).and_then(|c| c.endpoint()).map_err(Error::Failed)?;
+    let mut ep = Control::connect(&g.socket()).and_then(|c| c.endpoint())?;
     let hops = a.path.len();
     println!("PING {} ({hops} hop{})", a.path_text, if hops == 1 { "" } else { "s" });
     let start = Instant::now();
@@ -71,7 +71,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         let mut full = a.path.clone();
         full.push(ep.id);
         if let Err(e) = ep.send(&nest_to(&full, &payload)) {
-            result = Err(e);
+            result = Err(e.into());
             break;
         }
         sent += 1;
@@ -81,11 +81,11 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
                 Ok(Received::Message(m)) => m,
                 Ok(Received::Timeout) => break,
                 Ok(Received::Closed) => {
-                    result = Err("the daemon went away".to_string());
+                    result = Err(Error::Failed("the daemon went away".to_string()));
                     break 'probes;
                 }
                 Err(e) => {
-                    result = Err(e);
+                    result = Err(e.into());
                     break 'probes;
                 }
             };
@@ -97,11 +97,11 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
                     break;
                 }
                 PathReply::Fail { at, about, code, text } => {
-                    result = Err(describe_fail(at, about, code, &text, ep.daemon));
+                    result = Err(Error::Failed(describe_fail(at, about, code, &text, ep.daemon)));
                     break 'probes;
                 }
                 PathReply::Ended { at } => {
-                    result = Err(describe_end(at, ep.daemon));
+                    result = Err(Error::Failed(describe_end(at, ep.daemon)));
                     break 'probes;
                 }
                 _ => {} // a late reply to an earlier probe
@@ -122,7 +122,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         let avg = rtts.iter().sum::<f64>() / received as f64;
         println!("rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms");
     }
-    result.map_err(Error::Failed)?;
+    result?;
     if received == 0 {
         return Err(Error::Failed(format!("no reply from {} within {} ms", a.path_text, a.timeout_ms)));
     }

@@ -28,9 +28,9 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 /// Asks the daemon for its counters.
 pub fn fetch(g: &Global) -> Result<Stats> {
-    let mut c = Control::connect(&g.socket()).map_err(Error::Failed)?;
-    c.request(&Request::Stats, &[]).map_err(Error::Failed)?;
-    match c.expect_reply().map_err(Error::Failed)? {
+    let mut c = Control::connect(&g.socket())?;
+    c.request(&Request::Stats, &[])?;
+    match c.expect_reply()? {
         Reply::Stats(s) => Ok(s),
         r => Err(Error::Failed(format!("unexpected reply: {r:?}"))),
     }

@@ -96,7 +96,7 @@ pub fn hand_over_and_wait(mut control: Control, req: &Request, mut t: Transport)
     let sent = control.request(req, &t.raw_fds());
     t.handed_over();
     let outcome = match sent {
-        Err(e) => Err(Error::Failed(e)),
+        Err(e) => Err(e.into()),
         Ok(()) => loop {
             match control.reply() {
                 Ok(Some(Reply::Linked(id))) => log::info!("linked to {id}"),
@@ -105,8 +105,8 @@ pub fn hand_over_and_wait(mut control: Control, req: &Request, mut t: Transport)
                 Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
                 Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
                 Ok(Some(r)) => log::warn!("unexpected reply {r:?}"),
-                Ok(None) => break Err(Error::Failed(control.gone())),
-                Err(e) => break Err(Error::Failed(e)),
+                Ok(None) => break Err(control.gone().into()),
+                Err(e) => break Err(e.into()),
             }
         },
     };
