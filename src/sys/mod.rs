@@ -1,7 +1,7 @@
-//! Operating-system plumbing shared by the daemon and the clients: where the
-//! socket and id file live, passing fds over UNIX sockets, blocking frame
-//! I/O on fds that a wake pipe can interrupt, reused frame buffers, and data
-//! moved between fds by splice.
+//! Operating-system plumbing shared by the link layer, the daemon and the
+//! clients: where the socket and id file live, passing fds over UNIX
+//! sockets, blocking I/O on fds that a wake pipe can interrupt, reused
+//! message buffers, and data moved between fds by splice.
 
 pub mod buffers;
 pub mod fd;
