@@ -116,6 +116,8 @@ pub struct LinkRoutes {
     relays: Mutex<HashMap<Vec<u8>, Route>>,
     deliveries: Mutex<HashMap<Vec<u8>, Inbound>>,
     relayed: AtomicU64,
+    /// `relayed` at the last [`Registry::heard`].
+    heard: AtomicU64,
 }
 
 impl LinkRoutes {
@@ -256,9 +258,8 @@ impl Outbound {
 #[derive(Default)]
 pub struct Registry {
     links: HashMap<PortId, Arc<LinkRoutes>>,
-    /// The relay count of each link at the last [`Registry::heard`].
-    heard: HashMap<PortId, u64>,
-    tunnels: HashMap<Key, Weak<Outbound>>,
+    /// Few, and looked up once per end between forgettings.
+    tunnels: Vec<(Key, Weak<Outbound>)>,
     /// No reader holds a shortcut: none was made since they were last
     /// forgotten.
     forgotten: bool,
@@ -278,15 +279,14 @@ impl Registry {
 
     pub fn close_link(&mut self, port: PortId) {
         self.links.remove(&port);
-        self.heard.remove(&port);
     }
 
     /// The way out of a new tunnel end's reader, whose Data messages start
     /// with `key` when the router gets them; the end holds it.
     pub fn open_tunnel(&mut self, end: Key, key: Vec<u8>) -> Arc<Outbound> {
-        self.tunnels.retain(|_, t| t.strong_count() > 0);
+        self.tunnels.retain(|(k, t)| t.strong_count() > 0 && *k != end);
         let t = Outbound::new(key);
-        self.tunnels.insert(end, Arc::downgrade(&t));
+        self.tunnels.push((end, Arc::downgrade(&t)));
         t
     }
 
@@ -334,7 +334,7 @@ impl Registry {
             Lane::Tunnel(peer) => Key::Instance(peer),
         };
         let Exit::Port(to) = s.to else { return };
-        let Some(t) = self.tunnels.get(&end).and_then(Weak::upgrade) else { return };
+        let Some(t) = self.tunnels.iter().find(|(k, _)| *k == end).and_then(|(_, t)| t.upgrade()) else { return };
         // The head ends in the Data tag, as the key does.
         if t.key != s.key || s.head.last() != Some(&DATA) {
             return;
@@ -357,7 +357,7 @@ impl Registry {
         for t in self.links.values() {
             t.forget();
         }
-        self.tunnels.retain(|_, t| match t.upgrade() {
+        self.tunnels.retain(|(_, t)| match t.upgrade() {
             Some(t) => {
                 t.forget();
                 true
@@ -372,7 +372,7 @@ impl Registry {
         let mut heard = Vec::new();
         for (&port, t) in &self.links {
             let n = t.relayed();
-            if self.heard.insert(port, n).unwrap_or(0) != n {
+            if t.heard.swap(n, Ordering::Relaxed) != n {
                 heard.push(port);
             }
         }
