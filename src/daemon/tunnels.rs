@@ -427,9 +427,9 @@ impl Tunnels {
     pub fn reap(&mut self, out: &mut Vec<Event>) {
         let mut exited = Vec::new();
         for (key, e) in self.ends.iter_mut() {
-            if let Side::Instance { child: slot @ Some(_) } = &mut e.side {
+            if let (Side::Instance { child: slot @ Some(_) }, Key::Instance(peer)) = (&mut e.side, key) {
                 if let Some(Ok(Some(status))) = slot.as_mut().map(Child::try_wait) {
-                    info!("tunnel for {key:?}: process exited ({status})");
+                    info!("tunnel for {peer}: process exited ({status})");
                     self.totals.processes_reaped += 1;
                     e.io.session.exited(status_byte(status));
                     *slot = None;
