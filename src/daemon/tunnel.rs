@@ -54,11 +54,11 @@ pub struct TunnelEnd {
     _stop_reader: Waker,
     credit: Arc<AtomicI64>,
     credit_wake: Sender<()>,
-    pub since: std::time::Instant,
+    since: std::time::Instant,
     /// Data given to the program.
-    pub input: Traffic,
+    input: Traffic,
     /// The reader's way out, and its count of the data the program produced.
-    pub outbound: Arc<Outbound>,
+    outbound: Arc<Outbound>,
 }
 
 impl TunnelEnd {
@@ -102,6 +102,23 @@ impl TunnelEnd {
             input: Traffic::default(),
             outbound,
         })
+    }
+
+    /// `n` bytes of data went to the program (or were discarded).
+    pub fn count_input(&mut self, n: usize) {
+        self.input.add(n);
+    }
+
+    /// The loop has acted on the reader's last message: it may send by its
+    /// shortcut again.
+    pub fn handled(&self) {
+        self.outbound.pending.handled();
+    }
+
+    /// How long the end has been up (ms), the data given to the program,
+    /// and the data its program produced.
+    pub fn traffic(&self) -> (u64, Traffic, Traffic) {
+        (self.since.elapsed().as_millis() as u64, self.input, self.outbound.read())
     }
 
     /// The peer granted `n` more bytes.

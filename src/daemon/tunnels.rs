@@ -116,7 +116,7 @@ impl Tunnels {
     /// take its shortcut again.
     pub fn handled(&self, key: Key) {
         if let Some(e) = self.ends.get(&key) {
-            e.io.outbound.pending.handled();
+            e.io.handled();
         }
     }
 
@@ -201,7 +201,7 @@ impl Tunnels {
             Err(_) => self.beyond_credit(key, out),
             Ok(Step::Deliver(n)) => {
                 packet.advance(1);
-                e.io.input.add(n);
+                e.io.count_input(n);
                 if e.io.write(packet) != Delivery::Queued {
                     self.written(key, n, out);
                 }
@@ -261,7 +261,7 @@ impl Tunnels {
     /// else when its writer reports them.
     pub fn delivered(&mut self, key: Key, n: usize, done: bool, out: &mut Vec<Event>) {
         let Some(e) = self.ends.get_mut(&key) else { return };
-        e.io.input.add(n);
+        e.io.count_input(n);
         if e.io.session.delivered(n).is_err() {
             return self.beyond_credit(key, out);
         }
@@ -486,8 +486,8 @@ impl Tunnels {
                     Key::Instance(peer) => (true, *peer),
                     Key::Caller(port) => (false, endpoint(*port).unwrap_or(NodeId([0; 32]))),
                 };
-                let up_ms = e.io.since.elapsed().as_millis() as u64;
-                TunnelStats { server, id, up_ms, input: e.io.input, output: e.io.outbound.read() }
+                let (up_ms, input, output) = e.io.traffic();
+                TunnelStats { server, id, up_ms, input, output }
             })
             .collect()
     }
