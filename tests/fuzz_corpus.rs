@@ -54,3 +54,10 @@ fn framing_corpus_and_random_inputs() {
     random_inputs(0x2545F4914F6CDD1D, 20_000, r2::link::fuzz::framings);
     eprintln!("replayed {n} saved inputs for framing");
 }
+
+#[test]
+fn robust_corpus_and_random_inputs() {
+    let n = replay("robust", r2::link::fuzz::robust);
+    random_inputs(0x94D049BB133111EB, 20_000, r2::link::fuzz::robust);
+    eprintln!("replayed {n} saved inputs for robust");
+}

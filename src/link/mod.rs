@@ -25,6 +25,7 @@ pub mod fuzz;
 pub mod output;
 pub mod raw;
 pub mod reader;
+pub mod robust;
 pub mod stream;
 
 pub use framing::Framing;
