@@ -10,7 +10,9 @@
 //!
 //! A [`Framing`] is the sans-IO codec ([`framing`]): [`stream`] is the
 //! length-prefixed framing of reliable byte streams, [`raw`] a tunnel
-//! program's pipe. The reader thread drives the framing over the read fd
+//! program's pipe, [`robust`] the checked, self-delimiting frames that
+//! lossy transports will need (no [`Layer`] chooses it until a reliability
+//! layer sits above it). The reader thread drives the framing over the read fd
 //! ([`reader`]) and hands each message to the link's [`Sink`]; senders put
 //! messages on the link's [`Output`] ([`output`]), which writes them itself
 //! while the fd takes them at once, and leaves the rest to the writer
