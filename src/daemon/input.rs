@@ -1,6 +1,7 @@
 //! The event loop's mailbox: what the threads around the loop tell it.
 
 use super::session::Key;
+use super::shortcuts::Delivered;
 use crate::router::Event;
 use crate::wire::{NodeId, Packet};
 use nix::sys::signal::Signal;
@@ -47,13 +48,8 @@ pub enum Input {
         key: Key,
         n: usize,
     },
-    /// A link's reader gave `n` bytes of data to a tunnel program itself,
-    /// `done` if they are written out (or discarded) already.
-    TunnelDelivered {
-        key: Key,
-        n: usize,
-        done: bool,
-    },
+    /// A link's reader gave data to a tunnel program itself.
+    TunnelDelivered(Delivered),
     /// A tunnel program's input is closed (or failed).
     TunnelWriterDone {
         key: Key,

@@ -318,7 +318,7 @@ impl Daemon {
                 return;
             }
             Input::TunnelWritten { key, n } => self.tunnels.written(key, n, &mut out),
-            Input::TunnelDelivered { key, n, done } => self.tunnels.delivered(key, n, done, &mut out),
+            Input::TunnelDelivered(d) => self.tunnels.delivered(d.key, d.n, d.done, &mut out),
             Input::TunnelWriterDone { key, error } => self.tunnels.writer_done(key, error, &mut out),
             Input::Signal(_) => {}
         }

@@ -48,10 +48,10 @@ impl Sink for PortSink {
 
     fn message_with_body(&self, p: Packet, body: Body) -> bool {
         match self.routes.deliver(p, body) {
-            Ok(d) => self.inputs.send(Input::TunnelDelivered { key: d.key, n: d.n, done: d.done }).is_ok(),
-            // The table changed meanwhile: the loop gets it whole.
+            Ok(d) => self.inputs.send(Input::TunnelDelivered(d)).is_ok(),
+            // The table changed meanwhile: the message goes on whole.
             Err((p, body)) => match body.complete(p) {
-                Ok(p) => self.to_loop(p),
+                Ok(p) => self.message(p),
                 Err(e) => {
                     self.ended(Some(LinkError::Read(crate::link::ReadError::Io(e))));
                     false

@@ -35,16 +35,6 @@ use std::sync::{Arc, Mutex};
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
 
-/// What became of data for the program.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Written,
-    /// Its writer thread reports it when written.
-    Queued,
-    /// The program's input has ended.
-    Discarded,
-}
-
 /// One tunnel end: its state and the threads around its program's pipes.
 pub struct TunnelEnd {
     pub session: Session,
@@ -132,15 +122,12 @@ impl TunnelEnd {
         self.to_program.as_ref().filter(|_| !self.session.input_failed())
     }
 
-    /// Gives data to the program.
-    pub fn write(&mut self, data: Packet) -> Delivery {
+    /// Gives data to the program: written now, left to its writer
+    /// thread (which reports it), or discarded (its input has ended).
+    pub fn write(&mut self, data: Packet) -> Sent {
         match self.program_input() {
-            Some(out) => match lock(out).send(data) {
-                Sent::Written => Delivery::Written,
-                Sent::Queued => Delivery::Queued,
-                Sent::Discarded => Delivery::Discarded,
-            },
-            None => Delivery::Discarded,
+            Some(out) => lock(out).send(data),
+            None => Sent::Discarded,
         }
     }
 

@@ -14,8 +14,8 @@
 use super::input::Input;
 use super::session::{Key, Session, Step};
 use super::shortcuts::Registry;
-use super::tunnel::{Delivery, TunnelEnd};
-use crate::link::SharedOutput;
+use super::tunnel::TunnelEnd;
+use crate::link::{Sent, SharedOutput};
 use crate::router::{Event, PortId};
 use crate::wire::control::TunnelStats;
 use crate::wire::message::{Kind, HEADER};
@@ -202,7 +202,7 @@ impl Tunnels {
             Ok(Step::Deliver(n)) => {
                 packet.advance(1);
                 e.io.count_input(n);
-                if e.io.write(packet) != Delivery::Queued {
+                if e.io.write(packet) != Sent::Queued {
                     self.written(key, n, out);
                 }
             }

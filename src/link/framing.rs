@@ -4,8 +4,8 @@
 //! A framing is fed the bytes read so far and returns the next message,
 //! or says that more bytes are needed; it is given a message and says what
 //! to write. It owns no fd and no thread, so it is tested with values
-//! alone; [`super::reader`] and [`super::output`] drive it over fds. The
-//! reader and the writer of one link share one framing value.
+//! alone; the link's reader and output (`reader.rs`, `output.rs`) drive it
+//! over fds. The reader and the writer of one link share one framing value.
 //!
 //! A framing that writes each message unchanged after a header of its own
 //! ([`Framing::header`]) lets the link move a message's bytes from where

@@ -218,3 +218,103 @@ pub fn start(name: &str, rfd: OwnedFd, wfd: OwnedFd, layer: Layer, sink: Arc<dyn
     })?;
     Ok(Link { output: Arc::new(Mutex::new(out)), received, _waker: waker })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::framing::{Decoded, Framing, FramingError, Header};
+    use super::reader::FrameReader;
+    use crate::sys::fd::write_all;
+    use crate::wire::message::Kind;
+    use crate::wire::{NodeId, Packet};
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    /// A framing that transforms the bytes (SLIP-like byte stuffing: a
+    /// frame ends in 0, and 0 and 1 inside are escaped) slots in as one
+    /// value: messages sent on an output in it arrive through a reader in
+    /// it, whole and in order, with noise between frames skipped, though
+    /// it has no header and rewrites its input in place.
+    #[test]
+    fn a_framing_that_transforms_the_bytes_slots_in() {
+        #[derive(Debug)]
+        struct Stuffed;
+        impl Framing for Stuffed {
+            fn name(&self) -> &'static str {
+                "stuffed"
+            }
+            fn decode(&self, input: &mut [u8]) -> Result<Decoded, FramingError> {
+                let Some(end) = input.iter().position(|&b| b == 0) else { return Ok(Decoded::Partial(None)) };
+                let (mut w, mut r) = (0, 0);
+                while r < end {
+                    let b = match input[r] {
+                        1 if r + 1 < end => {
+                            r += 1;
+                            input[r] - 1
+                        }
+                        1 => return Ok(Decoded::Skip(end + 1)),
+                        b => b,
+                    };
+                    input[w] = b;
+                    (w, r) = (w + 1, r + 1);
+                }
+                // A frame too short for a message is noise.
+                if w < crate::wire::message::HEADER {
+                    return Ok(Decoded::Skip(end + 1));
+                }
+                Ok(Decoded::Message { used: end + 1, msg: 0..w })
+            }
+            fn header(&self, _len: usize) -> Option<Header> {
+                None
+            }
+            fn encode(&self, msg: &[u8], out: &mut Vec<u8>) {
+                for &b in msg {
+                    match b {
+                        0 | 1 => out.extend_from_slice(&[1, b + 1]),
+                        b => out.push(b),
+                    }
+                }
+                out.push(0);
+            }
+            fn joins_writes(&self) -> bool {
+                true
+            }
+        }
+        let framing: Arc<dyn Framing> = Arc::new(Stuffed);
+        let ps: Vec<Packet> = (0..200u32)
+            .map(|i| {
+                Packet::new(Kind::To, NodeId([(i % 3) as u8; 32]), &vec![(i % 4) as u8; (i * 331 % 70_000) as usize])
+            })
+            .collect();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (noise_w, w) = (w.try_clone().unwrap(), w);
+        let (mut out, writer) = crate::link::output::output(w, framing.clone());
+        assert!(!out.splices(), "a framing that transforms bytes takes no bodies");
+        let sent = ps.clone();
+        let t = std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            let w = std::thread::spawn(move || {
+                while writer.next(&mut batch, 8) {
+                    writer.write(&mut batch).unwrap();
+                    crate::link::output::Writer::recycle(&mut batch);
+                }
+            });
+            for (i, p) in sent.into_iter().enumerate() {
+                out.send(p);
+                if i == 0 {
+                    // Noise before anything is queued: a stray 0, a short frame.
+                    write_all(noise_w.as_fd(), &mut [IoSlice::new(&[0, 7, 7, 0])]).unwrap();
+                }
+            }
+            drop((out, noise_w));
+            w.join().unwrap();
+        });
+        let mut fr = FrameReader::new(r, framing, None);
+        let mut got = Vec::new();
+        while let Some(p) = fr.next_packet().unwrap() {
+            got.push(p);
+        }
+        t.join().unwrap();
+        assert_eq!(got, ps);
+    }
+}

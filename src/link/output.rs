@@ -66,6 +66,8 @@ pub struct Output {
     /// its own for it, which the loop writes and splices bodies to.
     pipe: Option<OwnedFd>,
     framing: Arc<dyn Framing>,
+    /// Bodies may be spliced here ([`Output::splices`]), decided once.
+    splices: bool,
     /// What was sent, counting frames' headers.
     pub sent: Traffic,
 }
@@ -83,12 +85,14 @@ pub fn output(fd: OwnedFd, framing: Arc<dyn Framing>) -> (Output, Writer) {
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = unbounded();
     let pipe = reopen_pipe(fd.as_fd());
+    let splices = pipe.is_some() && framing.joins_writes() && framing.header(0).is_some();
     let out = Output {
         fd: fd.clone(),
         queue: tx,
         queued: queued.clone(),
         direct: true,
         pipe,
+        splices,
         sent: Traffic::default(),
         framing: framing.clone(),
     };
@@ -141,35 +145,32 @@ impl Output {
     /// pipe, and the framing writes a message's bytes unchanged, in as
     /// many writes as it takes.
     pub fn splices(&self) -> bool {
-        self.pipe.is_some() && self.framing.joins_writes() && self.framing.header(0).is_some()
+        self.splices
     }
 
     /// Writes `packet`, followed by `body`, now if it can, else queues
     /// what is left of them.
-    pub fn send_with(&mut self, packet: Packet, mut body: Option<Body>) -> Sent {
+    pub fn send_with(&mut self, packet: Packet, body: Option<Body>) -> Sent {
         let len = packet.len() + body.as_ref().map_or(0, Body::len);
-        // A framing that transforms the bytes gets the message whole.
-        let (header, packet) = match (self.framing.header(len), body.take()) {
-            (Some(h), b) => {
-                body = b;
-                (h, packet)
-            }
-            (None, b) => {
-                let whole = match b {
+        let (header, packet, mut body) = match self.framing.header(len) {
+            Some(h) => (h, packet, body),
+            // A framing that transforms the bytes encodes the message whole.
+            None => {
+                let whole = match body {
                     Some(b) => b.complete(packet),
                     None => Ok(packet),
                 };
                 let Ok(whole) = whole else { return Sent::Discarded };
                 let mut framed = Vec::with_capacity(whole.len() + super::framing::MAX_HEADER);
                 self.framing.encode(whole.bytes(), &mut framed);
-                (Header::default(), Packet::from_parts(framed, 0))
+                (Header::default(), Packet::from_parts(framed, 0), None)
             }
         };
         let head = header.bytes().len() + packet.len();
         let total = head + body.as_ref().map_or(0, Body::len);
         self.sent.add(total);
         let mut done = 0;
-        if self.direct && self.queued.load(Ordering::Acquire) == 0 && (body.is_none() || self.splices()) {
+        if self.direct && self.queued.load(Ordering::Acquire) == 0 && (body.is_none() || self.splices) {
             let iov = slices(&header, &packet, 0);
             let written = match &self.pipe {
                 _ if head == 0 => Ok(0),
