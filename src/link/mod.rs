@@ -26,7 +26,9 @@ pub mod framing;
 pub mod fuzz;
 pub mod output;
 pub mod raw;
+pub mod packet;
 pub mod reader;
+pub mod reliable;
 pub mod robust;
 pub mod stream;
 
