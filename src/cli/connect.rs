@@ -5,23 +5,42 @@ use super::transport::{hand_over_and_wait, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::Request;
+use crate::link::{Layer, Medium};
+use crate::sys::held::{held, tree, Held};
 use crate::wire::NodeId;
 use lexopt::prelude::*;
+use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-usage: r2 connect [-n NODE] TRANSPORT
+usage: r2 connect [-n NODE] [--layer LAYER] TRANSPORT
 
 Links the local daemon to a neighbouring daemon over TRANSPORT: a command run
 with sh -c whose stdin and stdout reach the other daemon (socat tcp:HOST:PORT -,
+socat udp:HOST:PORT -, socat interface:eth0 -, socat /dev/ttyUSB0,raw,echo=0 -,
 ssh HOST r2 connect -, ...), or - for this program's own stdin and stdout.
 Waits until the link ends: exit 0 at end-of-file, 1 with a message on error.
 
-  -n, --node NODE   the id the neighbour must have
+The link layer follows from what the transport holds: the stream layer over
+TCP, UNIX sockets and pipes; the robust layer (checked frames, retransmission,
+congestion control) over UDP, raw Ethernet and serial lines; with - or a
+transport that holds none of these, whatever the neighbour speaks first.
+
+  -n, --node NODE       the id the neighbour must have
+      --layer LAYER     auto (the default), stream or robust
 ";
+
+/// What `--layer` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerFlag {
+    Auto,
+    Stream,
+    Robust,
+}
 
 #[derive(Debug, PartialEq)]
 pub struct Args {
     pub expect: Option<NodeId>,
+    pub layer: LayerFlag,
     pub transport: String,
 }
 
@@ -35,12 +54,20 @@ pub fn node_arg(v: &str) -> Result<NodeId> {
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let (mut expect, mut transport) = (None, None);
+    let (mut expect, mut transport, mut layer) = (None, None, LayerFlag::Auto);
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
             Short('n') | Long("node") => expect = Some(node_arg(&p.value()?.string()?)?),
+            Long("layer") => {
+                layer = match p.value()?.string()?.as_str() {
+                    "auto" => LayerFlag::Auto,
+                    "stream" => LayerFlag::Stream,
+                    "robust" => LayerFlag::Robust,
+                    l => return Err(Error::Usage(format!("unknown --layer {l:?}: auto, stream or robust"))),
+                }
+            }
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
             Value(v) if transport.is_none() => transport = Some(v.string()?),
             Value(v) => {
@@ -53,17 +80,93 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     if transport.is_empty() {
         return Err(Error::Usage("empty TRANSPORT".into()));
     }
-    Ok(Command::Connect(Args { expect, transport }))
+    Ok(Command::Connect(Args { expect, layer, transport }))
+}
+
+/// How long `r2 connect` looks at a new transport for what it holds.
+const DETECT_WAIT: Duration = Duration::from_millis(300);
+
+/// The layer that what a transport's processes hold calls for, why, and
+/// whether its datagrams are better kept apart by packet pipes (a raw
+/// interface takes only whole frames). None: nothing that tells, yet.
+fn layer_for(held: &[Held]) -> Option<(Layer, String, bool)> {
+    let robust = Layer::Robust;
+    if let Some(Held::Packet(i)) = held.iter().find(|h| matches!(h, Held::Packet(_))) {
+        let mac = crate::sys::held::interface_mac(*i).and_then(|m| crate::link::layer::parse_mac(&m));
+        return Some((robust(Medium::Ethernet(mac)), "the transport holds a raw packet socket".into(), true));
+    }
+    if held.contains(&Held::Udp) {
+        return Some((robust(Medium::Datagrams), "the transport holds a UDP socket".into(), true));
+    }
+    if held.contains(&Held::Tcp) {
+        return Some((Layer::Stream, "the transport holds a TCP socket".into(), false));
+    }
+    if let Some(Held::Tty(t)) = held.iter().find(|h| matches!(h, Held::Tty(_))) {
+        return Some((robust(Medium::Bytes), format!("the transport holds {t}"), false));
+    }
+    if held.contains(&Held::UnixDatagram) {
+        return Some((robust(Medium::Datagrams), "the transport holds a UNIX datagram socket".into(), false));
+    }
+    if held.contains(&Held::UnixStream) {
+        return Some((Layer::Stream, "the transport holds a UNIX stream socket".into(), false));
+    }
+    None
+}
+
+/// Watches the transport just started for what it holds: the program
+/// itself often (sh execs a lone command), the processes it started
+/// every few looks, until it exits or [`DETECT_WAIT`] passes.
+fn detect(t: &mut Transport) -> Option<(Layer, String, bool)> {
+    let pid = t.pid()?;
+    let deadline = Instant::now() + DETECT_WAIT;
+    let mut pause = Duration::from_millis(2);
+    for look in 0.. {
+        let pids = if look % 4 == 3 { tree(pid) } else { vec![pid] };
+        if let Some(found) = layer_for(&held(&pids)) {
+            return Some(found);
+        }
+        if Instant::now() >= deadline || t.exited() {
+            return layer_for(&held(&tree(pid)));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(40));
+    }
+    None
+}
+
+/// Runs the transport and chooses the link's layer.
+fn start(a: &Args) -> Result<(Transport, Layer, String)> {
+    if a.transport == "-" {
+        let why = "this program's stdio: whatever the neighbour speaks".to_string();
+        return Ok((Transport::stdio(), Layer::Adapt, why));
+    }
+    let mut t = Transport::command(&a.transport, false)?;
+    let found = detect(&mut t);
+    let (t, layer, why) = match found {
+        // Run again on packet pipes, so that each frame is one read of
+        // the transport's, and one datagram.
+        Some((layer, why, true)) => {
+            t.kill_tree();
+            (Transport::command(&a.transport, true)?, layer, why)
+        }
+        Some((layer, why, false)) => (t, layer, why),
+        None => (t, Layer::Adapt, "nothing the transport holds tells: whatever the neighbour speaks".into()),
+    };
+    Ok(match (a.layer, layer) {
+        (LayerFlag::Auto, l) => (t, l, why),
+        (LayerFlag::Stream, _) => (t, Layer::Stream, "--layer stream".into()),
+        (LayerFlag::Robust, Layer::Robust(m)) => (t, Layer::Robust(m), format!("--layer robust; {why}")),
+        (LayerFlag::Robust, _) => (t, Layer::Robust(Medium::Bytes), "--layer robust".into()),
+    })
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let control = Control::connect(&g.socket())?;
-    let (t, label) = if a.transport == "-" {
-        (Transport::stdio(), "stdio".to_string())
-    } else {
-        (Transport::command(&a.transport, false)?, a.transport.clone())
-    };
-    hand_over_and_wait(control, &Request::Connect { expect: a.expect, label }, t)
+    let (t, layer, why) = start(&a)?;
+    let label = if a.transport == "-" { "stdio".to_string() } else { a.transport.clone() };
+    log::debug!("link layer {layer}: {why}");
+    let req = Request::Connect { expect: a.expect, label, layer: layer.encode(), why };
+    hand_over_and_wait(control, &req, t)
 }
 
 #[cfg(test)]
@@ -76,14 +179,15 @@ mod tests {
         let id = NodeId([3; 32]);
         let s = format!("{id}");
         let (_, c) = parse_all(args(&["r2", "connect", "-n", &s, "socat - -"])).unwrap();
-        assert_eq!(c, Command::Connect(Args { expect: Some(id), transport: "socat - -".into() }));
-        let (_, c) = parse_all(args(&["r2", "connect", "-"])).unwrap();
-        assert_eq!(c, Command::Connect(Args { expect: None, transport: "-".into() }));
+        assert_eq!(c, Command::Connect(Args { expect: Some(id), layer: LayerFlag::Auto, transport: "socat - -".into() }));
+        let (_, c) = parse_all(args(&["r2", "connect", "--layer", "robust", "-"])).unwrap();
+        assert_eq!(c, Command::Connect(Args { expect: None, layer: LayerFlag::Robust, transport: "-".into() }));
         for bad in [
             vec!["r2", "connect"],
             vec!["r2", "connect", "-n", "xyz0", "-"],
             vec!["r2", "connect", "-n", "11111111111111111111111111111111", "-"],
             vec!["r2", "connect", "a", "b"],
+            vec!["r2", "connect", "--layer", "fast", "-"],
         ] {
             assert!(matches!(parse_all(args(&bad)), Err(Error::Usage(_))), "{bad:?}");
         }

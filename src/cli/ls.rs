@@ -19,7 +19,9 @@ link's transport command (or stdio). With PATH (NODE[/NODE...]): the ids of the
 neighbours of the node at the end of PATH, asked over the network.
 
   -l, --long              with counters: ID UPTIME_S RX_BYTES RX_FRAMES TX_BYTES
-                          TX_FRAMES TRANSPORT, tab-separated (local only)
+                          TX_FRAMES LAYER TRANSPORT, tab-separated (local only);
+                          LAYER is the link layer and why: stream (...) or
+                          robust (...)
   -W, --timeout SECONDS   how long to wait for a remote answer (default 5)
 ";
 

@@ -46,13 +46,14 @@ pub fn link_lines(s: &Stats) -> Vec<String> {
         .iter()
         .map(|l| {
             format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 l.id,
                 secs(l.up_ms),
                 l.rx.bytes,
                 l.rx.frames,
                 l.tx.bytes,
                 l.tx.frames,
+                l.layer,
                 l.label
             )
         })

@@ -43,6 +43,34 @@ impl Transport {
         Ok(Transport { child: Some(child), fds: Some((from_child_r, to_child_w)) })
     }
 
+    /// Whether the program run has exited already.
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// The pid of the program run, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Ends the program run and every process it started, before any
+    /// byte has been handed over.
+    pub fn kill_tree(mut self) {
+        let Some(c) = &mut self.child else { return };
+        for p in crate::sys::held::tree(c.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// This process's stdin and stdout.
     pub fn stdio() -> Transport {
         Transport { child: None, fds: None }

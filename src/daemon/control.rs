@@ -62,14 +62,18 @@ fn serve(mut stream: UnixStream, own: NodeId, events: Sender<Input>) {
         Request::List => Input::List { stream },
         Request::Stats => Input::Stats { stream },
         Request::Endpoint => Input::Endpoint { stream },
-        Request::Connect { expect, label } => {
+        Request::Connect { expect, label, layer, why } => {
+            let Some(layer) = crate::link::Layer::decode(&layer) else {
+                let _ = stream.write_all(&Reply::Error(format!("unknown link layer {layer:?}")).encode());
+                return;
+            };
             let mut fds = fds.into_iter();
             let (Some(rfd), Some(wfd)) = (fds.next(), fds.next()) else {
                 let text = "connect needs two file descriptors".to_string();
                 let _ = stream.write_all(&Reply::Error(text).encode());
                 return;
             };
-            Input::Connect { stream, rfd, wfd, expect, label }
+            Input::Connect { stream, rfd, wfd, expect, label, layer, why }
         }
         Request::Tunnel { path, packet } => {
             let mut fds = fds.into_iter();

@@ -2,7 +2,9 @@
 
 use super::session::Key;
 use super::shortcuts::Delivered;
-use crate::router::Event;
+use crate::link::engine::Watch;
+use crate::link::{Layer, SharedOutput};
+use crate::router::{Event, PortId};
 use crate::wire::{NodeId, Packet};
 use nix::sys::signal::Signal;
 use std::os::fd::OwnedFd;
@@ -19,6 +21,19 @@ pub enum Input {
         wfd: OwnedFd,
         expect: Option<NodeId>,
         label: String,
+        layer: Layer,
+        why: String,
+    },
+    /// A port's link knows its layer: it may be sent on.
+    LinkReady {
+        port: PortId,
+        output: SharedOutput,
+        layer: Layer,
+        watch: Option<Watch>,
+    },
+    /// A port's link heard only another link's frames: it ends quietly.
+    Stray {
+        port: PortId,
     },
     /// `r2 ping` or `r2 ls`: an endpoint on the control connection itself.
     Endpoint {

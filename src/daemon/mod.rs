@@ -30,7 +30,8 @@ mod signals;
 mod tunnel;
 mod tunnels;
 
-use crate::link::{self, lock, Layer, Link};
+use crate::link::engine::Watch;
+use crate::link::{self, lock, Layer, Link, SharedOutput};
 use crate::router::{Action, Event, Policy, PortId, Router, Timers};
 use crate::sys::fd::{wake_pair, Waker};
 use crate::wire::control::{LinkStats, Reply, Stats};
@@ -96,10 +97,38 @@ impl std::fmt::Display for Error {
 /// for ports made by `r2 connect` and `r2 tunnel`, the client to report to.
 struct PortIo {
     link: Option<Link>,
+    /// The link's output, once its layer is known.
+    output: Option<SharedOutput>,
+    /// What tells the router of the port once the link may be sent on.
+    opens: Option<Event>,
+    /// The link's layer and why, for `r2 ls -l`.
+    layer: String,
+    why: String,
+    watch: Option<Watch>,
+    /// The link ends without an error (a second forked child's).
+    quiet: bool,
     _watcher: Option<Waker>,
     client: Option<UnixStream>,
     label: String,
     since: Instant,
+}
+
+impl PortIo {
+    fn new(link: Option<Link>, watcher: Option<Waker>, client: Option<UnixStream>, label: String) -> PortIo {
+        PortIo {
+            link,
+            output: None,
+            opens: None,
+            layer: String::new(),
+            why: String::new(),
+            watch: None,
+            quiet: false,
+            _watcher: watcher,
+            client,
+            label,
+            since: Instant::now(),
+        }
+    }
 }
 
 /// How many inputs may wait for the loop before readers block.
@@ -280,6 +309,41 @@ impl Daemon {
     fn on_input(&mut self, input: Input) {
         let mut out = Vec::new();
         match input {
+            Input::Router(Event::Closed { port, error }) if self.ports.get(&port).is_some_and(|p| p.opens.is_some()) => {
+                // Ended before the router knew of it: before its layer.
+                self.shortcuts.close_link(port);
+                if let Some(c) = self.ports.remove(&port).and_then(|p| p.client) {
+                    let error = error.unwrap_or_else(|| "the link ended before the neighbour said anything".into());
+                    reply(&c, &Reply::Ended { error: Some(error) });
+                }
+            }
+            Input::LinkReady { port, output, layer, watch } => {
+                let Some(p) = self.ports.get_mut(&port) else { return };
+                p.output = Some(output);
+                p.watch = watch;
+                p.layer = match p.why.is_empty() {
+                    true => layer.to_string(),
+                    false => format!("{layer}: {}", p.why),
+                };
+                debug!("link {port}: {}", p.layer);
+                if let Some(ev) = p.opens.take() {
+                    self.router_event(ev);
+                }
+            }
+            Input::Stray { port } => {
+                let Some(p) = self.ports.get_mut(&port) else { return };
+                p.quiet = true;
+                info!("link {port}: heard only another link's frames (a second child forked for one caller): ending");
+                let error = Some("heard only another link's frames".to_string());
+                if p.opens.is_some() {
+                    self.shortcuts.close_link(port);
+                    if let Some(c) = self.ports.remove(&port).and_then(|p| p.client) {
+                        reply(&c, &Reply::Ended { error: None });
+                    }
+                } else {
+                    self.router_event(Event::Closed { port, error });
+                }
+            }
             Input::Router(ev) => {
                 // A message from a reader: once handled, the reader may
                 // take shortcuts again (if its port is gone, so is it).
@@ -302,12 +366,12 @@ impl Daemon {
                     .collect();
                 reply_in_background(stream, &Reply::List(list));
             }
-            Input::Connect { stream, rfd, wfd, expect, label } => {
+            Input::Connect { stream, rfd, wfd, expect, label, layer, why } => {
                 let port = self.new_port();
-                if let Err(e) = self.open_port(port, rfd, wfd, Some(stream), label) {
-                    return warn!("cannot start link {port}: {e}");
+                let opens = Event::LinkOpened { port, expect };
+                if let Err(e) = self.open_port(port, rfd, wfd, Some(stream), label, layer, why, opens) {
+                    warn!("cannot start link {port}: {e}");
                 }
-                self.router_event(Event::LinkOpened { port, expect });
             }
             Input::Endpoint { stream } => self.open_endpoint(stream),
             Input::Tunnel { stream, rfd, wfd, path, packet } => self.open_tunnel(stream, rfd, wfd, path, packet),
@@ -340,8 +404,10 @@ impl Daemon {
         self.next_port
     }
 
-    /// Starts a port whose link reads `rfd` and writes `wfd`, watching
-    /// `client` (if any) to end it when the client goes away.
+    /// Starts a port whose link reads `rfd` and writes `wfd` in `layer`,
+    /// watching `client` (if any) to end it when the client goes away;
+    /// the router hears `opens` once the link may be sent on.
+    #[allow(clippy::too_many_arguments)]
     fn open_port(
         &mut self,
         port: PortId,
@@ -349,15 +415,28 @@ impl Daemon {
         wfd: OwnedFd,
         client: Option<UnixStream>,
         label: String,
+        layer: Layer,
+        why: String,
+        opens: Event,
     ) -> std::io::Result<()> {
         let watcher = client.as_ref().map(|c| self.watch(port, c)).transpose()?;
         let routes = self.shortcuts.open_link(port);
         let sink = Arc::new(PortSink { port, routes, inputs: self.inputs.clone() });
-        let link = link::start(&port.to_string(), rfd, wfd, Layer::Stream, sink);
+        let tag = self.fresh_tag();
+        let link = link::start(&port.to_string(), rfd, wfd, layer, tag, sink);
         let link = link.inspect_err(|_| self.shortcuts.close_link(port))?;
-        let io = PortIo { link: Some(link), _watcher: watcher, client, label, since: Instant::now() };
+        let mut io = PortIo::new(Some(link), watcher, client, label);
+        io.opens = Some(opens);
+        io.why = why;
         self.ports.insert(port, io);
         Ok(())
+    }
+
+    /// A robust link's tag: random, so that a restarted peer's frames are
+    /// told from the old one's.
+    fn fresh_tag(&mut self) -> u32 {
+        let id = self.fresh_id().unwrap_or(NodeId([0; 32]));
+        u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) ^ self.next_port as u32
     }
 
     /// Starts the thread that ends `port` when its client goes away.
@@ -379,11 +458,11 @@ impl Daemon {
         reply(&stream, &Reply::Endpoint { daemon: self.router.own(), endpoint: id });
         drop(stream);
         let port = self.new_port();
-        if let Err(e) = self.open_port(port, rfd, wfd, None, String::new()) {
+        let opens = Event::EndpointOpened { port, id };
+        if let Err(e) = self.open_port(port, rfd, wfd, None, String::new(), Layer::Stream, String::new(), opens) {
             return warn!("cannot start endpoint {port}: {e}");
         }
         debug!("endpoint {id} on port {port}");
-        self.router_event(Event::EndpointOpened { port, id });
     }
 
     /// `r2 tunnel`: an endpoint for the caller's end of a tunnel.
@@ -399,14 +478,7 @@ impl Daemon {
         if let Err(e) = self.tunnels.open_caller(port, path, rfd, wfd, packet, &mut self.shortcuts, &mut out) {
             return reply(&stream, &Reply::Ended { error: Some(format!("cannot start the tunnel: {e}")) });
         }
-        let io = PortIo {
-            link: None,
-            _watcher: Some(watcher),
-            client: Some(stream),
-            label: String::new(),
-            since: Instant::now(),
-        };
-        self.ports.insert(port, io);
+        self.ports.insert(port, PortIo::new(None, Some(watcher), Some(stream), String::new()));
         self.router_event(Event::EndpointOpened { port, id });
         self.router_events(out);
     }
@@ -442,10 +514,12 @@ impl Daemon {
             Action::Close { port, error } => {
                 let exit = self.tunnels.close_caller(port).flatten();
                 self.shortcuts.close_link(port);
-                if let Some(c) = self.ports.remove(&port).and_then(|p| p.client) {
+                let Some(p) = self.ports.remove(&port) else { return };
+                if let Some(c) = &p.client {
                     match (exit, &error) {
-                        (Some(status), None) => reply(&c, &Reply::Exit(status)),
-                        _ => reply(&c, &Reply::Ended { error }),
+                        (Some(status), None) => reply(c, &Reply::Exit(status)),
+                        _ if p.quiet => reply(c, &Reply::Ended { error: None }),
+                        _ => reply(c, &Reply::Ended { error }),
                     }
                 }
             }
@@ -454,7 +528,7 @@ impl Daemon {
             }
             Action::Shortcut(s) => {
                 let (ports, tunnels) = (&self.ports, &self.tunnels);
-                let output = |p: PortId| ports.get(&p).and_then(|io| io.link.as_ref()).map(|l| l.output.clone());
+                let output = |p: PortId| ports.get(&p).and_then(|io| io.output.clone());
                 self.shortcuts.learn(s, output, |key: Key| tunnels.program_input(key));
             }
             Action::ForgetShortcuts => self.shortcuts.forget(),
@@ -466,11 +540,11 @@ impl Daemon {
     /// end that is the endpoint there.
     fn send(&mut self, port: PortId, packet: Packet, out: &mut Vec<Event>) {
         match self.ports.get(&port) {
-            Some(PortIo { link: Some(l), .. }) => {
-                lock(&l.output).send(packet);
+            Some(PortIo { output: Some(o), .. }) => {
+                lock(o).send(packet);
             }
             Some(PortIo { link: None, .. }) => self.tunnels.caller_receive(port, packet, self.router.own(), out),
-            None => {}
+            _ => {}
         }
     }
 
@@ -490,7 +564,16 @@ impl Daemon {
                 let io = self.ports.get(&p)?;
                 let link = io.link.as_ref()?;
                 let up_ms = io.since.elapsed().as_millis() as u64;
-                Some(LinkStats { id, label: io.label.clone(), up_ms, rx: link.received(), tx: link.sent() })
+                let tx = io.output.as_ref().map(|o| lock(o).sent).unwrap_or_default();
+                let mut layer = io.layer.clone();
+                if let Some(w) = &io.watch {
+                    let s = w.status();
+                    layer += &format!(
+                        "; packets of {} bytes, rtt {} us, cwnd {}, {} lost, {} bytes resent",
+                        s.packet_size, s.srtt_us, s.cwnd, s.lost, s.retransmitted
+                    );
+                }
+                Some(LinkStats { id, label: io.label.clone(), layer, up_ms, rx: link.received(), tx })
             })
             .collect();
         let tunnels = self.tunnels.stats(|port| self.router.endpoint_id(port));

@@ -5,7 +5,8 @@
 
 use super::input::Input;
 use super::shortcuts::LinkRoutes;
-use crate::link::{LinkError, Sink};
+use crate::link::engine::Watch;
+use crate::link::{Layer, LinkError, SharedOutput, Sink};
 use crate::router::{Event, PortId, DELIVERY_KEY};
 use crate::sys::fd::{wait_ready, WakeFd};
 use crate::sys::splice::Body;
@@ -31,6 +32,10 @@ impl PortSink {
 }
 
 impl Sink for PortSink {
+    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<Watch>) {
+        let _ = self.inputs.send(Input::LinkReady { port: self.port, output, layer, watch });
+    }
+
     fn message(&self, p: Packet) -> bool {
         match self.routes.relay(p) {
             Ok(()) => true,
@@ -61,6 +66,10 @@ impl Sink for PortSink {
     }
 
     fn ended(&self, error: Option<LinkError>) {
+        if let Some(LinkError::Stray) = error {
+            let _ = self.inputs.send(Input::Stray { port: self.port });
+            return;
+        }
         let error = error.map(|e| e.to_string());
         let _ = self.inputs.send(Input::Router(Event::Closed { port: self.port, error }));
     }

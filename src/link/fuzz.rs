@@ -4,7 +4,7 @@
 
 use super::framing::{Decoded, Framing};
 use super::stream::Stream;
-use crate::wire::message::{HEADER, MAX_MESSAGE};
+use crate::wire::message::MAX_MESSAGE;
 
 /// Splits `data` into frames as a link's reader does, in every framing,
 /// and checks what a decoder promises: a message lies within the frame,
@@ -42,36 +42,44 @@ pub fn framings(data: &[u8]) {
 
 /// The robust framing on arbitrary bytes, and on a frame of its own with
 /// one bit flipped where `data` says: every decode stays in bounds, and
-/// what it takes from a damaged frame is the message sent or nothing.
+/// what it takes from a damaged frame is the packet sent or nothing. Each
+/// packet it takes goes to a reliability state machine too, which may
+/// refuse it but never panics.
 pub fn robust(data: &[u8]) {
-    use super::robust::Robust;
-    let (rx, tx) = (Robust::new(1, false), Robust::new(2, false));
+    use super::reliable::{Reliable, Sizes};
+    use super::robust::{Found, Robust, MAX_PACKET, MIN_PACKET};
+    let (rx, tx) = (Robust::new(1), Robust::new(2));
     let taken = |bytes: &[u8]| {
         let mut input = bytes.to_vec();
         let (mut at, mut got) = (0, Vec::new());
         while at < input.len() {
             match rx.decode(&mut input[at..]) {
-                Ok(Decoded::Message { used, msg }) => {
-                    assert!(msg.end <= used && at + used <= input.len() && msg.len() <= MAX_MESSAGE);
-                    got.push(input[at + msg.start..at + msg.end].to_vec());
+                Found::Frame { used, tag, packet } => {
+                    assert!(packet.end <= used && at + used <= input.len() && packet.len() <= MAX_PACKET);
+                    assert_ne!(tag, 1, "its own echo");
+                    got.push(input[at + packet.start..at + packet.end].to_vec());
                     at += used;
                 }
-                Ok(Decoded::Skip(n)) => {
+                Found::Skip(n) => {
                     assert!(n > 0 && at + n <= input.len(), "skip {n} of {}", input.len() - at);
                     at += n;
                 }
-                Ok(Decoded::Partial(_)) | Err(_) => break,
+                Found::Partial => break,
             }
         }
         got
     };
-    let _ = taken(data);
-    if (HEADER..=MAX_MESSAGE).contains(&data.len()) {
+    let mut r = Reliable::new(Sizes { base: 1200, max: 8192 }, 0);
+    for (i, p) in taken(data).iter().enumerate() {
+        let _ = r.on_packet(i as u64 * 1000, p);
+        while r.deliver().is_some() {}
+    }
+    if (MIN_PACKET..=MAX_PACKET).contains(&data.len()) {
         let mut frame = Vec::new();
         tx.encode(data, &mut frame);
         assert_eq!(taken(&frame), vec![data.to_vec()], "round trip");
         let bit = data.iter().fold(0usize, |a, &b| a.wrapping_mul(31).wrapping_add(b as usize)) % (frame.len() * 8);
         frame[bit / 8] ^= 1 << (bit % 8);
-        assert!(taken(&frame).iter().all(|m| m == data), "a damaged frame gave a message not sent");
+        assert!(taken(&frame).iter().all(|m| m == data), "a damaged frame gave a packet not sent");
     }
 }

@@ -2,71 +2,69 @@
 //! messages and back.
 //!
 //! ```text
-//!            ┌──────── Link ─────────────────────────────┐
-//! read fd ──>│ reader thread: FrameReader(framing) ──────┼──> Sink (messages, end)
-//! write fd <─│ writer thread <── Output(framing) <───────┼─── send(message)
-//!            └───────────────────────────────────────────┘
+//!            ┌──────── Link ─────────────────────────────────────┐
+//! read fd ──>│ reader: the layer's first bytes, then              │
+//!            │   stream: FrameReader(framing) ────────────────────┼──> Sink (messages, end)
+//!            │   robust: engine (frames, reliability) ────────────┼──>
+//! write fd <─│ writer / engine sender <── Output <────────────────┼─── send(message)
+//!            └───────────────────────────────────────────────────┘
 //! ```
 //!
-//! A [`Framing`] is the sans-IO codec ([`framing`]): [`stream`] is the
-//! length-prefixed framing of reliable byte streams, [`raw`] a tunnel
-//! program's pipe, [`robust`] the checked, self-delimiting frames that
-//! lossy transports will need (no [`Layer`] chooses it until a reliability
-//! layer sits above it). The reader thread drives the framing over the read fd
-//! ([`reader`]) and hands each message to the link's [`Sink`]; senders put
-//! messages on the link's [`Output`] ([`output`]), which writes them itself
-//! while the fd takes them at once, and leaves the rest to the writer
-//! thread. Batching, direct reads into packets and splicing are the link's
-//! business; the loop and the router see messages only.
-//!
-//! A new framing is one new file that implements [`Framing`], and the line
-//! in [`Layer::framing`] that chooses it.
+//! A link speaks one of two layers ([`layer`]). The stream layer is a
+//! [`Framing`] ([`framing`]), [`stream`]'s length prefix, on a reliable
+//! byte stream; the reader thread drives it over the read fd ([`reader`])
+//! and senders put messages on the link's [`Output`] ([`output`]), which
+//! writes them itself while the fd takes them at once, and leaves the rest
+//! to the writer thread. The robust layer, for everything else, is the
+//! [`robust`] framing (in its [`ethernet`] form on raw interfaces)
+//! carrying [`packet`]s, made reliable by [`reliable`]'s state machine
+//! and run by the [`engine`]'s threads. A link told to adapt reads the
+//! peer's first bytes to choose. Batching, direct reads into packets and
+//! splicing are the link's business; the loop and the router see
+//! messages only. [`raw`] is a tunnel program's pipe.
 
+pub mod engine;
+pub mod ethernet;
 pub mod framing;
 pub mod fuzz;
+pub mod layer;
 pub mod output;
-pub mod raw;
 pub mod packet;
+pub mod raw;
 pub mod reader;
 pub mod reliable;
 pub mod robust;
 pub mod stream;
 
 pub use framing::Framing;
+pub use layer::{Layer, Medium};
 pub use output::{Output, Sent};
 pub use reader::ReadError;
 
-use crate::sys::fd::{wake_pair, Waker};
+use crate::sys::fd::{read_append, wait_ready_until, wake_pair, WakeFd, Waker};
 use crate::sys::splice::{Body, Pipes};
 use crate::wire::control::Traffic;
 use crate::wire::Packet;
+use nix::poll::PollFlags;
 use reader::{FrameReader, Splicing};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-
-/// The framings a link may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layer {
-    /// Length-prefixed frames on a reliable byte stream.
-    Stream,
-}
-
-impl Layer {
-    /// The framing of this layer.
-    pub fn framing(self) -> Arc<dyn Framing> {
-        match self {
-            Layer::Stream => Arc::new(stream::Stream),
-        }
-    }
-}
+use std::time::Instant;
 
 /// Why a link ended other than at end-of-file.
 #[derive(Debug)]
 pub enum LinkError {
     Read(ReadError),
     Write(std::io::Error),
+    /// The peer's packets passed the checksum but do not decode.
+    Broken(String),
+    /// The link heard only packets meant for another link (a second child
+    /// forked for one caller), and never its own peer.
+    Stray,
+    /// The two ends speak different layers.
+    Mismatch(String),
 }
 
 impl std::fmt::Display for LinkError {
@@ -74,12 +72,19 @@ impl std::fmt::Display for LinkError {
         match self {
             LinkError::Read(e) => write!(f, "{e}"),
             LinkError::Write(e) => write!(f, "write error: {e}"),
+            LinkError::Broken(e) => write!(f, "{e}"),
+            LinkError::Stray => write!(f, "heard only another link's frames"),
+            LinkError::Mismatch(e) => f.write_str(e),
         }
     }
 }
 
 /// Where a link hands what it reads. Called from the link's threads.
 pub trait Sink: Send + Sync + 'static {
+    /// The link's layer is known and it may be sent on: its output, and
+    /// the layer. Called once, before any message.
+    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<engine::Watch>);
+
     /// A message arrived. False: stop reading.
     fn message(&self, p: Packet) -> bool;
 
@@ -121,17 +126,18 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running link: its output, its counters, and its threads' waker.
-/// Dropping it stops the reader; the writer flushes what is queued and
-/// closes once the output is dropped too.
+/// A running link: its counters, and its threads' waker. Its output
+/// goes to the sink once the layer is known. Dropping it stops the
+/// reader; the writer flushes what is queued and closes once the output
+/// is dropped too.
 pub struct Link {
-    pub output: SharedOutput,
     received: Arc<Received>,
     _waker: Waker,
 }
 
+/// What a link's reader has read.
 #[derive(Default)]
-struct Received {
+pub struct Received {
     bytes: AtomicU64,
     frames: AtomicU64,
 }
@@ -141,11 +147,6 @@ impl Link {
     pub fn received(&self) -> Traffic {
         let r = &self.received;
         Traffic { bytes: r.bytes.load(Ordering::Relaxed), frames: r.frames.load(Ordering::Relaxed) }
-    }
-
-    /// What was sent.
-    pub fn sent(&self) -> Traffic {
-        lock(&self.output).sent
     }
 }
 
@@ -163,17 +164,79 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()>
 }
 
 /// Starts a link named `name` that reads `rfd` and writes `wfd` in
-/// `layer`'s framing, handing what it reads to `sink`.
-pub fn start(name: &str, rfd: OwnedFd, wfd: OwnedFd, layer: Layer, sink: Arc<dyn Sink>) -> std::io::Result<Link> {
-    let framing = layer.framing();
+/// `layer` (robust frames tagged `tag`), handing what it reads to `sink`.
+pub fn start(name: &str, rfd: OwnedFd, wfd: OwnedFd, layer: Layer, tag: u32, sink: Arc<dyn Sink>) -> std::io::Result<Link> {
     let (waker, wake) = wake_pair()?;
-    let (out, writer) = output::output(wfd, framing.clone());
     let received = Arc::new(Received::default());
+    let counts = received.clone();
+    let name = name.to_string();
+    spawn(format!("rd{name}"), move || {
+        let (layer, input) = match layer {
+            Layer::Adapt => match first_bytes(&rfd, &wake) {
+                Ok(Some(heard)) => heard,
+                Ok(None) => return,
+                Err(e) => return sink.ended(e),
+            },
+            l => (l, Vec::new()),
+        };
+        match layer {
+            Layer::Robust(medium) => {
+                let (out, queue) = output::queue_only();
+                let e = engine::Engine { name: name.clone(), medium, tag, input, counts };
+                match engine::run(e, rfd, wfd, queue, sink.clone(), wake) {
+                    Ok(watch) => sink.ready(Arc::new(Mutex::new(out)), layer, Some(watch)),
+                    Err(e) => sink.ended(Some(LinkError::Write(e))),
+                }
+            }
+            _ => stream_link(&name, rfd, wfd, input, sink, &counts, wake),
+        }
+    })?;
+    Ok(Link { received, _waker: waker })
+}
+
+/// Reads until the peer's first bytes tell its layer; robust if it says
+/// nothing for [`layer::ADAPT_WAIT`]. Ok(None): woken; Err: the link
+/// ended before.
+fn first_bytes(rfd: &OwnedFd, wake: &WakeFd) -> Result<Option<(Layer, Vec<u8>)>, Option<LinkError>> {
+    let deadline = Instant::now() + layer::ADAPT_WAIT;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        match wait_ready_until(rfd.as_fd(), PollFlags::POLLIN, Some(wake), Some(deadline)) {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => return Ok(None),
+            Ok(None) => return Ok(Some((Layer::Robust(Medium::Bytes), buf))),
+            Err(e) => return Err(Some(LinkError::Read(ReadError::Io(e)))),
+        }
+        let room = 64 * 1024 - buf.len();
+        match read_append(rfd.as_fd(), &mut buf, room) {
+            Ok(Some(0)) => return Err(None),
+            Ok(_) => {}
+            Err(e) => return Err(Some(LinkError::Read(ReadError::Io(e)))),
+        }
+        if let Some(l) = Layer::heard(&buf).or_else(|| (buf.len() >= 64 * 1024).then_some(Layer::Robust(Medium::Bytes))) {
+            return Ok(Some((l, buf)));
+        }
+    }
+}
+
+/// Runs a stream link: its writer thread, and its reader on this thread.
+fn stream_link(
+    name: &str,
+    rfd: OwnedFd,
+    wfd: OwnedFd,
+    input: Vec<u8>,
+    sink: Arc<dyn Sink>,
+    counts: &Received,
+    wake: WakeFd,
+) {
+    let framing: Arc<dyn Framing> = Arc::new(stream::Stream);
+    let (out, writer) = output::output(wfd, framing.clone());
     let header = framing.header(0).map_or(0, |h| h.bytes().len()) as u64;
     {
+        let done = sink.clone();
         let sink = sink.clone();
         let max = if framing.joins_writes() { BATCH } else { 1 };
-        spawn(format!("wr{name}"), move || {
+        let spawned = spawn(format!("wr{name}"), move || {
             let mut batch = Vec::with_capacity(max);
             while writer.next(&mut batch, max) {
                 if let Err(e) = writer.write(&mut batch) {
@@ -182,43 +245,54 @@ pub fn start(name: &str, rfd: OwnedFd, wfd: OwnedFd, layer: Layer, sink: Arc<dyn
                 output::Writer::recycle(&mut batch);
             }
             writer.finish();
-        })?;
+        });
+        if let Err(e) = spawned {
+            return done.ended(Some(LinkError::Write(e)));
+        }
     }
-    let counts = received.clone();
-    spawn(format!("rd{name}"), move || {
-        let mut r = FrameReader::new(rfd, framing, Some(wake));
-        if let Some(key_len) = sink.body_key() {
-            let s = sink.clone();
-            let want = Box::new(move |key: &[u8]| s.wants_body(key));
-            r = r.splicing(Splicing { key_len, want, pipes: Pipes::new(PIPES) });
-        }
-        loop {
-            let go_on = match (r.next_packet(), r.take_body()) {
-                (Ok(Some(p)), body) => {
-                    let len = p.len() + body.as_ref().map_or(0, Body::len);
-                    counts.bytes.fetch_add(len as u64 + header, Ordering::Relaxed);
-                    counts.frames.fetch_add(1, Ordering::Relaxed);
-                    match body {
-                        Some(b) => sink.message_with_body(p, b),
-                        None => sink.message(p),
-                    }
+    sink.ready(Arc::new(Mutex::new(out)), Layer::Stream, None);
+    let mut first = true;
+    let mut r = FrameReader::new(rfd, framing, Some(wake)).with_input(&input);
+    if let Some(key_len) = sink.body_key() {
+        let s = sink.clone();
+        let want = Box::new(move |key: &[u8]| s.wants_body(key));
+        r = r.splicing(Splicing { key_len, want, pipes: Pipes::new(PIPES) });
+    }
+    loop {
+        let go_on = match (r.next_packet(), r.take_body()) {
+            (Ok(Some(p)), body) => {
+                first = false;
+                let len = p.len() + body.as_ref().map_or(0, Body::len);
+                counts.bytes.fetch_add(len as u64 + header, Ordering::Relaxed);
+                counts.frames.fetch_add(1, Ordering::Relaxed);
+                match body {
+                    Some(b) => sink.message_with_body(p, b),
+                    None => sink.message(p),
                 }
-                (Ok(None), _) => {
-                    sink.ended(None);
-                    false
-                }
-                (Err(ReadError::Woken), _) => false,
-                (Err(e), _) => {
-                    sink.ended(Some(LinkError::Read(e)));
-                    false
-                }
-            };
-            if !go_on {
-                return;
             }
+            (Ok(None), _) => {
+                sink.ended(None);
+                false
+            }
+            (Err(ReadError::Woken), _) => false,
+            // Not even a first frame: say what the peer may be speaking.
+            (Err(ReadError::Framing(e)), _) if first => {
+                let why = format!(
+                    "malformed first frame ({e}): the neighbour does not speak the stream layer \
+                     (the robust one, perhaps: give both ends the same --layer)"
+                );
+                sink.ended(Some(LinkError::Mismatch(why)));
+                false
+            }
+            (Err(e), _) => {
+                sink.ended(Some(LinkError::Read(e)));
+                false
+            }
+        };
+        if !go_on {
+            return;
         }
-    })?;
-    Ok(Link { output: Arc::new(Mutex::new(out)), received, _waker: waker })
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,14 @@ impl Pending {
     pub fn message_len(&self) -> usize {
         self.len
     }
+
+    /// The message whole, its body read back into it.
+    pub fn into_message(self) -> io::Result<Packet> {
+        match self.body {
+            Some(b) => b.complete(self.packet),
+            None => Ok(self.packet),
+        }
+    }
 }
 
 /// How [`Output::send`] dealt with a message.
@@ -57,7 +65,9 @@ pub enum Sent {
 
 /// The loop's side of an output.
 pub struct Output {
-    fd: Arc<OwnedFd>,
+    /// None: the output only queues (a robust link's engine takes what
+    /// is queued).
+    fd: Option<Arc<OwnedFd>>,
     queue: Sender<Pending>,
     queued: Arc<AtomicUsize>,
     /// The fd can be written without blocking (pwritev2 `RWF_NOWAIT`).
@@ -87,7 +97,7 @@ pub fn output(fd: OwnedFd, framing: Arc<dyn Framing>) -> (Output, Writer) {
     let pipe = reopen_pipe(fd.as_fd());
     let splices = pipe.is_some() && framing.joins_writes() && framing.header(0).is_some();
     let out = Output {
-        fd: fd.clone(),
+        fd: Some(fd.clone()),
         queue: tx,
         queued: queued.clone(),
         direct: true,
@@ -97,6 +107,23 @@ pub fn output(fd: OwnedFd, framing: Arc<dyn Framing>) -> (Output, Writer) {
         framing: framing.clone(),
     };
     (out, Writer { fd, queue: rx, queued })
+}
+
+/// An output that only queues, unframed: a robust link's engine takes
+/// its messages, in order, from the receiver.
+pub fn queue_only() -> (Output, Receiver<Pending>) {
+    let (tx, rx) = unbounded();
+    let out = Output {
+        fd: None,
+        queue: tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        direct: false,
+        pipe: None,
+        splices: false,
+        sent: Traffic::default(),
+        framing: Arc::new(super::raw::Raw { packets: false }),
+    };
+    (out, rx)
 }
 
 /// A non-blocking open file description of its own for the pipe `fd`, if
@@ -172,10 +199,11 @@ impl Output {
         let mut done = 0;
         if self.direct && self.queued.load(Ordering::Acquire) == 0 && (body.is_none() || self.splices) {
             let iov = slices(&header, &packet, 0);
-            let written = match &self.pipe {
+            let written = match (&self.pipe, &self.fd) {
                 _ if head == 0 => Ok(0),
-                Some(nb) => write_nonblocking(nb.as_fd(), &iov),
-                None => write_now(self.fd.as_fd(), &iov),
+                (Some(nb), _) => write_nonblocking(nb.as_fd(), &iov),
+                (None, Some(fd)) => write_now(fd.as_fd(), &iov),
+                (None, None) => Ok(0),
             };
             match written {
                 Ok(n) => done = n,

@@ -99,6 +99,15 @@ impl FrameReader {
         FrameReader { framing, at, splicing: None, body: None, fd, wake, buf, start: 0, end: 0, guess: 0 }
     }
 
+    /// Starts with `bytes` as if read first (what was read to tell the
+    /// link's layer).
+    pub fn with_input(mut self, bytes: &[u8]) -> FrameReader {
+        let n = bytes.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&bytes[..n]);
+        self.end = n;
+        self
+    }
+
     /// Splices the rest of large messages as `s` says.
     pub fn splicing(mut self, s: Splicing) -> FrameReader {
         self.splicing = Some(s);

@@ -159,7 +159,7 @@ impl Search {
             return (now.saturating_sub(self.since) >= RAISE_AGAIN && self.size < self.sizes.max)
                 .then_some(self.sizes.max);
         }
-        Some((self.size + self.high + 1) / 2)
+        Some((self.size + self.high).div_ceil(2))
     }
 }
 
@@ -415,8 +415,8 @@ impl Reliable {
         while self.received.len() > MAX_RANGES {
             self.received.pop_first();
         }
-        let in_order = self.largest_received.is_none_or(|(l, _)| number == l + 1);
-        if self.largest_received.is_none_or(|(l, _)| number > l) {
+        let in_order = self.largest_received.map_or(true, |(l, _)| number == l + 1);
+        if self.largest_received.map_or(true, |(l, _)| number > l) {
             self.largest_received = Some((number, now));
         }
         let mut eliciting = false;
@@ -545,7 +545,7 @@ impl Reliable {
             return; // acknowledges what was never sent: ignored
         }
         let is_acked = |n: u64| ranges.iter().any(|&(l, c)| n <= l && n + c as u64 > l);
-        let newly_largest = self.largest_acked.is_none_or(|l| largest > l);
+        let newly_largest = self.largest_acked.map_or(true, |l| largest > l);
         if newly_largest {
             self.largest_acked = Some(largest);
         }
@@ -564,7 +564,7 @@ impl Reliable {
             any_eliciting |= s.ack_eliciting;
             if s.in_flight {
                 self.in_flight = self.in_flight.saturating_sub(s.size as u64);
-                if self.recovery_start.is_none_or(|r| s.time > r) {
+                if self.recovery_start.map_or(true, |r| s.time > r) {
                     acked_bytes += s.size as u64;
                 }
             }

@@ -1,11 +1,12 @@
 //! The robust framing: self-delimiting, checked frames for transports that
 //! lose, split, merge, duplicate or corrupt bytes (UDP through socat, a
-//! serial line). Groundwork for such links: no link chooses it yet, as it
-//! needs the reliability layer above it (a lost frame is a lost message).
+//! serial line, raw Ethernet). Each frame carries one link packet
+//! (`packet.rs`); the reliability layer above it (`reliable.rs`) makes up
+//! for the frames that are lost.
 //!
 //! ```text
-//! frame = 0x00  COBS(tag:u32be message crc:u32be)  0x00
-//! crc   = CRC-32C (Castagnoli) of tag and message
+//! frame = 0x00  COBS(tag:u32be packet crc:u32be)  0x00
+//! crc   = CRC-32C (Castagnoli) of tag and packet
 //! ```
 //!
 //! COBS (Cheshire and Baker, 1999) leaves no zero byte inside a frame, so
@@ -14,47 +15,68 @@
 //! is decoded, and a frame is taken only if its checksum holds, so no
 //! length is trusted that no check covers. The tag names the sender: a
 //! frame with this end's own tag is its own echo (a raw interface sees its
-//! outgoing frames), and once the peer's tag is known, a frame with any
-//! other (a stale peer, a second forked child) is not this link's.
+//! outgoing frames), and once the link knows its peer's tag, a frame with
+//! any other (a stale peer, a second forked child) is not this link's.
 
-use super::framing::{Decoded, Framing, FramingError, Header};
-use crate::wire::message::{HEADER, MAX_MESSAGE};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::wire::message::MAX_MESSAGE;
+use std::ops::Range;
 
 /// The delimiter.
 const ZERO: u8 = 0;
-/// The tag and the checksum around a message.
+/// The tag and the checksum around a packet.
 const OVERHEAD: usize = 4 + 4;
-/// The longest frame body (tag, message, checksum) once COBS-encoded: one
+/// The largest packet a frame carries: any message in one piece.
+pub const MAX_PACKET: usize = MAX_MESSAGE + 64;
+/// The shortest packet: a packet number.
+pub const MIN_PACKET: usize = super::packet::NUMBER;
+/// The longest frame body (tag, packet, checksum) once COBS-encoded: one
 /// code byte per 254 bytes, and one more.
-pub const MAX_ENCODED: usize = (OVERHEAD + MAX_MESSAGE) + (OVERHEAD + MAX_MESSAGE) / 254 + 1;
+pub const MAX_ENCODED: usize = (OVERHEAD + MAX_PACKET) + (OVERHEAD + MAX_PACKET) / 254 + 1;
 
-/// No peer tag known yet.
-const UNKNOWN: u64 = u64::MAX;
+/// The bytes a frame of a packet of `len` bytes takes, delimiters included.
+pub fn frame_len(len: usize) -> usize {
+    let body = OVERHEAD + len;
+    body + body / 254 + 1 + 2
+}
+
+/// The largest packet whose frame takes at most `frame` bytes.
+pub fn packet_fits(frame: usize) -> usize {
+    let mut n = frame.saturating_sub(OVERHEAD + 3) * 254 / 255;
+    while n > 0 && frame_len(n + 1) <= frame {
+        n += 1;
+    }
+    while n > 0 && frame_len(n) > frame {
+        n -= 1;
+    }
+    n
+}
+
+/// What [`Robust::decode`] found at the start of the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A frame of `used` bytes from the sender tagged `tag`, whose packet
+    /// is `input[packet]`.
+    Frame { used: usize, tag: u32, packet: Range<usize> },
+    /// The first `n` bytes are no frame of this link's: drop them.
+    Skip(usize),
+    /// The start of a frame, not whole yet.
+    Partial,
+}
 
 /// Checked, delimited frames, sent with tag `own`.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Robust {
     own: u32,
-    peer: AtomicU64,
-    datagrams: bool,
 }
 
 impl Robust {
-    /// Frames sent with the tag `own`; `datagrams`: each write is one
-    /// datagram, so writes may not join.
-    pub fn new(own: u32, datagrams: bool) -> Robust {
-        Robust { own, peer: AtomicU64::new(UNKNOWN), datagrams }
+    /// Frames sent with the tag `own`.
+    pub fn new(own: u32) -> Robust {
+        Robust { own }
     }
 
-    /// Takes only frames with the peer's tag from now on.
-    pub fn expect_peer(&self, tag: u32) {
-        self.peer.store(tag as u64, Ordering::Relaxed);
-    }
-
-    /// The peer's tag, once known.
-    pub fn peer(&self) -> Option<u32> {
-        u32::try_from(self.peer.load(Ordering::Relaxed)).ok()
+    pub fn own(&self) -> u32 {
+        self.own
     }
 }
 
@@ -114,63 +136,52 @@ fn cobs_decode(b: &mut [u8]) -> Option<usize> {
     Some(w)
 }
 
-impl Framing for Robust {
-    fn name(&self) -> &'static str {
-        "robust"
-    }
-
-    fn decode(&self, input: &mut [u8]) -> Result<Decoded, FramingError> {
+impl Robust {
+    /// Decodes the first frame of `input` in place: a frame whose checksum
+    /// holds and that is not this end's own echo, or bytes to skip.
+    pub fn decode(&self, input: &mut [u8]) -> Found {
         let start = input.iter().position(|&b| b != ZERO).unwrap_or(input.len());
         if start > 0 {
-            return Ok(Decoded::Skip(start));
+            return Found::Skip(start);
         }
         let Some(end) = input.iter().position(|&b| b == ZERO) else {
             // No delimiter within the longest frame: noise.
-            return Ok(match input.len() > MAX_ENCODED {
-                true => Decoded::Skip(input.len()),
-                false => Decoded::Partial(None),
-            });
+            return match input.len() > MAX_ENCODED {
+                true => Found::Skip(input.len()),
+                false => Found::Partial,
+            };
         };
         let used = end + 1;
-        let skip = Ok(Decoded::Skip(used));
         if end > MAX_ENCODED {
-            return skip;
+            return Found::Skip(used);
         }
-        let Some(n) = cobs_decode(&mut input[..end]) else { return skip };
-        if !(OVERHEAD + HEADER..=OVERHEAD + MAX_MESSAGE).contains(&n) {
-            return skip;
+        let Some(n) = cobs_decode(&mut input[..end]) else { return Found::Skip(used) };
+        if !(OVERHEAD + MIN_PACKET..=OVERHEAD + MAX_PACKET).contains(&n) {
+            return Found::Skip(used);
         }
         let body = &input[..n];
         let crc = u32::from_be_bytes([body[n - 4], body[n - 3], body[n - 2], body[n - 1]]);
         if crc32c(&body[..n - 4]) != crc {
-            return skip;
+            return Found::Skip(used);
         }
         let tag = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        let peer = self.peer.load(Ordering::Relaxed);
-        if tag == self.own || (peer != UNKNOWN && tag as u64 != peer) {
-            return skip;
+        if tag == self.own {
+            return Found::Skip(used);
         }
-        Ok(Decoded::Message { used, msg: 4..n - 4 })
+        Found::Frame { used, tag, packet: 4..n - 4 }
     }
 
-    fn header(&self, _len: usize) -> Option<Header> {
-        None
-    }
-
-    fn encode(&self, msg: &[u8], out: &mut Vec<u8>) {
-        let mut body = Vec::with_capacity(OVERHEAD + msg.len());
+    /// Appends the frame of `packet` to `out`.
+    pub fn encode(&self, packet: &[u8], out: &mut Vec<u8>) {
+        let mut body = Vec::with_capacity(OVERHEAD + packet.len());
         body.extend_from_slice(&self.own.to_be_bytes());
-        body.extend_from_slice(msg);
+        body.extend_from_slice(packet);
         let crc = crc32c(&body);
         body.extend_from_slice(&crc.to_be_bytes());
         out.reserve(body.len() + body.len() / 254 + 3);
         out.push(ZERO);
         cobs_encode(&body, out);
         out.push(ZERO);
-    }
-
-    fn joins_writes(&self) -> bool {
-        !self.datagrams
     }
 }
 
@@ -186,13 +197,13 @@ mod tests {
         let mut input = bytes.to_vec();
         let (mut at, mut got) = (0, Vec::new());
         while at < input.len() {
-            match f.decode(&mut input[at..]).unwrap() {
-                Decoded::Message { used, msg } => {
-                    got.push(input[at + msg.start..at + msg.end].to_vec());
+            match f.decode(&mut input[at..]) {
+                Found::Frame { used, packet, .. } => {
+                    got.push(input[at + packet.start..at + packet.end].to_vec());
                     at += used;
                 }
-                Decoded::Skip(n) => at += n,
-                Decoded::Partial(_) => break,
+                Found::Skip(n) => at += n,
+                Found::Partial => break,
             }
         }
         got
@@ -245,7 +256,7 @@ mod tests {
     /// and never a message that was not sent.
     #[test]
     fn resynchronises_after_every_cut_merge_duplicate_and_flip() {
-        let (a, b) = (Robust::new(7, false), Robust::new(9, false));
+        let (a, b) = (Robust::new(7), Robust::new(9));
         let ms = msgs();
         let fs = frames(&a, &ms);
         let all: Vec<u8> = fs.concat();
@@ -277,24 +288,33 @@ mod tests {
         }
     }
 
-    /// Its own echo, a stranger once the peer is known, noise, and a run
-    /// longer than any frame are not taken.
+    /// Its own echo, noise, and a run longer than any frame are not
+    /// taken; a frame from anyone else says whose it is.
     #[test]
-    fn ignores_echoes_strangers_and_noise() {
-        let (a, b, c) = (Robust::new(7, false), Robust::new(9, false), Robust::new(11, false));
+    fn ignores_echoes_and_noise_and_names_the_sender() {
+        let (a, b) = (Robust::new(7), Robust::new(9));
         let m = msgs()[2].clone();
         let one = std::slice::from_ref(&m);
-        let (fa, fc) = (frames(&a, one).concat(), frames(&c, one).concat());
+        let fa = frames(&a, one).concat();
         assert!(decode_all(&a, &fa).is_empty(), "its own echo");
-        assert_eq!(decode_all(&b, &fc).len(), 1, "any peer until one is expected");
-        b.expect_peer(7);
-        assert_eq!(b.peer(), Some(7));
-        assert!(decode_all(&b, &fc).is_empty(), "a stranger");
+        let mut copy = fa.clone();
+        assert!(matches!(b.decode(&mut copy[1..]), Found::Frame { tag: 7, .. }));
         let noise: Vec<u8> = (0..5000u32).map(|i| (i * 131 % 255) as u8 + 1).collect();
         assert_eq!(decode_all(&b, &[&noise[..], &[0], &fa[..], &noise[..100]].concat()), vec![m.clone()]);
         let mut long = vec![1u8; MAX_ENCODED + 1];
-        assert_eq!(b.decode(&mut long), Ok(Decoded::Skip(MAX_ENCODED + 1)));
+        assert_eq!(b.decode(&mut long), Found::Skip(MAX_ENCODED + 1));
         let mut short = vec![5u8; 10];
-        assert_eq!(b.decode(&mut short), Ok(Decoded::Partial(None)));
+        assert_eq!(b.decode(&mut short), Found::Partial);
+    }
+
+    #[test]
+    fn sizes_add_up() {
+        for frame in [100usize, 1200, 1500, 8192, 65_000] {
+            let n = packet_fits(frame);
+            assert!(frame_len(n) <= frame && frame_len(n + 1) > frame, "{frame}: {n}");
+            let mut out = Vec::new();
+            Robust::new(1).encode(&vec![0xff; n], &mut out);
+            assert!(out.len() <= frame, "{frame}: {}", out.len());
+        }
     }
 }

@@ -33,21 +33,42 @@ pub fn wake_pair() -> io::Result<(Waker, WakeFd)> {
 
 /// Waits until `fd` is ready for `events` or the wake pipe fires (Ok(false)).
 pub fn wait_ready(fd: BorrowedFd<'_>, events: PollFlags, wake: Option<&WakeFd>) -> io::Result<bool> {
+    Ok(wait_ready_until(fd, events, wake, None)?.unwrap_or(false))
+}
+
+/// As [`wait_ready`], until `deadline` at most: Ok(None) once it passes.
+pub fn wait_ready_until(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    wake: Option<&WakeFd>,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<Option<bool>> {
     loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
         let mut fds = [PollFd::new(fd, events), PollFd::new(fd, PollFlags::empty())];
         if let Some(w) = wake {
             fds[1] = PollFd::new(w.0.as_fd(), PollFlags::POLLIN);
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
         if wake.is_some() && fds[1].any().unwrap_or(false) {
-            return Ok(false);
+            return Ok(Some(false));
         }
         if fds[0].any().unwrap_or(false) {
-            return Ok(true);
+            return Ok(Some(true));
         }
     }
 }

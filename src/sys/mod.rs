@@ -6,6 +6,7 @@
 pub mod buffers;
 pub mod fd;
 pub mod fdpass;
+pub mod held;
 pub mod paths;
 pub mod splice;
 

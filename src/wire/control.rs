@@ -25,7 +25,8 @@ pub enum Request {
     List,
     /// Use the two passed fds (read, write) as a link. `expect`: the id the
     /// neighbour must have. `label`: what the link is, for `r2 ls`.
-    Connect { expect: Option<NodeId>, label: String },
+    /// `layer`: the link layer to speak (`link::Layer::encode`), and `why`.
+    Connect { expect: Option<NodeId>, label: String, layer: String, why: String },
     /// Host an endpoint for this connection: it speaks link frames.
     Endpoint,
     /// Counters: per link, per tunnel, and the daemon's totals.
@@ -78,6 +79,8 @@ impl Traffic {
 pub struct LinkStats {
     pub id: NodeId,
     pub label: String,
+    /// The link's layer and why it speaks it.
+    pub layer: String,
     pub up_ms: u64,
     pub rx: Traffic,
     pub tx: Traffic,
@@ -226,13 +229,13 @@ impl Request {
             Request::List => Enc::new(T_LIST).done(),
             Request::Endpoint => Enc::new(T_ENDPOINT).done(),
             Request::Stats => Enc::new(T_STATS).done(),
-            Request::Connect { expect, label } => {
+            Request::Connect { expect, label, layer, why } => {
                 let e = Enc::new(T_CONNECT);
                 let e = match expect {
                     Some(id) => e.byte(1).id(id),
                     None => e.byte(0),
                 };
-                e.str(label).done()
+                e.str(label).str(layer).str(why).done()
             }
             Request::Tunnel { path, packet } => {
                 let mut e = Enc::new(T_TUNNEL).byte(*packet as u8).byte(path.len() as u8);
@@ -258,7 +261,7 @@ impl Request {
                     1 => Some(d.id()?),
                     x => return Err(ControlError(format!("flag {x}"))),
                 };
-                Request::Connect { expect, label: d.str()? }
+                Request::Connect { expect, label: d.str()?, layer: d.str()?, why: d.str()? }
             }
             T_TUNNEL => {
                 let packet = match d.byte()? {
@@ -298,7 +301,7 @@ impl Reply {
             Reply::Stats(st) => {
                 let mut e = Enc::new(R_STATS).u64(st.links.len() as u64);
                 for l in &st.links {
-                    e = e.id(&l.id).str(&l.label).u64(l.up_ms).traffic(&l.rx).traffic(&l.tx);
+                    e = e.id(&l.id).str(&l.label).str(&l.layer).u64(l.up_ms).traffic(&l.rx).traffic(&l.tx);
                 }
                 e = e.u64(st.tunnels.len() as u64);
                 for t in &st.tunnels {
@@ -337,8 +340,8 @@ impl Reply {
                 let mut st = Stats::default();
                 let n = d.u64()?.min(MAX_CONTROL as u64);
                 for _ in 0..n {
-                    let (id, label, up_ms) = (d.id()?, d.str()?, d.u64()?);
-                    st.links.push(LinkStats { id, label, up_ms, rx: d.traffic()?, tx: d.traffic()? });
+                    let (id, label, layer, up_ms) = (d.id()?, d.str()?, d.str()?, d.u64()?);
+                    st.links.push(LinkStats { id, label, layer, up_ms, rx: d.traffic()?, tx: d.traffic()? });
                 }
                 let n = d.u64()?.min(MAX_CONTROL as u64);
                 for _ in 0..n {
@@ -370,8 +373,13 @@ mod tests {
             Request::List,
             Request::Endpoint,
             Request::Stats,
-            Request::Connect { expect: None, label: "stdio".into() },
-            Request::Connect { expect: Some(a), label: "socat tcp:x:1 -".into() },
+            Request::Connect { expect: None, label: "stdio".into(), layer: "adapt".into(), why: String::new() },
+            Request::Connect {
+                expect: Some(a),
+                label: "socat tcp:x:1 -".into(),
+                layer: "stream".into(),
+                why: "a TCP socket".into(),
+            },
             Request::Tunnel { path: vec![a, a], packet: true },
             Request::Tunnel { path: vec![a], packet: false },
         ];
@@ -395,6 +403,7 @@ mod tests {
                 links: vec![LinkStats {
                     id: a,
                     label: "stdio".into(),
+                    layer: "robust (datagrams): adapted to the peer".into(),
                     up_ms: 5,
                     rx: Traffic { bytes: 1, frames: 2 },
                     tx: Traffic { bytes: 3, frames: 4 },

@@ -16,6 +16,7 @@ pub const DATA: u8 = 2;
 pub const EOF: u8 = 3;
 pub const CREDIT: u8 = 4;
 pub const EXIT: u8 = 5;
+pub const DATAGRAM: u8 = 6;
 
 /// The default flow-control window of a tunnel direction.
 pub const DEFAULT_WINDOW: u32 = 1024 * 1024;

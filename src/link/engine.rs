@@ -1,0 +1,387 @@
+//! A robust link's threads: the reader, which finds frames in what it
+//! reads and feeds their packets to the link's reliability state, and the
+//! sender, which takes the link's queued messages and sends the packets
+//! that the state says, when it says (pacing, acknowledgements, timers).
+//!
+//! ```text
+//! read fd ──> reader: Robust::decode ─> lock(State).on_packet ─> Sink (messages)
+//!                                              │ wake
+//! queue ─────> sender: lock(State).push/transmit/on_timeout ─> frames ─> write fd
+//! ```
+//!
+//! Until a link knows its peer it does not answer frames that do not
+//! start the peer's stream: every link's first packet carries its Hello
+//! at stream offset 0, so a link that hears only later packets is a
+//! second child forked for the same caller (`socat udp-l,fork`), which
+//! stays silent and ends quietly. A link that has heard nothing speaks
+//! after [`LISTEN`], so that such a child hears first. Once a frame
+//! starting the stream arrives, its sender's tag is the peer's, and
+//! frames with any other tag are dropped.
+
+use super::ethernet;
+use super::layer::{Mac, Medium};
+use super::output::Pending;
+use super::packet;
+use super::reliable::{Micros, Reliable};
+use super::robust::{Found, Robust, MAX_ENCODED};
+use super::{lock, LinkError, Received, Sink};
+use crate::sys::fd::{read_append, wait_ready, write_all, WakeFd};
+use crate::wire::message::{Kind, HEADER};
+use crate::wire::tunnel::DATAGRAM;
+use crate::wire::NodeId;
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use log::{debug, info};
+use nix::poll::PollFlags;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a link that has heard nothing waits before it speaks.
+pub const LISTEN: Duration = Duration::from_millis(100);
+/// A link that has heard only another link's packets ends after this.
+pub const STRAY_END: Duration = Duration::from_secs(3);
+/// How long a link being closed goes on sending what is not acknowledged.
+const DRAIN: Duration = Duration::from_secs(2);
+/// The most frames written between two looks at the state.
+const BURST: usize = 16;
+
+/// What both threads share.
+struct State {
+    rel: Reliable,
+    peer: Option<u32>,
+    heard_stray: bool,
+    peer_mac: Option<Mac>,
+    strangers: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    start: Instant,
+    name: String,
+}
+
+impl Shared {
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+}
+
+/// Counters of a robust link, for `r2 stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Status {
+    pub cwnd: u64,
+    pub srtt_us: u64,
+    pub packet_size: usize,
+    pub lost: u64,
+    pub retransmitted: u64,
+}
+
+/// A robust link's state, as `r2 stats` sees it.
+#[derive(Clone)]
+pub struct Watch(Arc<Shared>);
+
+impl Watch {
+    pub fn status(&self) -> Status {
+        let st = lock(&self.0.state);
+        Status {
+            cwnd: st.rel.cwnd(),
+            srtt_us: st.rel.srtt(),
+            packet_size: st.rel.packet_size(),
+            lost: st.rel.counts.packets_lost,
+            retransmitted: st.rel.counts.retransmitted_bytes,
+        }
+    }
+}
+
+/// Whether `msg` is a best-effort message: a packet-mode tunnel's data
+/// (tag DATAGRAM right after the tunnel node's header, however many
+/// To/From headers are around it).
+pub fn best_effort(mut msg: &[u8]) -> bool {
+    while msg.len() > HEADER && (msg[0] == Kind::To as u8 || msg[0] == Kind::From as u8) {
+        if msg[1..HEADER] == NodeId::TUNNEL.0 {
+            return msg[HEADER] == DATAGRAM;
+        }
+        msg = &msg[HEADER..];
+    }
+    false
+}
+
+/// What the engine needs to run one link.
+pub struct Engine {
+    pub name: String,
+    pub medium: Medium,
+    pub tag: u32,
+    /// Bytes already read (while telling the layer).
+    pub input: Vec<u8>,
+    pub counts: Arc<Received>,
+}
+
+/// Runs a robust link: starts its sender and reads on this thread until
+/// the link ends. `queue` is the link's output's.
+pub fn run(e: Engine, rfd: OwnedFd, wfd: OwnedFd, queue: Receiver<Pending>, sink: Arc<dyn Sink>, wake: WakeFd) -> std::io::Result<Watch> {
+    let start = Instant::now();
+    let rel = Reliable::new(e.medium.sizes(), 0);
+    let state = State { rel, peer: None, heard_stray: false, peer_mac: None, strangers: 0 };
+    let shared = Arc::new(Shared { state: Mutex::new(state), start, name: e.name.clone() });
+    let (poke, poked) = bounded::<()>(1);
+    let robust = Robust::new(e.tag);
+    {
+        let (shared, sink) = (shared.clone(), sink.clone());
+        let medium = e.medium;
+        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &*sink))?;
+    }
+    let watch = Watch(shared.clone());
+    let packet_reads = is_packet_pipe(&rfd);
+    super::spawn(format!("rx{}", e.name), move || {
+        reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &*sink, &poke, &wake, &e.counts)
+    })?;
+    Ok(watch)
+}
+
+fn is_packet_pipe(fd: &OwnedFd) -> bool {
+    nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|f| f & nix::libc::O_DIRECT != 0)
+}
+
+/// Puts a queued message into the state, in its class.
+fn push(st: &mut State, p: Pending) {
+    let Ok(p) = p.into_message() else { return };
+    if best_effort(p.bytes()) {
+        st.rel.push_best_effort(p);
+    } else {
+        st.rel.push(p);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reader(
+    shared: &Shared,
+    robust: Robust,
+    medium: Medium,
+    packet_reads: bool,
+    rfd: OwnedFd,
+    mut buf: Vec<u8>,
+    sink: &dyn Sink,
+    poke: &Sender<()>,
+    wake: &WakeFd,
+    counts: &Received,
+) {
+    let mut delivered = Vec::new();
+    let max = 2 * MAX_ENCODED;
+    buf.reserve(max);
+    loop {
+        // The source of this read's frame, where reads keep frames apart.
+        let source = match (medium, packet_reads) {
+            (Medium::Ethernet(_), true) => ethernet::source(&buf),
+            _ => None,
+        };
+        let mut at = 0;
+        while at < buf.len() {
+            match robust.decode(&mut buf[at..]) {
+                Found::Frame { used, tag, packet } => {
+                    let range = at + packet.start..at + packet.end;
+                    at += used;
+                    if let Err(e) = take(shared, tag, &buf[range], source, &mut delivered) {
+                        return sink.ended(Some(e));
+                    }
+                    for p in delivered.drain(..) {
+                        counts.bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                        counts.frames.fetch_add(1, Ordering::Relaxed);
+                        if !sink.message(p) {
+                            return;
+                        }
+                    }
+                    let _ = poke.try_send(());
+                }
+                Found::Skip(n) => at += n.max(1),
+                Found::Partial => break,
+            }
+        }
+        buf.drain(..at.min(buf.len()));
+        if packet_reads {
+            // One read is one frame: what is left of it is not a frame.
+            buf.clear();
+        }
+        match wait_ready(rfd.as_fd(), PollFlags::POLLIN, Some(wake)) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return sink.ended(Some(LinkError::Read(super::ReadError::Io(e)))),
+        }
+        let room = max - buf.len().min(max - 1);
+        match read_append(rfd.as_fd(), &mut buf, room) {
+            Ok(Some(0)) => return sink.ended(None),
+            Ok(_) => {}
+            Err(e) => return sink.ended(Some(LinkError::Read(super::ReadError::Io(e)))),
+        }
+    }
+}
+
+/// Takes one packet from `tag`: locks onto the peer, or drops a
+/// stranger's; messages that arrive go to `delivered`.
+fn take(
+    shared: &Shared,
+    tag: u32,
+    bytes: &[u8],
+    source: Option<Mac>,
+    delivered: &mut Vec<crate::wire::Packet>,
+) -> Result<(), LinkError> {
+    let mut st = lock(&shared.state);
+    match st.peer {
+        Some(p) if p != tag => {
+            st.strangers += 1;
+            return Ok(());
+        }
+        Some(_) => {}
+        None if packet::starts_stream(bytes) => {
+            debug!("link {}: the peer's tag is {tag:08x}", shared.name);
+            st.peer = Some(tag);
+        }
+        None => {
+            st.heard_stray = true;
+            return Ok(());
+        }
+    }
+    if source.is_some() && st.peer_mac != source {
+        st.peer_mac = source;
+    }
+    let now = shared.now();
+    st.rel.on_packet(now, bytes).map_err(|e| LinkError::Broken(e.0))?;
+    while let Some(p) = st.rel.deliver() {
+        delivered.push(p);
+    }
+    Ok(())
+}
+
+/// Writes the frame of `packet` to `out`, in the medium's form.
+fn frame(robust: &Robust, medium: Medium, peer_mac: Option<Mac>, packet: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    if let Medium::Ethernet(own) = medium {
+        let src = own.unwrap_or_else(|| ethernet::stand_in(robust.own()));
+        ethernet::header(&peer_mac.unwrap_or(ethernet::BROADCAST), &src, out);
+    }
+    robust.encode(packet, out);
+    if let Medium::Ethernet(_) = medium {
+        ethernet::pad(out);
+    }
+}
+
+fn sender(
+    shared: &Shared,
+    robust: Robust,
+    medium: Medium,
+    wfd: OwnedFd,
+    queue: Receiver<Pending>,
+    poked: Receiver<()>,
+    sink: &dyn Sink,
+) {
+    let listen_until = shared.start + LISTEN;
+    let mut queue_open = true;
+    let mut drain_until = None;
+    let mut packet = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut st = lock(&shared.state);
+        while queue_open {
+            match queue.try_recv() {
+                Ok(p) => push(&mut st, p),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    queue_open = false;
+                    drain_until = Some(Instant::now() + DRAIN);
+                }
+            }
+        }
+        let now = shared.now();
+        if st.rel.next_timeout().is_some_and(|t| t <= now) {
+            st.rel.on_timeout(now);
+        }
+        let speak = st.peer.is_some() || (!st.heard_stray && Instant::now() >= listen_until);
+        if speak {
+            while frames.len() < BURST && st.rel.transmit(now, &mut packet) {
+                let mut f = spare.pop().unwrap_or_default();
+                frame(&robust, medium, st.peer_mac, &packet, &mut f);
+                frames.push(f);
+            }
+        }
+        if st.peer.is_none() && st.heard_stray && shared.start.elapsed() >= STRAY_END {
+            drop(st);
+            return sink.ended(Some(LinkError::Stray));
+        }
+        if !queue_open {
+            let done = !st.rel.has_work() && st.rel.in_flight() == 0;
+            if done || drain_until.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+        }
+        // How long to wait before looking again, if nothing wakes this.
+        let wait = if !frames.is_empty() {
+            Duration::ZERO
+        } else {
+            let mut at: Option<Micros> = st.rel.next_timeout();
+            if speak && st.rel.has_work() {
+                if let Some(d) = st.rel.pacing_delay(now) {
+                    at = Some(at.map_or(now + d, |a| a.min(now + d)));
+                }
+            }
+            let mut wait = at.map_or(Duration::from_millis(500), |a| Duration::from_micros(a.saturating_sub(now)));
+            if !speak {
+                wait = wait.min(listen_until.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)));
+            }
+            if st.heard_stray && st.peer.is_none() {
+                wait = wait.min(Duration::from_millis(100));
+            }
+            wait.min(Duration::from_millis(500))
+        };
+        drop(st);
+        for f in frames.drain(..) {
+            if let Err(e) = write_all(wfd.as_fd(), &mut [IoSlice::new(&f)]) {
+                info!("link {}: write error: {e}", shared.name);
+                return sink.ended(Some(LinkError::Write(e)));
+            }
+            spare.push(f);
+        }
+        if wait.is_zero() {
+            continue;
+        }
+        if queue_open {
+            select! {
+                recv(queue) -> m => match m {
+                    Ok(p) => push(&mut lock(&shared.state), p),
+                    Err(_) => {
+                        queue_open = false;
+                        drain_until = Some(Instant::now() + DRAIN);
+                    }
+                },
+                recv(poked) -> _ => {},
+                default(wait) => {},
+            }
+        } else {
+            match poked.recv_timeout(wait) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Packet;
+
+    #[test]
+    fn packet_mode_tunnel_data_is_best_effort_and_nothing_else() {
+        let peer = NodeId([7; 32]);
+        let mut p = Packet::new(Kind::To, NodeId::TUNNEL, &[DATAGRAM, 1, 2, 3]);
+        assert!(best_effort(p.bytes()));
+        p.push_header(Kind::To, peer);
+        p.push_header(Kind::From, peer);
+        assert!(best_effort(p.bytes()));
+        let data = Packet::new(Kind::To, NodeId::TUNNEL, &[crate::wire::tunnel::DATA, 1]);
+        assert!(!best_effort(data.bytes()));
+        assert!(!best_effort(Packet::hello(peer).bytes()));
+        assert!(!best_effort(Packet::new(Kind::To, peer, &[DATAGRAM]).bytes()));
+    }
+}
