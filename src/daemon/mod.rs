@@ -588,6 +588,7 @@ impl Daemon {
             ("instances_ended", t.instances_ended),
             ("instances_refused", t.instances_refused),
             ("processes_reaped", t.processes_reaped),
+            ("datagram_bytes_lost", t.datagram_bytes_lost),
             ("messages_shortcut", self.shortcuts.taken()),
             ("ports_open", self.ports.len() as u64),
             ("tunnels_open", tunnels_open as u64),

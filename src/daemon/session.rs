@@ -42,7 +42,12 @@ impl Flow {
 
     /// `n` bytes of data arrived.
     pub fn received(&mut self, n: usize) -> Result<(), OverCredit> {
-        self.peer_credit = self.peer_credit.checked_sub(n as u64).ok_or(OverCredit)?;
+        self.received_u64(n as u64)
+    }
+
+    /// `n` bytes of data arrived or were lost on the way.
+    pub fn received_u64(&mut self, n: u64) -> Result<(), OverCredit> {
+        self.peer_credit = self.peer_credit.checked_sub(n).ok_or(OverCredit)?;
         Ok(())
     }
 
@@ -65,6 +70,10 @@ impl Flow {
 pub enum Step {
     /// Give the `n` bytes of data to the program.
     Deliver(usize),
+    /// Give the `n` bytes of a datagram to the program; `lost` bytes sent
+    /// before it never came, and are granted back at once; a datagram that
+    /// comes after those counted lost is not `counted` again.
+    DeliverDatagram { n: usize, lost: u64, counted: bool },
     /// Close the program's input once what is queued is written.
     CloseInput,
     /// The peer may be sent `n` more bytes.
@@ -89,6 +98,11 @@ pub struct Session {
     input_closed: bool,
     /// The program's input failed: later data is discarded.
     input_failed: bool,
+    /// Datagram bytes queued for the program's writer that were not
+    /// counted against the peer's credit.
+    datagrams_queued: usize,
+    /// Where the peer's next datagram starts.
+    datagram_next: u64,
 }
 
 impl Session {
@@ -103,6 +117,8 @@ impl Session {
             exit_sent: false,
             input_closed: false,
             input_failed: false,
+            datagrams_queued: 0,
+            datagram_next: 0,
         }
     }
 
@@ -118,6 +134,16 @@ impl Session {
                 Step::CloseInput
             }
             TunnelMsg::Credit(n) => Step::AddCredit(n),
+            TunnelMsg::Datagram { offset, data } => {
+                let n = data.len();
+                if offset < self.datagram_next {
+                    return Ok(Step::DeliverDatagram { n, lost: 0, counted: false });
+                }
+                let lost = offset - self.datagram_next;
+                self.flow.received_u64(lost.saturating_add(n as u64))?;
+                self.datagram_next = offset + n as u64;
+                Step::DeliverDatagram { n, lost, counted: true }
+            }
             TunnelMsg::Exit(s) if self.caller => {
                 self.exit = Some(s);
                 Step::Nothing
@@ -133,9 +159,18 @@ impl Session {
     }
 
     /// `n` bytes were written to the program, or discarded: a grant to
-    /// send, if one is due.
+    /// send, if one is due. Datagram bytes left to the writer are not
+    /// granted back: they were never counted.
     pub fn written(&mut self, n: usize) -> Option<u32> {
-        self.flow.written(n)
+        let uncounted = n.min(self.datagrams_queued);
+        self.datagrams_queued -= uncounted;
+        self.flow.written(n - uncounted)
+    }
+
+    /// A datagram of `n` bytes that was not counted was left to the
+    /// program's writer, which will report it written.
+    pub fn datagram_queued(&mut self, n: usize) {
+        self.datagrams_queued += n;
     }
 
     /// Whether data for the program is discarded (its input failed).
@@ -186,6 +221,23 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Datagrams lost on the way are granted back by their offsets, so a
+    /// lossy path never leaks credit; a late one is delivered but not
+    /// counted twice; past the credit is past it, lost or not.
+    #[test]
+    fn datagrams_lost_on_the_way_are_granted_back() {
+        let mut s = Session::new(false, 16);
+        let dg = |offset, data: &'static [u8]| TunnelMsg::Datagram { offset, data };
+        assert_eq!(s.on_message(&dg(0, b"abcd")), Ok(Step::DeliverDatagram { n: 4, lost: 0, counted: true }));
+        assert_eq!(s.on_message(&dg(10, b"xy")), Ok(Step::DeliverDatagram { n: 2, lost: 6, counted: true }));
+        assert_eq!(s.on_message(&dg(4, b"late")), Ok(Step::DeliverDatagram { n: 4, lost: 0, counted: false }));
+        s.datagram_queued(4);
+        // 4 + 6 + 2 counted; the late 4 written are not granted again.
+        assert_eq!(s.written(4 + 2 + 4), None);
+        assert_eq!(s.written(6), Some(12));
+        assert_eq!(s.on_message(&dg(2000, b"z")), Err(OverCredit));
+    }
 
     #[test]
     fn flow_grants_at_half_a_window() {

@@ -23,7 +23,7 @@ use crate::sys::fd::{read_append, wait_ready, WakeFd, Waker};
 use crate::sys::splice::Pipes;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
-use crate::wire::tunnel::DATA;
+use crate::wire::tunnel::{DATA, DATAGRAM};
 use crate::wire::Packet;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use nix::poll::PollFlags;
@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
+
 
 /// One tunnel end: its state and the threads around its program's pipes.
 pub struct TunnelEnd {
@@ -159,19 +160,33 @@ impl Reader {
             .map(|_| ())
     }
 
-    /// The Data message of the `n` bytes read into `buf`: the buffer
-    /// itself if they are many, else a copy, and the buffer goes back to
-    /// the pool (an idle tunnel holds none).
-    fn packet_of(&self, buf: &mut Vec<u8>, n: usize) -> Packet {
-        let start = self.headroom + 1;
+    /// The size of the tag (and offset) in front of the data read.
+    fn head_len(&self) -> usize {
+        if self.packet {
+            9
+        } else {
+            1
+        }
+    }
+
+    /// The Data message (a Datagram at `offset` in packet mode) of the
+    /// `n` bytes read into `buf`: the buffer itself if they are many, else
+    /// a copy, and the buffer goes back to the pool (an idle tunnel holds
+    /// none).
+    fn packet_of(&self, buf: &mut Vec<u8>, n: usize, offset: u64) -> Packet {
+        let start = self.headroom + self.head_len();
+        let mut head = vec![DATA];
+        if self.packet {
+            head = [&[DATAGRAM][..], &offset.to_be_bytes()].concat();
+        }
         if n >= buffers::SMALL {
             buf.truncate(start + n);
-            buf[self.headroom] = DATA;
+            buf[self.headroom..start].copy_from_slice(&head);
             return Packet::from_parts(std::mem::take(buf), self.headroom);
         }
         let mut small = Vec::with_capacity(start + n);
         small.resize(self.headroom, 0);
-        small.push(DATA);
+        small.extend_from_slice(&head);
         small.extend_from_slice(&buf[start..start + n]);
         buffers::give(std::mem::take(buf));
         Packet::from_parts(small, self.headroom)
@@ -229,7 +244,10 @@ impl Reader {
     }
 
     fn run(self, events: Sender<Input>) {
+        // A packet-mode program's packets go as datagrams, through the
+        // loop (a shortcut's head would make them Data).
         let need = if self.packet { PACKET as i64 } else { 1 };
+        let mut offset = 0u64;
         let mut buf = Vec::new();
         // The reader's pipe for the data it splices: one, as the link's
         // pipe is where the data waits (more measured no faster).
@@ -287,14 +305,19 @@ impl Reader {
                 if buf.capacity() < buffers::SIZE {
                     buf = buffers::take();
                 }
-                buf.resize(self.headroom + 1, 0);
+                buf.resize(self.headroom + self.head_len(), 0);
                 match read_append(self.fd.as_fd(), &mut buf, max) {
                     Ok(None) => continue,
                     Ok(Some(0)) => None,
+                    Ok(Some(n)) if self.packet => {
+                        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                        offset += n as u64;
+                        Some(self.packet_of(&mut buf, n, offset - n as u64))
+                    }
                     Ok(Some(n)) => {
                         self.credit.fetch_sub(n as i64, Ordering::AcqRel);
                         bulk = n >= buffers::SMALL;
-                        match self.outbound.send(self.packet_of(&mut buf, n)) {
+                        match self.outbound.send(self.packet_of(&mut buf, n, 0)) {
                             Ok(()) => continue,
                             Err(p) => Some(p),
                         }

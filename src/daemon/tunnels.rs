@@ -57,6 +57,8 @@ pub struct Totals {
     pub instances_ended: u64,
     pub instances_refused: u64,
     pub processes_reaped: u64,
+    /// Datagram bytes that never came (lost on robust links).
+    pub datagram_bytes_lost: u64,
 }
 
 /// Which side an end is on.
@@ -204,6 +206,21 @@ impl Tunnels {
                 e.io.count_input(n);
                 if e.io.write(packet) != Sent::Queued {
                     self.written(key, n, out);
+                }
+            }
+            Ok(Step::DeliverDatagram { n, lost, counted }) => {
+                packet.advance(9);
+                e.io.count_input(n);
+                let sent = e.io.write(packet);
+                match (counted, sent) {
+                    (true, Sent::Queued) => {}
+                    (true, _) => self.written(key, n, out),
+                    (false, Sent::Queued) => e.io.session.datagram_queued(n),
+                    (false, _) => {}
+                }
+                if lost > 0 {
+                    self.totals.datagram_bytes_lost += lost;
+                    self.written(key, lost.min(usize::MAX as u64) as usize, out);
                 }
             }
             Ok(Step::CloseInput) => e.io.close_input(),

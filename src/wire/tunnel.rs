@@ -7,6 +7,11 @@
 //! Eof    = 3                this direction has ended (half-close)
 //! Credit = 4 n:u32be        the sender may send n more bytes of data
 //! Exit   = 5 status:u8      CMD's exit status (128+N when killed by signal N)
+//! Datagram = 6 offset:u64be bytes
+//!                           never empty; one packet of a packet-mode program,
+//!                           best-effort: a robust link may drop it. offset
+//!                           counts the data of the datagrams sent before, so
+//!                           the receiver grants back the credit of the lost
 //! ```
 
 use std::fmt;
@@ -31,6 +36,7 @@ pub enum TunnelMsg<'a> {
     Eof,
     Credit(u32),
     Exit(u8),
+    Datagram { offset: u64, data: &'a [u8] },
 }
 
 /// A tunnel message that does not decode.
@@ -61,6 +67,11 @@ impl<'a> TunnelMsg<'a> {
             }
             DATA if rest.is_empty() => return Err(BadTunnelMsg("empty data".into())),
             DATA => TunnelMsg::Data(rest),
+            DATAGRAM if rest.len() <= 8 => return Err(BadTunnelMsg("empty datagram".into())),
+            DATAGRAM => {
+                let (o, data) = rest.split_at(8);
+                TunnelMsg::Datagram { offset: u64::from_be_bytes(o.try_into().unwrap_or([0; 8])), data }
+            }
             EOF if rest.is_empty() => TunnelMsg::Eof,
             CREDIT => TunnelMsg::Credit(u32_of(rest)?),
             EXIT if rest.len() == 1 => TunnelMsg::Exit(rest[0]),
@@ -76,6 +87,7 @@ impl<'a> TunnelMsg<'a> {
             TunnelMsg::Eof => vec![EOF],
             TunnelMsg::Credit(n) => [&[CREDIT][..], &n.to_be_bytes()].concat(),
             TunnelMsg::Exit(s) => vec![EXIT, s],
+            TunnelMsg::Datagram { offset, data } => [&[DATAGRAM][..], &offset.to_be_bytes(), data].concat(),
         }
     }
 }
