@@ -61,3 +61,10 @@ fn robust_corpus_and_random_inputs() {
     random_inputs(0x94D049BB133111EB, 20_000, r2::link::fuzz::robust);
     eprintln!("replayed {n} saved inputs for robust");
 }
+
+#[test]
+fn reliable_corpus_and_random_inputs() {
+    let n = replay("reliable", r2::link::fuzz::reliable);
+    random_inputs(0xD1B54A32D192ED03, 20_000, r2::link::fuzz::reliable);
+    eprintln!("replayed {n} saved inputs for reliable");
+}

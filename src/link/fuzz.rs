@@ -83,3 +83,61 @@ pub fn robust(data: &[u8]) {
         assert!(taken(&frame).iter().all(|m| m == data), "a damaged frame gave a packet not sent");
     }
 }
+
+/// The reliability state machine fed arbitrary packets, messages and
+/// times, and packets of a real peer's with bytes changed where `data`
+/// says: it never panics, keeps its memory within its windows, and what
+/// it delivers are messages (each at least a header long).
+pub fn reliable(data: &[u8]) {
+    use super::reliable::{Reliable, Sizes, WINDOW};
+    use crate::wire::message::{Kind, HEADER};
+    use crate::wire::{NodeId, Packet};
+    let sizes = Sizes { base: 1200, max: 4000 };
+    let (mut a, mut b) = (Reliable::new(sizes, 0), Reliable::new(sizes, 0));
+    let mut now = 0u64;
+    let mut pkt = Vec::new();
+    let mut ops = data.chunks(3);
+    while let Some(op) = ops.next() {
+        let arg = op.get(1).copied().unwrap_or(0) as u64 * 256 + op.get(2).copied().unwrap_or(0) as u64;
+        match op[0] % 6 {
+            0 => now += arg * 37,
+            1 => a.push(Packet::new(Kind::To, NodeId([op[0]; 32]), &vec![op[0]; arg as usize % 9000])),
+            2 => {
+                let _ = a.push_best_effort(Packet::new(Kind::To, NodeId::TUNNEL, &vec![6; arg as usize % 9000]));
+            }
+            3 => {
+                // A packet of a's to b, perhaps damaged, perhaps twice.
+                if a.transmit(now, &mut pkt) {
+                    if op[0] & 0x40 != 0 && !pkt.is_empty() {
+                        let i = arg as usize % pkt.len();
+                        pkt[i] ^= op.get(2).copied().unwrap_or(1) | 1;
+                    }
+                    let _ = b.on_packet(now, &pkt);
+                    if op[0] & 0x80 != 0 {
+                        let _ = b.on_packet(now, &pkt);
+                    }
+                }
+                if b.transmit(now, &mut pkt) {
+                    let _ = a.on_packet(now, &pkt);
+                }
+            }
+            4 => {
+                a.on_timeout(now);
+                b.on_timeout(now);
+            }
+            _ => {
+                // Arbitrary bytes as a packet.
+                let n = (arg as usize % 64).min(ops.len() * 3);
+                let raw: Vec<u8> = ops.by_ref().take(n / 3 + 1).flatten().copied().collect();
+                let _ = b.on_packet(now, &raw);
+            }
+        }
+        while let Some(m) = b.deliver() {
+            assert!(m.len() >= HEADER, "a message shorter than a header");
+        }
+        for r in [&a, &b] {
+            assert!(r.unacked_bytes() <= WINDOW + 9100, "{} unacknowledged", r.unacked_bytes());
+            assert!(r.out_of_order() <= 2 * WINDOW);
+        }
+    }
+}

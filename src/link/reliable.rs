@@ -377,6 +377,11 @@ impl Reliable {
         self.send_end() - self.send_base
     }
 
+    /// Stream bytes received out of order, held until the gap fills.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order_bytes
+    }
+
     fn send_end(&self) -> u64 {
         self.send_base + self.buf.len() as u64
     }
