@@ -261,7 +261,7 @@ pub fn leak_cycles(n: usize) {
     let hello = perl_frames(9, "sysread(STDIN, my $h, 40);");
     let cycle_links = |count: usize| {
         let script = format!(
-            "i=0; while [ $i -lt {count} ]; do r2 -s {} connect \"{}\" || exit 1; i=$((i+1)); done",
+            "i=0; while [ $i -lt {count} ]; do r2 -s {} connect --layer stream \"{}\" || exit 1; i=$((i+1)); done",
             a.sock.display(),
             hello.replace('"', "\\\"").replace('$', "\\$")
         );

@@ -84,7 +84,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 /// How long `r2 connect` looks at a new transport for what it holds.
-const DETECT_WAIT: Duration = Duration::from_millis(300);
+const DETECT_WAIT: Duration = Duration::from_millis(200);
 
 /// The layer that what a transport's processes hold calls for, why, and
 /// whether its datagrams are better kept apart by packet pipes (a raw
@@ -141,6 +141,9 @@ fn start(a: &Args) -> Result<(Transport, Layer, String)> {
         return Ok((Transport::stdio(), Layer::Adapt, why));
     }
     let mut t = Transport::command(&a.transport, false)?;
+    if a.layer == LayerFlag::Stream {
+        return Ok((t, Layer::Stream, "--layer stream".into()));
+    }
     let found = detect(&mut t);
     let (t, layer, why) = match found {
         // Run again on packet pipes, so that each frame is one read of

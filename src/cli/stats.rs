@@ -9,7 +9,7 @@ pub const USAGE: &str = "\
 usage: r2 stats
 
 Prints the local daemon's counters, one per line, tab-separated:
-  link    ID  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  TRANSPORT
+  link    ID  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  LAYER  TRANSPORT
   tunnel  client|server  ENDPOINT  UPTIME_S  IN_BYTES  IN_MSGS  OUT_BYTES  OUT_MSGS
   counter NAME  VALUE
 ";

@@ -170,12 +170,10 @@ fn reader(
     let mut delivered = Vec::new();
     let max = 2 * MAX_ENCODED;
     buf.reserve(max);
+    // The source of this read's frame, where reads keep frames apart: a
+    // read into an empty buffer from a packet pipe is one whole frame.
+    let mut source = None;
     loop {
-        // The source of this read's frame, where reads keep frames apart.
-        let source = match (medium, packet_reads) {
-            (Medium::Ethernet(_), true) => ethernet::source(&buf),
-            _ => None,
-        };
         let mut at = 0;
         while at < buf.len() {
             match robust.decode(&mut buf[at..]) {
@@ -199,10 +197,7 @@ fn reader(
             }
         }
         buf.drain(..at.min(buf.len()));
-        if packet_reads {
-            // One read is one frame: what is left of it is not a frame.
-            buf.clear();
-        }
+        let fresh = buf.is_empty();
         match wait_ready(rfd.as_fd(), PollFlags::POLLIN, Some(wake)) {
             Ok(true) => {}
             Ok(false) => return,
@@ -214,6 +209,10 @@ fn reader(
             Ok(_) => {}
             Err(e) => return sink.ended(Some(LinkError::Read(super::ReadError::Io(e)))),
         }
+        source = match (medium, packet_reads && fresh) {
+            (Medium::Ethernet(_), true) => ethernet::source(&buf),
+            _ => None,
+        };
     }
 }
 
