@@ -386,6 +386,37 @@ fn main() {
         env.link(&a, &b, &ds[i + 1].2.clone());
     }
     let path = |hops: usize| ds[1..=hops].iter().map(|d| d.2.as_str()).collect::<Vec<_>>().join("/");
+
+    // Links over transports: two more pairs of daemons, one linked by
+    // socat over TCP (the stream layer) and one by socat over UDP (the
+    // robust layer), as README shows; each pair the same processes in the
+    // data path (2 daemons, 2 socats) and socat's default buffers.
+    let mut transports: Vec<(String, Series)> =
+        ["r2 over socat tcp", "r2 over socat udp"].iter().map(|s| (s.to_string(), Series::default())).collect();
+    let mut pairs = Vec::new();
+    for (i, kind) in ["tcp", "udp"].iter().enumerate() {
+        let (x, y) = (env.daemon(&format!("{kind}0"), dispatch), env.daemon(&format!("{kind}1"), dispatch));
+        let port = 47300 + i as u16 + (std::process::id() % 500) as u16 * 2;
+        let listen = match *kind {
+            "tcp" => format!("tcp-l:{port},reuseaddr"),
+            _ => format!("udp-l:{port}"),
+        };
+        env.spawn(&format!("R2_SOCKET={} exec socat {listen} exec:'r2 connect -'", y.1.display()));
+        std::thread::sleep(Duration::from_millis(200));
+        let far = match *kind {
+            "tcp" => format!("socat tcp:127.0.0.1:{port},retry=20,interval=0.1 -"),
+            _ => format!("socat udp:127.0.0.1:{port} -"),
+        };
+        env.spawn(&format!("exec r2 -s {} connect -n {} '{far}'", x.1.display(), y.2));
+        let (xs, yid) = (x.1.clone(), y.2.clone());
+        env.wait_for("a transport link", || {
+            let o = Command::new(bin()).arg("-s").arg(&xs).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(&yid)
+        });
+        pairs.push((x, y));
+    }
+    let tr_mib = (mib / 4).max(64);
+    let tr_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", tr_mib * 16);
     let a = ds[0].1.display().to_string();
 
     // Socat chains, set up once per repetition (their listeners take one
@@ -424,6 +455,11 @@ fn main() {
         let first = socat_chain(&mut env, &format!("s{rep}x"), 2, "/dev/null");
         let (_, t) = env.run(&format!("{dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
         bulk[2].1 .0.push(mib as f64 / t.as_secs_f64());
+        // 1b. links over transports
+        for (i, (x, y)) in pairs.iter().enumerate() {
+            let (_, t) = env.run(&format!("{{ echo sink; {tr_dd}; }} | r2 -s {} tunnel {} -", x.1.display(), y.2));
+            transports[i].1 .0.push(tr_mib as f64 / t.as_secs_f64());
+        }
         // 3. hops
         for (i, h) in [2usize, 4].iter().enumerate() {
             let (_, t) = env.run(&format!("{{ echo sink; {hop_dd}; }} | r2 -s {a} tunnel {} -", path(*h)));
@@ -502,6 +538,11 @@ fn main() {
         let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / socat);
     }
     let _ = writeln!(out, "   r2 / pipe chain: {:.2}", bulk[0].1.median() / bulk[1].1.median());
+    let _ =
+        writeln!(out, "\n1b. bulk over links made with socat ({tr_mib} MiB), MiB/s   median (min–max)   ratio to tcp");
+    for (name, s) in &transports {
+        let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / transports[0].1.median());
+    }
     let _ = writeln!(out, "\n2. latency, one-byte round trips (µs)      median     p90     p99   ratio (median, p99)");
     let parsed: Vec<(String, Vec<f64>)> =
         lat.iter().map(|(n, o)| (n.clone(), o.split_whitespace().filter_map(|x| x.parse().ok()).collect())).collect();

@@ -232,9 +232,25 @@ pub fn tunnel_data_key(msg: &[u8]) -> Option<&[u8]> {
 
 #[derive(Debug)]
 enum Port {
-    Hello { since: Millis, expect: Option<NodeId> },
-    Link { peer: NodeId, last_rx: Millis, last_ping: Millis },
-    Endpoint { id: NodeId },
+    Hello {
+        since: Millis,
+        expect: Option<NodeId>,
+    },
+    /// The neighbour said Hello as `peer`, who is still linked on a port
+    /// gone silent (a caller restarted over UDP, which has no end of
+    /// file): accepted once that link is found dead.
+    Waiting {
+        since: Millis,
+        peer: NodeId,
+    },
+    Link {
+        peer: NodeId,
+        last_rx: Millis,
+        last_ping: Millis,
+    },
+    Endpoint {
+        id: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,6 +390,8 @@ impl Router {
                     let id = *id;
                     self.on_endpoint(port, id, packet, out)
                 }
+                // Not accepted yet: what the neighbour sends is dropped.
+                Some(Port::Waiting { .. }) => {}
             },
             Event::Closed { port, error } => self.close(port, error, out),
             Event::FromTunnel { to, mut packet } => {
@@ -422,6 +440,10 @@ impl Router {
         } else if expect.is_some_and(|x| x != peer) {
             let x = expect.unwrap_or(peer);
             Some(format!("node id mismatch: expected {x}, got {peer}"))
+        } else if let Some(old) = self.silent_link_of(peer) {
+            info!("link {port}: {peer} said Hello, linked on port {old}, which is silent: waiting for it to be found dead");
+            self.ports.insert(port, Port::Waiting { since: self.now, peer });
+            return;
         } else if self.nodes.contains_key(&peer) {
             Some(format!("already linked to {peer}"))
         } else {
@@ -433,6 +455,21 @@ impl Router {
             out.push(Action::Send { port, packet: Packet::fail(peer, FailCode::Refused, &text) });
             return self.close(port, Some(text), out);
         }
+        self.accept(port, peer, out);
+    }
+
+    /// The port on which `peer` is linked, if that link has been silent
+    /// for a keepalive period.
+    fn silent_link_of(&self, peer: NodeId) -> Option<PortId> {
+        let Via::Link(p) = self.nodes.get(&peer)?.via else { return None };
+        match self.ports.get(&p)? {
+            Port::Link { last_rx, .. } if self.now.saturating_sub(*last_rx) >= self.timers.keepalive => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The neighbour on `port` is `peer`, from now on.
+    fn accept(&mut self, port: PortId, peer: NodeId, out: &mut Vec<Action>) {
         info!("link {port}: neighbour {peer} is up");
         let now = self.now;
         self.ports.insert(port, Port::Link { peer, last_rx: now, last_ping: now });
@@ -778,10 +815,13 @@ impl Router {
         self.fail_budget.remove(&port);
         let error = match (&state, error) {
             (Port::Hello { .. }, None) => Some("the link ended before the neighbour said Hello".to_string()),
+            (Port::Waiting { peer, .. }, None) => {
+                Some(format!("the link ended while {peer}'s old link was not yet found dead"))
+            }
             (_, e) => e,
         };
         match state {
-            Port::Hello { .. } => {}
+            Port::Hello { .. } | Port::Waiting { .. } => {}
             Port::Link { peer, .. } => {
                 match &error {
                     None => info!("link {port}: neighbour {peer} has ended"),
@@ -798,10 +838,18 @@ impl Router {
         let now = self.now;
         let t = self.timers;
         let mut dead = Vec::new();
+        let (mut ready, mut refused) = (Vec::new(), Vec::new());
         for (&port, state) in self.ports.iter_mut() {
             match state {
                 Port::Hello { since, .. } if now.saturating_sub(*since) >= t.hello => {
                     dead.push((port, format!("no Hello within {} ms", t.hello)));
+                }
+                Port::Waiting { since, peer } => {
+                    if !self.nodes.contains_key(peer) {
+                        ready.push((port, *peer));
+                    } else if now.saturating_sub(*since) >= t.hello + t.keepalive * t.misses as u64 {
+                        refused.push((port, *peer));
+                    }
                 }
                 Port::Link { last_rx, last_ping, .. } => {
                     let silent = now.saturating_sub(*last_rx);
@@ -819,6 +867,30 @@ impl Router {
         dead.sort();
         for (port, why) in dead {
             self.close(port, Some(why), out);
+        }
+        // Links found dead above free their ids for the ports waiting.
+        let freed: Vec<(PortId, NodeId)> = self
+            .ports
+            .iter()
+            .filter_map(|(&p, s)| match s {
+                Port::Waiting { peer, .. } if !self.nodes.contains_key(peer) => Some((p, *peer)),
+                _ => None,
+            })
+            .collect();
+        ready.extend(freed);
+        ready.sort();
+        ready.dedup();
+        for (port, peer) in ready {
+            if !self.nodes.contains_key(&peer) {
+                self.accept(port, peer, out);
+            }
+        }
+        refused.sort();
+        for (port, peer) in refused {
+            let text = format!("already linked to {peer}");
+            self.counters.links_refused += 1;
+            out.push(Action::Send { port, packet: Packet::fail(peer, FailCode::Refused, &text) });
+            self.close(port, Some(text), out);
         }
     }
 

@@ -585,3 +585,24 @@ fn only_tunnel_data_makes_shortcuts() {
     assert!(delivery_key(&from(&nest_to(&[NodeId::TUNNEL], b"\x03"))).is_none(), "Eof");
     assert!(delivery_key(&from(&nest_to(&[id(4)], b"\x02d"))).is_none(), "transit");
 }
+
+/// A neighbour that comes back on a new link (a caller restarted over
+/// UDP, with no end of file on the old one) while its old link is silent:
+/// the new link waits, and is up as soon as the old one is found dead.
+#[test]
+fn a_returning_neighbour_waits_for_its_silent_old_link() {
+    let mut net = Net::new(3);
+    net.routers[2] = Router::new(id(2), Timers::default());
+    let (old, _) = net.link(0, 1);
+    // Router 1 goes away without a word: its old link falls silent.
+    net.wires.retain(|&(r, _), _| r != 1);
+    net.tick(2_500);
+    let (new, _) = net.link(0, 2);
+    assert!(!net.closed.iter().any(|c| c.0 == 0 && c.1 == new), "waiting, not refused");
+    assert_eq!(net.routers[0].links(), vec![(old, id(2))], "still the old link");
+    for _ in 0..20 {
+        net.tick(250);
+    }
+    assert!(net.closed.iter().any(|c| c.0 == 0 && c.1 == old), "the old link found dead");
+    assert_eq!(net.routers[0].links(), vec![(new, id(2))], "the new link up");
+}
