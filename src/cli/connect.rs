@@ -4,9 +4,9 @@
 use super::transport::{hand_over_and_wait, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
-use crate::wire::control::Request;
 use crate::link::{Layer, Medium};
 use crate::sys::held::{held, tree, Held};
+use crate::wire::control::Request;
 use crate::wire::NodeId;
 use lexopt::prelude::*;
 use std::time::{Duration, Instant};
@@ -182,7 +182,10 @@ mod tests {
         let id = NodeId([3; 32]);
         let s = format!("{id}");
         let (_, c) = parse_all(args(&["r2", "connect", "-n", &s, "socat - -"])).unwrap();
-        assert_eq!(c, Command::Connect(Args { expect: Some(id), layer: LayerFlag::Auto, transport: "socat - -".into() }));
+        assert_eq!(
+            c,
+            Command::Connect(Args { expect: Some(id), layer: LayerFlag::Auto, transport: "socat - -".into() })
+        );
         let (_, c) = parse_all(args(&["r2", "connect", "--layer", "robust", "-"])).unwrap();
         assert_eq!(c, Command::Connect(Args { expect: None, layer: LayerFlag::Robust, transport: "-".into() }));
         for bad in [

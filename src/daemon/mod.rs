@@ -309,7 +309,9 @@ impl Daemon {
     fn on_input(&mut self, input: Input) {
         let mut out = Vec::new();
         match input {
-            Input::Router(Event::Closed { port, error }) if self.ports.get(&port).is_some_and(|p| p.opens.is_some()) => {
+            Input::Router(Event::Closed { port, error })
+                if self.ports.get(&port).is_some_and(|p| p.opens.is_some()) =>
+            {
                 // Ended before the router knew of it: before its layer.
                 self.shortcuts.close_link(port);
                 if let Some(c) = self.ports.remove(&port).and_then(|p| p.client) {

@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
 
-
 /// One tunnel end: its state and the threads around its program's pipes.
 pub struct TunnelEnd {
     pub session: Session,

@@ -120,7 +120,14 @@ pub struct Engine {
 
 /// Runs a robust link: starts its sender and reads on this thread until
 /// the link ends. `queue` is the link's output's.
-pub fn run(e: Engine, rfd: OwnedFd, wfd: OwnedFd, queue: Receiver<Pending>, sink: Arc<dyn Sink>, wake: WakeFd) -> std::io::Result<Watch> {
+pub fn run(
+    e: Engine,
+    rfd: OwnedFd,
+    wfd: OwnedFd,
+    queue: Receiver<Pending>,
+    sink: Arc<dyn Sink>,
+    wake: WakeFd,
+) -> std::io::Result<Watch> {
     let start = Instant::now();
     let rel = Reliable::new(e.medium.sizes(), 0);
     let state = State { rel, peer: None, heard_stray: false, peer_mac: None, strangers: 0 };
@@ -237,6 +244,9 @@ fn take(
             st.peer = Some(tag);
         }
         None => {
+            if !st.heard_stray {
+                debug!("link {}: a frame from {tag:08x} that does not start a stream: not this link's", shared.name);
+            }
             st.heard_stray = true;
             return Ok(());
         }

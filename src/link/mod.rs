@@ -165,7 +165,14 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()>
 
 /// Starts a link named `name` that reads `rfd` and writes `wfd` in
 /// `layer` (robust frames tagged `tag`), handing what it reads to `sink`.
-pub fn start(name: &str, rfd: OwnedFd, wfd: OwnedFd, layer: Layer, tag: u32, sink: Arc<dyn Sink>) -> std::io::Result<Link> {
+pub fn start(
+    name: &str,
+    rfd: OwnedFd,
+    wfd: OwnedFd,
+    layer: Layer,
+    tag: u32,
+    sink: Arc<dyn Sink>,
+) -> std::io::Result<Link> {
     let (waker, wake) = wake_pair()?;
     let received = Arc::new(Received::default());
     let counts = received.clone();
@@ -213,7 +220,8 @@ fn first_bytes(rfd: &OwnedFd, wake: &WakeFd) -> Result<Option<(Layer, Vec<u8>)>,
             Ok(_) => {}
             Err(e) => return Err(Some(LinkError::Read(ReadError::Io(e)))),
         }
-        if let Some(l) = Layer::heard(&buf).or_else(|| (buf.len() >= 64 * 1024).then_some(Layer::Robust(Medium::Bytes))) {
+        if let Some(l) = Layer::heard(&buf).or_else(|| (buf.len() >= 64 * 1024).then_some(Layer::Robust(Medium::Bytes)))
+        {
             return Ok(Some((l, buf)));
         }
     }

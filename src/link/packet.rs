@@ -46,9 +46,20 @@ pub const MAX_RANGES: usize = 32;
 pub enum Frame<'a> {
     Ping,
     /// Ranges of packet numbers, highest first: (largest, count).
-    Ack { delay_us: u32, ranges: Vec<(u64, u32)> },
-    Stream { offset: u64, data: &'a [u8] },
-    Piece { id: u32, index: u16, count: u16, data: &'a [u8] },
+    Ack {
+        delay_us: u32,
+        ranges: Vec<(u64, u32)>,
+    },
+    Stream {
+        offset: u64,
+        data: &'a [u8],
+    },
+    Piece {
+        id: u32,
+        index: u16,
+        count: u16,
+        data: &'a [u8],
+    },
 }
 
 /// Bytes that are not a packet: the link they came from is closed, as

@@ -21,7 +21,7 @@
 
 use super::packet::{self, Frame, MAX_RANGES, NUMBER, PIECE_HEAD, STREAM_HEAD};
 use super::stream;
-use crate::wire::message::{MAX_MESSAGE};
+use crate::wire::message::MAX_MESSAGE;
 use crate::wire::Packet;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -39,7 +39,7 @@ const ASSEMBLIES: usize = 32;
 /// RFC 9002's constants.
 const PACKET_THRESHOLD: u64 = 3;
 const GRANULARITY: Micros = 1_000;
-const INITIAL_RTT: Micros = 100_000;
+const INITIAL_RTT: Micros = 333_000;
 /// How long a receiver may hold an acknowledgement.
 pub const MAX_ACK_DELAY: Micros = 5_000;
 /// The longest probe timeout, however many have passed.
@@ -69,7 +69,8 @@ impl Ranges {
         if start >= end {
             return;
         }
-        let touching: Vec<(u64, u64)> = self.0.range(..=end).rev().take_while(|(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
+        let touching: Vec<(u64, u64)> =
+            self.0.range(..=end).rev().take_while(|(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
         for (s, e) in touching {
             self.0.remove(&s);
             start = start.min(s);
@@ -739,7 +740,8 @@ impl Reliable {
             if self.pto_count >= 3 && self.search.size > self.search.sizes.base {
                 // Perhaps the path's packets shrank: start again small.
                 let sizes = self.search.sizes;
-                self.search = Search { size: sizes.base, high: sizes.max, sizes, probing: None, lost_at_size: 0, since: now };
+                self.search =
+                    Search { size: sizes.base, high: sizes.max, sizes, probing: None, lost_at_size: 0, since: now };
                 self.cwnd = self.cwnd.max(self.min_cwnd());
             }
             // The oldest data in flight goes again.
@@ -796,7 +798,9 @@ impl Reliable {
             self.cwnd_limited = true;
         }
         let data_ok = window_open && !paced;
-        let size_probe = if data_ok { self.search.next_probe(now) } else { None };
+        // No size probe before the peer has answered: a first packet alone
+        // is what a forking listener (socat udp-l,fork) gives one child.
+        let size_probe = if data_ok && self.largest_acked.is_some() { self.search.next_probe(now) } else { None };
         if !self.ack_now(now) && !(data_ok && (want || probe)) && size_probe.is_none() {
             return false;
         }
@@ -842,7 +846,15 @@ impl Reliable {
                 self.cwnd_limited = self.in_flight * 2 >= self.cwnd;
             }
         }
-        self.sent.push_back(Sent { number, time: now, size: len, ack_eliciting: true, in_flight, stream: ranges, probe: size_probe });
+        self.sent.push_back(Sent {
+            number,
+            time: now,
+            size: len,
+            ack_eliciting: true,
+            in_flight,
+            stream: ranges,
+            probe: size_probe,
+        });
         true
     }
 

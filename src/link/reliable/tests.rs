@@ -226,7 +226,9 @@ fn best_effort_messages_are_never_retransmitted_and_drop_whole() {
             sim.ends[0].push(reliable[i / 3].clone());
         }
     }
-    sim.run(30_000_000, |s| s.got[1].iter().filter(|p| p.len() != 4000 + 33).count() == 20 && s.wire.is_empty() && !s.ends[0].has_work());
+    sim.run(30_000_000, |s| {
+        s.got[1].iter().filter(|p| p.len() != 4000 + 33).count() == 20 && s.wire.is_empty() && !s.ends[0].has_work()
+    });
     let (be, rel): (Vec<&Packet>, Vec<&Packet>) = sim.got[1].iter().partition(|p| p.len() == 4000 + 33);
     assert!(rel.into_iter().cloned().collect::<Vec<_>>() == reliable, "the reliable ones all, in order");
     assert!(be.iter().all(|p| ms.contains(p)), "no best-effort message is a mix of others");
