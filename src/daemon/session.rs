@@ -141,7 +141,7 @@ impl Session {
                 }
                 let lost = offset - self.datagram_next;
                 self.flow.received_u64(lost.saturating_add(n as u64))?;
-                self.datagram_next = offset + n as u64;
+                self.datagram_next = offset.checked_add(n as u64).ok_or(OverCredit)?;
                 Step::DeliverDatagram { n, lost, counted: true }
             }
             TunnelMsg::Exit(s) if self.caller => {

@@ -410,6 +410,9 @@ impl Reliable {
     /// (a bug or an attack: the link must close).
     pub fn on_packet(&mut self, now: Micros, bytes: &[u8]) -> Result<(), BrokenPeer> {
         let (number, frames) = packet::decode(bytes).map_err(|e| BrokenPeer(e.to_string()))?;
+        if number == u64::MAX {
+            return Err(BrokenPeer("a packet number past the last".into()));
+        }
         let floor = self.received.first().map_or(0, |(s, _)| s);
         if self.received.contains(number) || (self.received.len() >= MAX_RANGES && number < floor) {
             self.counts.duplicates += 1;
