@@ -60,15 +60,7 @@ impl Transport {
         for p in crate::sys::held::tree(c.id()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        end_within(c, Duration::from_secs(1));
     }
 
     /// This process's stdin and stdout.
@@ -105,16 +97,21 @@ impl Transport {
     pub fn reap(&mut self) {
         self.fds = None;
         let Some(c) = &mut self.child else { return };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        end_within(c, Duration::from_secs(2));
     }
+}
+
+/// Waits up to `limit` for `c` to exit, then kills it.
+fn end_within(c: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// Hands `t`'s fds to the daemon with `req`, then waits until the link or
