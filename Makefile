@@ -48,7 +48,7 @@ test:
 # The long tests: 10,000 link and tunnel cycles, 1,000 concurrent tunnels,
 # 1 GiB into a stopped consumer beside 100 live tunnels.
 stress:
-	$(CARGO) test --release --test faults --test tunnels --test flow -- --ignored --test-threads=1
+	$(CARGO) test --release --test faults --test tunnels --test flow --test transports -- --ignored --test-threads=1
 
 # Throughput, latency, hops, many tunnels and footprint beside pipes and
 # socat; prints a table and writes target/bench.txt. See benches/bench.rs.

@@ -84,7 +84,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 /// How long `r2 connect` looks at a new transport for what it holds.
-const DETECT_WAIT: Duration = Duration::from_millis(200);
+const DETECT_WAIT: Duration = Duration::from_millis(500);
 
 /// The layer that what a transport's processes hold calls for, why, and
 /// whether its datagrams are better kept apart by packet pipes (a raw
@@ -137,8 +137,13 @@ fn detect(t: &mut Transport) -> Option<(Layer, String, bool)> {
 /// Runs the transport and chooses the link's layer.
 fn start(a: &Args) -> Result<(Transport, Layer, String)> {
     if a.transport == "-" {
-        let why = "this program's stdio: whatever the neighbour speaks".to_string();
-        return Ok((Transport::stdio(), Layer::Adapt, why));
+        return Ok(match a.layer {
+            LayerFlag::Auto => {
+                (Transport::stdio(), Layer::Adapt, "this program's stdio: whatever the neighbour speaks".into())
+            }
+            LayerFlag::Stream => (Transport::stdio(), Layer::Stream, "--layer stream".into()),
+            LayerFlag::Robust => (Transport::stdio(), Layer::Robust(Medium::Bytes), "--layer robust".into()),
+        });
     }
     let mut t = Transport::command(&a.transport, false)?;
     if a.layer == LayerFlag::Stream {

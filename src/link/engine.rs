@@ -19,12 +19,12 @@
 //! frames with any other tag are dropped.
 
 use super::ethernet;
-use super::layer::{Mac, Medium};
+use super::layer::{Layer, Mac, Medium};
 use super::output::Pending;
 use super::packet;
 use super::reliable::{Micros, Reliable};
 use super::robust::{Found, Robust, MAX_ENCODED};
-use super::{lock, LinkError, Received, Sink};
+use super::{lock, LinkError, Received, SharedOutput, Sink};
 use crate::sys::fd::{read_append, wait_ready, write_all, WakeFd};
 use crate::wire::message::{Kind, HEADER};
 use crate::wire::tunnel::DATAGRAM;
@@ -118,16 +118,17 @@ pub struct Engine {
     pub counts: Arc<Received>,
 }
 
-/// Runs a robust link: starts its sender and reads on this thread until
-/// the link ends. `queue` is the link's output's.
+/// Runs a robust link: starts its sender, tells `sink` the link is ready
+/// (its output, whose queue is `queue`), and only then starts its reader,
+/// so that no message arrives before the link is known.
 pub fn run(
     e: Engine,
     rfd: OwnedFd,
     wfd: OwnedFd,
-    queue: Receiver<Pending>,
+    (out, queue): (SharedOutput, Receiver<Pending>),
     sink: Arc<dyn Sink>,
     wake: WakeFd,
-) -> std::io::Result<Watch> {
+) -> std::io::Result<()> {
     let start = Instant::now();
     let rel = Reliable::new(e.medium.sizes(), 0);
     let state = State { rel, peer: None, heard_stray: false, peer_mac: None, strangers: 0 };
@@ -139,12 +140,11 @@ pub fn run(
         let medium = e.medium;
         super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &*sink))?;
     }
-    let watch = Watch(shared.clone());
+    sink.ready(out, Layer::Robust(e.medium), Some(Watch(shared.clone())));
     let packet_reads = is_packet_pipe(&rfd);
     super::spawn(format!("rx{}", e.name), move || {
         reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &*sink, &poke, &wake, &e.counts)
-    })?;
-    Ok(watch)
+    })
 }
 
 fn is_packet_pipe(fd: &OwnedFd) -> bool {

@@ -116,11 +116,13 @@ impl fmt::Display for Layer {
 
 impl Medium {
     /// The packet sizes of a robust link on this medium: where to start,
-    /// and the most to probe for (a socat moves at most 8192 bytes).
+    /// and the most to probe for (a socat moves at most 8192 bytes). A
+    /// raw interface is not probed: socat ends at the first frame larger
+    /// than its MTU, which r2 does not know (1500 on any Ethernet).
     pub fn sizes(self) -> super::reliable::Sizes {
         let (base, max) = match self {
             Medium::Datagrams | Medium::Bytes => (1200, 8192),
-            Medium::Ethernet(_) => (1500, 8192 - super::ethernet::HEADER),
+            Medium::Ethernet(_) => (1500, 1500),
         };
         super::reliable::Sizes { base: robust::packet_fits(base), max: robust::packet_fits(max) }
     }

@@ -190,9 +190,8 @@ pub fn start(
             Layer::Robust(medium) => {
                 let (out, queue) = output::queue_only();
                 let e = engine::Engine { name: name.clone(), medium, tag, input, counts };
-                match engine::run(e, rfd, wfd, queue, sink.clone(), wake) {
-                    Ok(watch) => sink.ready(Arc::new(Mutex::new(out)), layer, Some(watch)),
-                    Err(e) => sink.ended(Some(LinkError::Write(e))),
+                if let Err(e) = engine::run(e, rfd, wfd, (Arc::new(Mutex::new(out)), queue), sink.clone(), wake) {
+                    sink.ended(Some(LinkError::Write(e)));
                 }
             }
             _ => stream_link(&name, rfd, wfd, input, sink, &counts, wake),

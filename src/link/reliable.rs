@@ -697,6 +697,8 @@ impl Reliable {
         if s.high < s.size {
             s.high = s.size;
         }
+        // The window is never under two packets of the size in use.
+        self.cwnd = self.cwnd.max(self.min_cwnd());
     }
 
     fn probe_lost(&mut self, now: Micros, size: usize) {
@@ -794,7 +796,8 @@ impl Reliable {
         self.fill();
         let probe = self.probes_due > 0;
         let mds = self.mds() as u64;
-        let window_open = probe || self.in_flight + mds <= self.cwnd;
+        // One packet may go whenever none is in flight, whatever the window.
+        let window_open = probe || self.in_flight == 0 || self.in_flight + mds <= self.cwnd;
         let paced = !probe && self.pacing_delay(now).is_some();
         let want = self.has_work();
         if want && !window_open {
