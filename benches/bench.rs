@@ -9,6 +9,44 @@
 //! and the daemons' share of it (from /proc/PID/stat). Needs socat, perl
 //! and dd. Environment: R2_BENCH_REPS (default 5), R2_BENCH_MIB (bulk
 //! size, default 1024), R2_BENCH_RTTS (round trips, default 10000).
+//!
+//! Section 6 runs between two network namespaces that the bench makes
+//! (`r2bench-PID-1`, `-2`, joined by a veth pair) and deletes at the end,
+//! with what still runs in them, also when it panics; it needs root, ip
+//! netns, tc's tbf, nft (for A) and iperf3 and /dev/net/tun (for B), and
+//! prints a line saying why it skipped what it cannot run. Its runs are
+//! interleaved with the others, repetition by repetition.
+//!
+//! A, the impaired path: a tbf qdisc on the sender's end of the veth limits
+//! it to 200 Mbit/s, and an nftables rule drops 1 % of the packets at random
+//! on their way from namespace 1 to 2 (the data; acknowledgements are not
+//! dropped). The rule is in the receiver's prerouting hook: in the sender's
+//! output hook a drop is a local send error, which TCP takes as no loss and
+//! retries, and on which socat's UDP write fails and socat exits. The same
+//! bytes (R2_BENCH_MIB / 4, 32 to 128 MiB) cross it twice: by one TCP
+//! connection, `dd | socat - tcp:` in 1 to `socat tcp-l: /dev/null` in 2,
+//! timed to the receiver's end, with the system's congestion control (the
+//! table names it); and by `dd | r2 tunnel B -` from daemon A in 1 to daemon
+//! B in 2, whose tunnel process is `cat >/dev/null`, over a link made as a
+//! user makes one over UDP (`r2 connect -n B 'socat udp:…'` in 1, `socat
+//! udp-l: exec:'r2 connect -'` in 2). TCP is the baseline because it is what
+//! one would run instead on such a path, and it has no process in the data
+//! path between the two socats; r2 has two daemons and two socats there.
+//! The links are made before the loss is turned on. The tbf being on the
+//! sender's own device, it holds back TCP and socat's UDP socket alike
+//! rather than dropping; the rule drops IP packets, so an r2 datagram that
+//! the 1500-byte veth carries in several fragments is lost more often than
+//! a TCP segment: that is r2 on such a path. MB are 10^6 bytes.
+//!
+//! B, the VPN: a tun device in each namespace carrying iperf3 (`-t 5`,
+//! server in 2), on the clean veth and then with only the tbf. r2's: daemon
+//! V in 2 is `r2d -p 'socat TUN:…'` and `r2 tunnel -p V 'socat TUN:…'` runs
+//! in 1, the tun options as in tests/vpn.rs, over a UDP link from A made as
+//! in A. The baseline is socat TUN over UDP directly (`socat TUN:… udp-l:`
+//! in 2, `socat TUN:… udp:` in 1): the same tun devices, MTU 1500, and the
+//! same path, the simplest VPN one would build with the same tool; it has
+//! the two socats of r2's two tun ends, and r2 has, besides, two daemons and
+//! the two socats of its link.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -346,6 +384,497 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Section 6: two network namespaces of the bench's own, joined by a veth
+/// pair. Dropped (at the end, or when the bench panics), it kills what still
+/// runs inside them and deletes them, and with them the veth pair, the tun
+/// devices, the qdisc and the nftables table.
+struct Netns {
+    ns: [String; 2],
+    veth: [String; 2],
+}
+
+/// The veth pair's addresses; the r2 VPN's tun devices; socat's tun devices.
+const NET_IP: [&str; 2] = ["10.88.0.1", "10.88.0.2"];
+const VPN_IP: [&str; 2] = ["10.88.1.1", "10.88.1.2"];
+const SOVPN_IP: [&str; 2] = ["10.88.2.1", "10.88.2.2"];
+/// The shaping of the impaired path, on the sender's end of the veth pair.
+const TBF: &str = "tbf rate 200mbit burst 32kbit latency 50ms";
+
+impl Netns {
+    /// Makes the pair, or says why it cannot.
+    fn new() -> Result<Netns, String> {
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string));
+        if uid.as_deref() != Some("0") {
+            return Err("not root".into());
+        }
+        let pid = std::process::id();
+        let n = Netns {
+            ns: [format!("r2bench-{pid}-1"), format!("r2bench-{pid}-2")],
+            veth: [format!("r2b{pid}a"), format!("r2b{pid}b")],
+        };
+        // From here on a failure deletes, by the drop, what was made.
+        n.ip(&["netns", "add", &n.ns[0]])?;
+        n.ip(&["netns", "add", &n.ns[1]])?;
+        let (v0, v1) = (n.veth[0].as_str(), n.veth[1].as_str());
+        n.ip(&["link", "add", v0, "netns", &n.ns[0], "type", "veth", "peer", "name", v1, "netns", &n.ns[1]])?;
+        for ((ns, veth), ip) in n.ns.iter().zip(&n.veth).zip(NET_IP) {
+            n.ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            n.ip(&["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", veth])?;
+            n.ip(&["-n", ns, "link", "set", veth, "up"])?;
+        }
+        Ok(n)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let o = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
+        }
+    }
+
+    /// The prefix that runs a command in namespace `i`.
+    fn exec(&self, i: usize) -> String {
+        format!("ip netns exec {}", self.ns[i])
+    }
+
+    /// Runs a script in namespace `i`; its stdout, or why it failed.
+    fn sh(&self, i: usize, script: &str) -> Result<String, String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns[i], "sh", "-c", script])
+            .output()
+            .map_err(|e| format!("ip netns exec: {e}"))?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(format!("{script}: {}", String::from_utf8_lossy(&o.stderr).trim()))
+        }
+    }
+
+    /// A counter of the veth end in namespace `i` (`rx_packets`, …).
+    fn stat(&self, i: usize, what: &str) -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/{what}", self.veth[i]);
+        self.sh(i, &format!("cat {path}")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            // What the bench started there and still runs.
+            let pids = Command::new("ip").args(["netns", "pids", ns]).stderr(Stdio::null()).output();
+            for pid in
+                pids.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().split_whitespace()
+            {
+                if let Ok(p) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Waits up to `limit` for `cond`; whether it came.
+fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// Runs a script in a process group of its own, killed if it takes more
+/// than `limit`; returns its time and stdout, or why it failed with its
+/// stderr.
+fn run_within(env: &Env, script: &str, limit: Duration) -> Result<(Duration, String), String> {
+    use std::os::unix::process::CommandExt;
+    let (out, err) = (env.dir.join("run.out"), env.dir.join("run.err"));
+    let mut c = env.command("/bin/sh");
+    c.arg("-c").arg(script).process_group(0);
+    c.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
+    let t0 = Instant::now();
+    let mut child = c.spawn().map_err(|e| format!("{script}: {e}"))?;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > limit {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let t = t0.elapsed();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => Ok((t, std::fs::read_to_string(&out).unwrap_or_default())),
+        Some(s) => Err(format!("`{script}` failed ({s}): {}", stderr.trim())),
+        None => Err(format!("`{script}` still running after {} s, killed: {}", limit.as_secs(), stderr.trim())),
+    }
+}
+
+/// The number after `field` in the first object after `key` of iperf3's
+/// JSON: enough for `"sum_received"` … `"bits_per_second"`.
+fn json_after(s: &str, key: &str, field: &str) -> Option<f64> {
+    let rest = &s[s.find(key)?..];
+    let rest = &rest[rest.find(field)? + field.len()..];
+    let rest = rest.trim_start_matches(|c: char| c == ':' || c.is_whitespace());
+    rest.split(|c: char| c == ',' || c == '}' || c.is_whitespace()).next()?.parse().ok()
+}
+
+/// Section 6: the impaired path (A) and the VPN (B), between the namespaces.
+struct NetBench {
+    net: Netns,
+    mib: u64,
+    /// Daemon A's socket (namespace 1), B's id (namespace 2, bulk), V's id
+    /// (namespace 2, packet mode with a tun).
+    a: String,
+    b: String,
+    v: String,
+    /// The TCP congestion control of the namespaces.
+    cc: String,
+    /// Why A, or B, cannot run (no nft, no iperf3, no /dev/net/tun).
+    a_skip: Option<String>,
+    b_skip: Option<String>,
+    tcp: Series,
+    r2: Series,
+    /// iperf3 Mbit/s: [clean veth, 200 Mbit/s tbf] × [socat, r2].
+    vpn: [[Series; 2]; 2],
+    /// Packets dropped by the loss rule, and arrived at its veth end,
+    /// while it was on; what had arrived when it was turned on.
+    dropped: u64,
+    arrived: u64,
+    arrived_before: u64,
+    shaped: bool,
+    failed: Option<String>,
+}
+
+impl NetBench {
+    /// Makes the namespaces, the daemons and their UDP links, and both VPNs;
+    /// the namespaces are deleted on any failure after they were made.
+    fn new(env: &mut Env, mib: u64) -> Result<NetBench, String> {
+        let net = Netns::new().map_err(|e| format!("skipped: {e}"))?;
+        net.sh(0, &format!("tc qdisc add dev {} root {TBF} && tc qdisc del dev {} root", net.veth[0], net.veth[0]))
+            .map_err(|e| format!("skipped: no tbf qdisc: {e}"))?;
+        let have = |cmd: &str| {
+            Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null")).status().is_ok_and(|s| s.success())
+        };
+        let a_skip = if !have("nft") {
+            Some("no nft (the nftables package)".to_string())
+        } else {
+            net.sh(1, "nft add table inet r2probe && nft delete table inet r2probe")
+                .err()
+                .map(|e| format!("nft unusable: {e}"))
+        };
+        let b_skip = if !have("iperf3") {
+            Some("no iperf3".to_string())
+        } else if !Path::new("/dev/net/tun").exists() {
+            Some("no /dev/net/tun".to_string())
+        } else {
+            None
+        };
+        let cc = net.sh(0, "cat /proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim().to_string();
+        let mut nb = NetBench {
+            net,
+            mib,
+            a: String::new(),
+            b: String::new(),
+            v: String::new(),
+            cc,
+            a_skip,
+            b_skip,
+            tcp: Series::default(),
+            r2: Series::default(),
+            vpn: Default::default(),
+            dropped: 0,
+            arrived: 0,
+            arrived_before: 0,
+            shaped: false,
+            failed: None,
+        };
+        if let Err(e) = nb.setup(env) {
+            dump_logs(env);
+            return Err(format!("failed to set up (the logs are on stderr): {e}"));
+        }
+        Ok(nb)
+    }
+
+    fn setup(&mut self, env: &mut Env) -> Result<(), String> {
+        let nb = self;
+        let tun =
+            |ip: &str, name: &str| format!("socat -b 65536 TUN:{ip}/24,tun-type=tun,iff-no-pi,iff-up,tun-name={name}");
+        let (a_sock, a_id) = nb.daemon(env, 0, "nsa", "'cat >/dev/null'")?;
+        nb.a = a_sock.display().to_string();
+        if nb.a_skip.is_none() {
+            let (b_sock, b_id) = nb.daemon(env, 1, "nsb", "'cat >/dev/null'")?;
+            nb.link(env, (&a_sock, &a_id), (&b_sock, &b_id), 47001)?;
+            nb.b = b_id;
+        }
+        if nb.b_skip.is_none() {
+            let (v_sock, v_id) = nb.daemon(env, 1, "nsv", &format!("-p '{} -'", tun(VPN_IP[1], "r2vpn")))?;
+            nb.link(env, (&a_sock, &a_id), (&v_sock, &v_id), 47002)?;
+            nb.v = v_id;
+            let (n1, n2) = (nb.net.exec(0), nb.net.exec(1));
+            env.spawn(&format!(
+                "exec {n1} r2 -s {} tunnel -p {} '{} -' 2>nsvpn.log",
+                nb.a,
+                nb.v,
+                tun(VPN_IP[0], "r2vpn")
+            ));
+            // socat's own VPN: the listener first, so that the first
+            // datagram, which it answers, finds it bound.
+            env.spawn(&format!("exec {n2} {} udp-l:47003 2>sovpn2.log", tun(SOVPN_IP[1], "sovpn")));
+            if !until(Duration::from_secs(20), || nb.net.sh(1, "ss -Hlun | grep -q ':47003 '").is_ok()) {
+                return Err(format!("socat's VPN listener never bound: {}", tail(env, "sovpn2.log", 5)));
+            }
+            env.spawn(&format!("exec {n1} {} udp:{}:47003 2>sovpn1.log", tun(SOVPN_IP[0], "sovpn"), NET_IP[1]));
+            for dev in ["r2vpn", "sovpn"] {
+                let up = |i: usize| nb.net.sh(i, &format!("ip link show {dev} >/dev/null")).is_ok();
+                if !until(Duration::from_secs(20), || up(0) && up(1)) {
+                    let logs = ["nsvpn.log", "nsv.log", "sovpn1.log", "sovpn2.log"].map(|f| tail(env, f, 5)).join("; ");
+                    return Err(format!("{dev} never came up in both namespaces: {logs}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a daemon in namespace `i` with stderr to `name.log`; returns
+    /// its socket and id once it answers.
+    fn daemon(&self, env: &mut Env, i: usize, name: &str, cmd: &str) -> Result<(PathBuf, String), String> {
+        let sock = env.dir.join(format!("{name}.sock"));
+        env.spawn(&format!("exec {} r2d -s {name}.sock -k {name}.id {cmd} 2>{name}.log", self.net.exec(i)));
+        let mut id = String::new();
+        let up = until(Duration::from_secs(20), || {
+            let o = Command::new(bin()).arg("-s").arg(&sock).arg("id").stderr(Stdio::null()).output().unwrap();
+            id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            o.status.success()
+        });
+        if up {
+            Ok((sock, id))
+        } else {
+            Err(format!("daemon {name} in {} never answered: {}", self.net.ns[i], tail(env, &format!("{name}.log"), 5)))
+        }
+    }
+
+    /// Links daemon `x` (namespace 1) to `y` (namespace 2) over UDP as a
+    /// user would: a listener in 2, `r2 connect` in 1; waits until each
+    /// lists the other.
+    fn link(&self, env: &mut Env, x: (&Path, &str), y: (&Path, &str), port: u16) -> Result<(), String> {
+        let (n1, n2) = (self.net.exec(0), self.net.exec(1));
+        env.spawn(&format!(
+            "exec {n2} env R2_SOCKET={} socat udp-l:{port} exec:'r2 connect -' 2>link{port}b.log",
+            y.0.display()
+        ));
+        if !until(Duration::from_secs(20), || self.net.sh(1, &format!("ss -Hlun | grep -q ':{port} '")).is_ok()) {
+            return Err(format!(
+                "the listener on udp port {port} never bound: {}",
+                tail(env, &format!("link{port}b.log"), 5)
+            ));
+        }
+        env.spawn(&format!(
+            "exec {n1} r2 -s {} connect -n {} 'socat udp:{}:{port} -' 2>link{port}a.log",
+            x.0.display(),
+            y.1,
+            NET_IP[1]
+        ));
+        let lists = |s: &Path, id: &str| {
+            let o = Command::new(bin()).arg("-s").arg(s).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(id)
+        };
+        if until(Duration::from_secs(20), || lists(x.0, y.1) && lists(y.0, x.1)) {
+            Ok(())
+        } else {
+            let logs = [format!("link{port}a.log"), format!("link{port}b.log")].map(|f| tail(env, &f, 5)).join("; ");
+            Err(format!("the UDP link on port {port} never came up on both sides: {logs}"))
+        }
+    }
+
+    fn shape(&mut self, on: bool) -> Result<(), String> {
+        if on != self.shaped {
+            let dev = &self.net.veth[0];
+            let cmd =
+                if on { format!("tc qdisc add dev {dev} root {TBF}") } else { format!("tc qdisc del dev {dev} root") };
+            self.net.sh(0, &cmd)?;
+            self.shaped = on;
+        }
+        Ok(())
+    }
+
+    /// Turns the loss rule on, or off keeping the count of what it dropped.
+    fn loss(&mut self, env: &Env, on: bool) -> Result<(), String> {
+        if on {
+            let rules = format!(
+                "table inet r2bench {{\n  chain pre {{\n    type filter hook prerouting priority -300; policy accept;\n    \
+                 iifname \"{}\" numgen random mod 100 == 0 counter drop\n  }}\n}}\n",
+                self.net.veth[1]
+            );
+            std::fs::write(env.dir.join("loss.nft"), rules).unwrap();
+            self.arrived_before = self.net.stat(1, "rx_packets");
+            self.net.sh(1, &format!("nft -f {}", env.dir.join("loss.nft").display()))?;
+        } else {
+            let l = self.net.sh(1, "nft list table inet r2bench")?;
+            let n = l.split("packets ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok());
+            self.dropped += n.unwrap_or(0);
+            self.arrived += self.net.stat(1, "rx_packets").saturating_sub(self.arrived_before);
+            self.net.sh(1, "nft delete table inet r2bench")?;
+        }
+        Ok(())
+    }
+
+    /// One repetition of each run, or the first failure.
+    fn rep(&mut self, env: &mut Env) {
+        if self.failed.is_none() {
+            if let Err(e) = self.runs(env) {
+                eprintln!("section 6 failed: {e}");
+                dump_logs(env);
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn runs(&mut self, env: &mut Env) -> Result<(), String> {
+        let n1 = self.net.exec(0);
+        let limit = Duration::from_secs(60 + self.mib);
+        let dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", self.mib * 16);
+        if self.a_skip.is_none() {
+            self.shape(true)?;
+            self.loss(env, true)?;
+            // TCP: the receiver's end is the end of the transfer.
+            let mut rx = env.command("ip");
+            rx.args(["netns", "exec", &self.net.ns[1], "socat", "-u", "tcp-l:5001,reuseaddr", "/dev/null"]);
+            let mut rx = rx.spawn().map_err(|e| format!("socat: {e}"))?;
+            if !until(Duration::from_secs(20), || self.net.sh(1, "ss -Hltn | grep -q ':5001 '").is_ok()) {
+                return Err("the TCP receiver never listened".into());
+            }
+            let t0 = Instant::now();
+            run_within(env, &format!("{dd} | {n1} socat -u - tcp:{}:5001", NET_IP[1]), limit)?;
+            if !until(limit, || rx.try_wait().unwrap().is_some()) {
+                return Err("the TCP receiver never ended".into());
+            }
+            self.tcp.0.push(self.mib as f64 * 1.048576 / t0.elapsed().as_secs_f64());
+            let (t, _) = run_within(env, &format!("{dd} | {n1} r2 -s {} tunnel {} -", self.a, self.b), limit)?;
+            self.r2.0.push(self.mib as f64 * 1.048576 / t.as_secs_f64());
+            self.loss(env, false)?;
+        }
+        if self.b_skip.is_none() {
+            for (k, shaped) in [false, true].into_iter().enumerate() {
+                self.shape(shaped)?;
+                for (j, ip) in [SOVPN_IP, VPN_IP].iter().enumerate() {
+                    let mut srv = env.command("ip");
+                    srv.args(["netns", "exec", &self.net.ns[1], "iperf3", "-s", "-1", "-B", ip[1]]);
+                    let mut srv = srv.spawn().map_err(|e| format!("iperf3: {e}"))?;
+                    if !until(Duration::from_secs(20), || self.net.sh(1, "ss -Hltn | grep -q ':5201 '").is_ok()) {
+                        return Err("the iperf3 server never listened".into());
+                    }
+                    let (_, json) =
+                        run_within(env, &format!("{n1} iperf3 -c {} -t 5 -J", ip[1]), Duration::from_secs(40))?;
+                    let bps = json_after(&json, "\"sum_received\"", "\"bits_per_second\"")
+                        .ok_or_else(|| format!("no sum_received in iperf3's report: {}", json.trim()))?;
+                    self.vpn[k][j].0.push(bps / 1e6);
+                    if !until(Duration::from_secs(20), || srv.try_wait().unwrap().is_some()) {
+                        return Err("the iperf3 server never ended".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&self, out: &mut String) {
+        let r = |s: &Series| {
+            if s.0.is_empty() {
+                format!("{:>9} {:<11}", "-", "")
+            } else {
+                format!("{:>9.1} ({:.1}–{:.1})", s.median(), s.range().0, s.range().1)
+            }
+        };
+        let ratio = |a: &Series, b: &Series| {
+            if a.0.is_empty() || b.0.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", a.median() / b.median())
+            }
+        };
+        let _ = writeln!(out, "\n6. between two network namespaces joined by a veth pair, target ratio ≥ 0.8");
+        let row = |out: &mut String, name: &str, s: &Series, base: &Series| {
+            let _ = writeln!(out, "   {name:<30} {}   {}", r(s), ratio(s, base));
+        };
+        match &self.a_skip {
+            Some(why) => {
+                let _ = writeln!(out, "   A. skipped: {why}");
+            }
+            None => {
+                let loss = if self.arrived > 0 {
+                    format!("{:.2} % of {}", 100.0 * self.dropped as f64 / self.arrived as f64, self.arrived)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    out,
+                    "   A. bulk ({} MiB) over 200 Mbit/s (tbf) losing 1 % one way ({loss} packets dropped)\n   \
+                     MB/s                               median (min–max)   ratio to tcp",
+                    self.mib
+                );
+                row(out, &format!("tcp ({}), socat to socat", self.cc), &self.tcp, &self.tcp);
+                row(out, "r2 over socat udp", &self.r2, &self.tcp);
+            }
+        }
+        match &self.b_skip {
+            Some(why) => {
+                let _ = writeln!(out, "   B. skipped: {why}");
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "   B. VPN: iperf3 -t 5 through a tun in each namespace\n   \
+                     Mbit/s                             median (min–max)   ratio to socat"
+                );
+                for (k, path) in ["clean veth", "200 Mbit/s tbf"].iter().enumerate() {
+                    let [so, r2] = &self.vpn[k];
+                    row(out, &format!("{path}: socat tun/udp"), so, so);
+                    row(out, &format!("{path}: r2 -p over udp"), r2, so);
+                }
+            }
+        }
+        if let Some(e) = &self.failed {
+            let _ = writeln!(out, "   stopped after a failure (its logs are on stderr): {e}");
+        }
+    }
+}
+
+/// The section's logs, on stderr.
+fn dump_logs(env: &Env) {
+    let mut logs: Vec<String> = std::fs::read_dir(&env.dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    logs.retain(|f| f.ends_with(".log"));
+    logs.sort();
+    for f in logs {
+        eprintln!("--- {}", tail(env, &f, 30));
+    }
+}
+
+/// The last `n` lines of a log in the scratch directory, on one line.
+fn tail(env: &Env, file: &str, n: usize) -> String {
+    let s = std::fs::read_to_string(env.dir.join(file)).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    format!("{file}: {}", lines[lines.len().saturating_sub(n)..].join(" | "))
+}
+
 fn main() {
     let reps = env_num("R2_BENCH_REPS", 5);
     let mib = env_num("R2_BENCH_MIB", 1024);
@@ -419,6 +948,13 @@ fn main() {
     let tr_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", tr_mib * 16);
     let a = ds[0].1.display().to_string();
 
+    // 6. between network namespaces: the impaired path and the VPN.
+    let net_mib = (mib / 4).clamp(32, 128);
+    let mut netb = NetBench::new(&mut env, net_mib);
+    if let Err(e) = &netb {
+        eprintln!("section 6: {e}");
+    }
+
     // Socat chains, set up once per repetition (their listeners take one
     // connection each).
     let mut bulk: Vec<(String, Series)> = ["r2 1 link", "pipes dd|cat|cat|cat", "socat 2 relays"]
@@ -459,6 +995,10 @@ fn main() {
         for (i, (x, y)) in pairs.iter().enumerate() {
             let (_, t) = env.run(&format!("{{ echo sink; {tr_dd}; }} | r2 -s {} tunnel {} -", x.1.display(), y.2));
             transports[i].1 .0.push(tr_mib as f64 / t.as_secs_f64());
+        }
+        // 6. the impaired path and the VPN between namespaces
+        if let Ok(n) = &mut netb {
+            n.rep(&mut env);
         }
         // 3. hops
         for (i, h) in [2usize, 4].iter().enumerate() {
@@ -632,6 +1172,12 @@ fn main() {
     );
     let _ = writeln!(out, "   musl binary (make static)       {size}");
     let _ = writeln!(out, "   r2d start to socket answering   median {:.1} ms", startup.median());
+    match &netb {
+        Ok(n) => n.print(&mut out),
+        Err(e) => {
+            let _ = writeln!(out, "\n6. between network namespaces: {e}");
+        }
+    }
     drop(idle);
     print!("{out}");
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench.txt");

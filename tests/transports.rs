@@ -719,7 +719,7 @@ fn noisy_serial_line_between_two_ptys() {
 #[ignore = "stress: run by make stress"]
 fn stress_noisy_serial_line() {
     noisy_serial(4 * MIB, 20_000, 30_000, 8);
-    noisy_serial(MIB, 500, 1000, 9);
+    noisy_serial(MIB, 10_000, 15_000, 9);
 }
 
 // ---------------------------------------------------------------------
