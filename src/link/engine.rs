@@ -52,6 +52,8 @@ struct State {
     rel: Reliable,
     peer: Option<u32>,
     heard_stray: bool,
+    /// The link has sent a packet: it is no second child, which never does.
+    spoke: bool,
     peer_mac: Option<Mac>,
     strangers: u64,
 }
@@ -131,7 +133,7 @@ pub fn run(
 ) -> std::io::Result<()> {
     let start = Instant::now();
     let rel = Reliable::new(e.medium.sizes(), 0);
-    let state = State { rel, peer: None, heard_stray: false, peer_mac: None, strangers: 0 };
+    let state = State { rel, peer: None, heard_stray: false, spoke: false, peer_mac: None, strangers: 0 };
     let shared = Arc::new(Shared { state: Mutex::new(state), start, name: e.name.clone() });
     let (poke, poked) = bounded::<()>(1);
     let robust = Robust::new(e.tag);
@@ -243,6 +245,17 @@ fn take(
             debug!("link {}: the peer's tag is {tag:08x}", shared.name);
             st.peer = Some(tag);
         }
+        // A frame that does not start a stream, before any that does, but
+        // acknowledges this end's start: the peer's, whose own start was
+        // lost (it comes again, and the rest waits for it).
+        None if st.rel.acknowledges_start(bytes) => {
+            debug!("link {}: the peer's tag is {tag:08x} (it has this end's Hello)", shared.name);
+            st.peer = Some(tag);
+        }
+        // Otherwise: the peer's first was lost (this link has spoken: it
+        // waits for the peer to send its start again), or it went to
+        // another child.
+        None if st.spoke => return Ok(()),
         None => {
             if !st.heard_stray {
                 debug!("link {}: a frame from {tag:08x} that does not start a stream: not this link's", shared.name);
@@ -309,6 +322,7 @@ fn sender(
         let speak = st.peer.is_some() || (!st.heard_stray && Instant::now() >= listen_until);
         if speak {
             while frames.len() < BURST && st.rel.transmit(now, &mut packet) {
+                st.spoke = true;
                 let mut f = spare.pop().unwrap_or_default();
                 frame(&robust, medium, st.peer_mac, &packet, &mut f);
                 frames.push(f);

@@ -244,6 +244,9 @@ pub struct Reliable {
     partial: Vec<u8>,
     assemblies: VecDeque<Assembly>,
     delivered: VecDeque<Packet>,
+    /// The numbers of the packets that carried this end's first stream
+    /// byte (its Hello), the first few.
+    start_numbers: Vec<u64>,
     pub counts: Counts,
 }
 
@@ -301,6 +304,7 @@ impl Reliable {
             partial: Vec::new(),
             assemblies: VecDeque::new(),
             delivered: VecDeque::new(),
+            start_numbers: Vec::new(),
             counts: Counts::default(),
         };
         r.cwnd = r.initial_cwnd();
@@ -398,6 +402,18 @@ impl Reliable {
             self.buf.extend(m.bytes());
             crate::sys::buffers::recycle(m);
         }
+    }
+
+    /// Whether the packet `bytes` acknowledges one that carried this end's
+    /// first stream byte: its sender has this end's Hello.
+    pub fn acknowledges_start(&self, bytes: &[u8]) -> bool {
+        let Ok((_, frames)) = packet::decode(bytes) else { return false };
+        frames.iter().any(|f| match f {
+            Frame::Ack { ranges, .. } => {
+                self.start_numbers.iter().any(|&n| ranges.iter().any(|&(l, c)| n <= l && n + c as u64 > l))
+            }
+            _ => false,
+        })
     }
 
     /// The next message that arrived, in order (best-effort ones as soon
@@ -851,6 +867,9 @@ impl Reliable {
             } else if !self.has_work() {
                 self.cwnd_limited = self.in_flight * 2 >= self.cwnd;
             }
+        }
+        if ranges.iter().any(|&(a, _)| a == 0) && self.start_numbers.len() < 16 {
+            self.start_numbers.push(number);
         }
         self.sent.push_back(Sent {
             number,
