@@ -15,7 +15,8 @@
 //! zeros are only delimiters to the robust framing. Other traffic on the
 //! interface (IP, ARP) is noise to the robust decoder, and is skipped.
 
-use super::layer::Mac;
+/// An Ethernet address.
+pub type Mac = [u8; 6];
 
 /// The EtherType of r2's frames.
 pub const ETHERTYPE: [u8; 2] = [0x88, 0xb5];

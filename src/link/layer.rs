@@ -13,8 +13,7 @@ use super::robust;
 use std::fmt;
 use std::time::Duration;
 
-/// An Ethernet address.
-pub type Mac = [u8; 6];
+pub use super::ethernet::Mac;
 
 /// The layer of a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,8 @@
 //! writes them itself while the fd takes them at once, and leaves the rest
 //! to the writer thread. The robust layer, for everything else, is the
 //! [`robust`] framing (in its [`ethernet`] form on raw interfaces)
-//! carrying [`packet`]s, made reliable by [`reliable`]'s state machine
+//! carrying [`packet`]s, made reliable by [`reliable`]'s state machine (its
+//! sets of ranges in [`ranges`])
 //! and run by the [`engine`]'s threads. A link told to adapt reads the
 //! peer's first bytes to choose. Batching, direct reads into packets and
 //! splicing are the link's business; the loop and the router see
@@ -30,6 +31,7 @@ pub mod fuzz;
 pub mod layer;
 pub mod output;
 pub mod packet;
+pub mod ranges;
 pub mod raw;
 pub mod reader;
 pub mod reliable;

@@ -20,6 +20,7 @@
 //! upward (RFC 8899): a padded probe that is acknowledged raises it.
 
 use super::packet::{self, Frame, MAX_RANGES, NUMBER, PIECE_HEAD, STREAM_HEAD};
+use super::ranges::Ranges;
 use super::stream;
 use crate::wire::message::MAX_MESSAGE;
 use crate::wire::Packet;
@@ -58,67 +59,6 @@ const RAISE_AGAIN: Micros = 600_000_000;
 pub struct Sizes {
     pub base: usize,
     pub max: usize,
-}
-
-/// A set of disjoint ranges `start..end`, kept merged.
-#[derive(Clone, Debug, Default)]
-struct Ranges(BTreeMap<u64, u64>);
-
-impl Ranges {
-    fn insert(&mut self, mut start: u64, mut end: u64) {
-        if start >= end {
-            return;
-        }
-        let touching: Vec<(u64, u64)> =
-            self.0.range(..=end).rev().take_while(|(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in touching {
-            self.0.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
-        }
-        self.0.insert(start, end);
-    }
-
-    fn remove_below(&mut self, floor: u64) {
-        let below: Vec<(u64, u64)> = self.0.range(..floor).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in below {
-            self.0.remove(&s);
-            if e > floor {
-                self.0.insert(floor, e);
-            }
-        }
-    }
-
-    fn contains(&self, x: u64) -> bool {
-        self.0.range(..=x).next_back().is_some_and(|(_, &e)| x < e)
-    }
-
-    /// The part of `start..end` not in the set, first piece only.
-    fn first_gap(&self, start: u64, end: u64) -> Option<(u64, u64)> {
-        let mut at = start;
-        if let Some((_, &e)) = self.0.range(..=at).next_back() {
-            at = at.max(e);
-        }
-        if at >= end {
-            return None;
-        }
-        let stop = self.0.range(at..end).next().map_or(end, |(&s, _)| s);
-        Some((at, stop))
-    }
-
-    fn first(&self) -> Option<(u64, u64)> {
-        self.0.iter().next().map(|(&s, &e)| (s, e))
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn pop_first(&mut self) {
-        if let Some((&s, _)) = self.0.iter().next() {
-            self.0.remove(&s);
-        }
-    }
 }
 
 /// What a sent packet carried, until it is acknowledged or lost.
@@ -373,7 +313,7 @@ impl Reliable {
     /// Whether anything waits to be sent: messages, lost bytes or an
     /// acknowledgement.
     pub fn has_work(&self) -> bool {
-        !self.backlog.is_empty() || !self.outgoing.is_empty() || self.lost.len() > 0 || self.next_new < self.send_end()
+        !self.backlog.is_empty() || !self.outgoing.is_empty() || !self.lost.is_empty() || self.next_new < self.send_end()
     }
 
     /// Messages waiting, in the backlog and the window, and their bytes:
@@ -941,7 +881,7 @@ impl Reliable {
             ranges.push((start, end));
             wrote = true;
             if again {
-                self.lost = remove_range(&self.lost, start, end);
+                self.lost = self.lost.without(start, end);
                 self.counts.retransmitted_bytes += len as u64;
             } else {
                 self.next_new = end;
@@ -960,23 +900,6 @@ impl Reliable {
         }
         None
     }
-}
-
-fn remove_range(set: &Ranges, start: u64, end: u64) -> Ranges {
-    let mut out = Ranges::default();
-    for (&s, &e) in &set.0 {
-        if e <= start || s >= end {
-            out.0.insert(s, e);
-            continue;
-        }
-        if s < start {
-            out.0.insert(s, start);
-        }
-        if e > end {
-            out.0.insert(end, e);
-        }
-    }
-    out
 }
 
 /// Appends bytes `from..from+len` of the ring's two slices.
