@@ -313,7 +313,10 @@ impl Reliable {
     /// Whether anything waits to be sent: messages, lost bytes or an
     /// acknowledgement.
     pub fn has_work(&self) -> bool {
-        !self.backlog.is_empty() || !self.outgoing.is_empty() || !self.lost.is_empty() || self.next_new < self.send_end()
+        !self.backlog.is_empty()
+            || !self.outgoing.is_empty()
+            || !self.lost.is_empty()
+            || self.next_new < self.send_end()
     }
 
     /// Messages waiting, in the backlog and the window, and their bytes:
