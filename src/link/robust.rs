@@ -18,6 +18,7 @@
 //! outgoing frames), and once the link knows its peer's tag, a frame with
 //! any other (a stale peer, a second forked child) is not this link's.
 
+use super::crc32c::{crc32c, Crc32c};
 use crate::wire::message::MAX_MESSAGE;
 use std::ops::Range;
 
@@ -80,39 +81,70 @@ impl Robust {
     }
 }
 
-/// CRC-32C, reflected, polynomial 0x82F63B78, as in iSCSI and SCTP.
-pub fn crc32c(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
+/// Where the first zero of `b` is: eight bytes at a time.
+fn first_zero(b: &[u8]) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(w);
+        if w.wrapping_sub(LOW) & !w & HIGH != 0 {
+            break;
         }
-        t
-    };
-    !bytes.iter().fold(!0u32, |c, &b| TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+        at += 8;
+    }
+    b[at..].iter().position(|&x| x == ZERO).map(|i| at + i)
 }
 
-/// Appends `data` COBS-encoded to `out`: no zero byte in what it appends.
-fn cobs_encode(data: &[u8], out: &mut Vec<u8>) {
-    let mut code_at = out.len();
-    out.push(1);
-    for &b in data {
-        if b != ZERO {
-            out.push(b);
-            out[code_at] += 1;
+/// Appends bytes COBS-encoded to a buffer, a piece at a time: no zero
+/// byte in what it appends. A block is a code byte, then up to 254 bytes
+/// that are not zero; the code is their number plus one, and a block of
+/// fewer than 254 stands for them and a zero.
+struct CobsWriter<'a> {
+    out: &'a mut Vec<u8>,
+    code_at: usize,
+}
+
+impl<'a> CobsWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> CobsWriter<'a> {
+        let code_at = out.len();
+        out.push(1);
+        CobsWriter { out, code_at }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        // Room for the worst case: a code byte for every 254 bytes, and
+        // one for the block this piece may fill; cut back at the end.
+        let mut w = self.out.len();
+        self.out.resize(w + data.len() + data.len() / 254 + 1, 0);
+        let out = &mut self.out[..];
+        let (mut code_at, mut i) = (self.code_at, 0);
+        while i < data.len() {
+            if data[i] == ZERO {
+                // Each zero ends a block, and the next starts after it:
+                // k zeros are k blocks of code 1, the last one open.
+                let k = data[i..].iter().position(|&b| b != ZERO).unwrap_or(data.len() - i);
+                out[w..w + k].fill(1);
+                code_at = w + k - 1;
+                (w, i) = (w + k, i + k);
+                continue;
+            }
+            let room = 0xff - out[code_at] as usize;
+            let end = data.len().min(i + room);
+            let n = first_zero(&data[i..end]).unwrap_or(end - i);
+            out[w..w + n].copy_from_slice(&data[i..i + n]);
+            out[code_at] += n as u8;
+            (w, i) = (w + n, i + n);
+            if out[code_at] == 0xff {
+                (code_at, out[w]) = (w, 1);
+                w += 1;
+            }
         }
-        if b == ZERO || out[code_at] == 0xff {
-            code_at = out.len();
-            out.push(1);
-        }
+        self.out.truncate(w);
+        self.code_at = code_at;
     }
 }
 
@@ -121,12 +153,24 @@ fn cobs_encode(data: &[u8], out: &mut Vec<u8>) {
 fn cobs_decode(b: &mut [u8]) -> Option<usize> {
     let (mut r, mut w) = (0, 0);
     while r < b.len() {
+        if b[r] == 1 {
+            // A run of empty blocks: each stands for a zero, but for a
+            // last one at the very end.
+            let k = b[r..].iter().position(|&c| c != 1).unwrap_or(b.len() - r);
+            r += k;
+            let zeros = if r < b.len() { k } else { k - 1 };
+            b[w..w + zeros].fill(ZERO);
+            w += zeros;
+            continue;
+        }
         let code = b[r] as usize;
         if code == 0 || r + code > b.len() {
             return None;
         }
-        b.copy_within(r + 1..r + code, w);
-        w += code - 1;
+        if code > 1 {
+            b.copy_within(r + 1..r + code, w);
+            w += code - 1;
+        }
         r += code;
         if code < 0xff && r < b.len() {
             b[w] = ZERO;
@@ -144,7 +188,7 @@ impl Robust {
         if start > 0 {
             return Found::Skip(start);
         }
-        let Some(end) = input.iter().position(|&b| b == ZERO) else {
+        let Some(end) = first_zero(input) else {
             // No delimiter within the longest frame: noise.
             return match input.len() > MAX_ENCODED {
                 true => Found::Skip(input.len()),
@@ -173,14 +217,14 @@ impl Robust {
 
     /// Appends the frame of `packet` to `out`.
     pub fn encode(&self, packet: &[u8], out: &mut Vec<u8>) {
-        let mut body = Vec::with_capacity(OVERHEAD + packet.len());
-        body.extend_from_slice(&self.own.to_be_bytes());
-        body.extend_from_slice(packet);
-        let crc = crc32c(&body);
-        body.extend_from_slice(&crc.to_be_bytes());
-        out.reserve(body.len() + body.len() / 254 + 3);
+        let tag = self.own.to_be_bytes();
+        let crc = Crc32c::new().take(&tag).take(packet).value().to_be_bytes();
+        out.reserve(frame_len(packet.len()));
         out.push(ZERO);
-        cobs_encode(&body, out);
+        let mut cobs = CobsWriter::new(out);
+        cobs.write(&tag);
+        cobs.write(packet);
+        cobs.write(&crc);
         out.push(ZERO);
     }
 }
@@ -230,10 +274,61 @@ mod tests {
             .collect()
     }
 
+    /// COBS a byte at a time, as the paper gives it: what the encoder,
+    /// which copies runs, must write byte for byte.
+    fn cobs_by_bytes(data: &[u8], out: &mut Vec<u8>) {
+        let mut code_at = out.len();
+        out.push(1);
+        for &b in data {
+            if b != ZERO {
+                out.push(b);
+                out[code_at] += 1;
+            }
+            if b == ZERO || out[code_at] == 0xff {
+                code_at = out.len();
+                out.push(1);
+            }
+        }
+    }
+
+    fn cobs_encode(data: &[u8], out: &mut Vec<u8>) {
+        CobsWriter::new(out).write(data);
+    }
+
     #[test]
-    fn crc32c_check_value() {
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-        assert_eq!(crc32c(b""), 0);
+    fn cobs_in_pieces_is_cobs_by_bytes() {
+        let mut seed = 1u32;
+        for n in (0..2000).step_by(7) {
+            // Zeros often, or only now and then: full blocks across pieces.
+            let often = n % 2 == 0;
+            let data: Vec<u8> = (0..n)
+                .map(|i| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    match often {
+                        true => [0, 1, 0xff, (seed >> 16) as u8][(seed >> 28) as usize % 4],
+                        false => [(i % 255 + 1) as u8, 0][usize::from(seed >> 22 == 0)],
+                    }
+                })
+                .collect();
+            let mut want = vec![9];
+            cobs_by_bytes(&data, &mut want);
+            let mut got = vec![9];
+            let mut w = CobsWriter::new(&mut got);
+            for piece in data.chunks(1 + n % 300) {
+                w.write(piece);
+            }
+            assert_eq!(got, want, "n {n}");
+            let k = cobs_decode(&mut got[1..]).unwrap();
+            assert_eq!(&got[1..1 + k], &data[..], "n {n}");
+        }
+        for n in [0usize, 7, 8, 9, 253, 254, 255, 1000] {
+            for at in 0..n.min(20) {
+                let mut data = vec![5u8; n];
+                data[at] = 0;
+                assert_eq!(first_zero(&data), Some(at));
+            }
+            assert_eq!(first_zero(&vec![0x80u8; n]), None);
+        }
     }
 
     #[test]
