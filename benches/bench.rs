@@ -784,6 +784,9 @@ impl NetBench {
                         run_within(env, &format!("{n1} iperf3 -c {} -t 5 -J", ip[1]), Duration::from_secs(40))?;
                     let bps = json_after(&json, "\"sum_received\"", "\"bits_per_second\"")
                         .ok_or_else(|| format!("no sum_received in iperf3's report: {}", json.trim()))?;
+                    if bps <= 0.0 {
+                        return Err(format!("iperf3 moved nothing through {}: {}", ip[1], json.trim()));
+                    }
                     self.vpn[k][j].0.push(bps / 1e6);
                     if !until(Duration::from_secs(20), || srv.try_wait().unwrap().is_some()) {
                         return Err("the iperf3 server never ended".into());
