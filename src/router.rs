@@ -13,7 +13,7 @@
 use crate::wire::id::MAX_HOPS;
 use crate::wire::list;
 use crate::wire::message::{Kind, Msg, Packet, HEADER, MAX_MESSAGE};
-use crate::wire::tunnel::DATA;
+use crate::wire::tunnel::{DATA, DATAGRAM};
 use crate::wire::{FailCode, NodeId};
 use log::{debug, info, warn};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -194,6 +194,12 @@ pub fn relay_key(msg: &[u8]) -> Option<&[u8]> {
     (msg.len() > n).then(|| &msg[..n])
 }
 
+/// Whether a tunnel message with this tag is data, which goes by
+/// shortcut: Data, or a packet-mode Datagram.
+pub fn is_data(tag: u8) -> bool {
+    tag == DATA || tag == DATAGRAM
+}
+
 /// The length of a [`delivery_key`].
 pub const DELIVERY_KEY: usize = 2 * HEADER + 1;
 
@@ -210,10 +216,10 @@ pub fn delivery_key(msg: &[u8]) -> Option<&[u8]> {
     ok.then(|| &msg[..DELIVERY_KEY])
 }
 
-/// The first bytes of a message from an endpoint that is a tunnel's Data:
-/// its `To` headers, the last to node 0, and the Data tag. None for
-/// anything else, or Data without data. A Data message of the caller's
-/// tunnel end starts with just these bytes, whatever its data.
+/// The first bytes of a message from an endpoint that is a tunnel's Data
+/// (or Datagram, in packet mode): its `To` headers, the last to node 0,
+/// and the tag. None for anything else, or a tag alone. A Data message of
+/// the caller's tunnel end starts with just these bytes, whatever its data.
 pub fn tunnel_data_key(msg: &[u8]) -> Option<&[u8]> {
     let mut at = 0;
     for _ in 0..=MAX_HOPS + 1 {
@@ -223,7 +229,7 @@ pub fn tunnel_data_key(msg: &[u8]) -> Option<&[u8]> {
         }
         at += HEADER;
         if m.id == NodeId::TUNNEL {
-            let ok = msg.len() > at + 1 && msg[at] == DATA;
+            let ok = msg.len() > at + 1 && is_data(msg[at]);
             return ok.then(|| &msg[..at + 1]);
         }
     }
@@ -396,9 +402,8 @@ impl Router {
             Event::Closed { port, error } => self.close(port, error, out),
             Event::FromTunnel { to, mut packet } => {
                 if self.nodes.get(&to).is_some_and(|n| n.conns.contains(&NodeId::TUNNEL)) {
-                    let data = packet.bytes().first() == Some(&DATA) && packet.len() > 1;
-                    let origin =
-                        data.then(|| Origin { lane: Lane::Tunnel(to), key: vec![DATA], rest: packet.len() - 1 });
+                    let tag = packet.bytes().first().copied().filter(|&t| is_data(t) && packet.len() > 1);
+                    let origin = tag.map(|t| Origin { lane: Lane::Tunnel(to), key: vec![t], rest: packet.len() - 1 });
                     packet.push_header(Kind::From, NodeId::TUNNEL);
                     let sent = out.len() + 1;
                     if self.send_to(to, &mut packet, out).is_ok() && out.len() == sent {

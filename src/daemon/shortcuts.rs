@@ -27,7 +27,7 @@ use crate::router::{relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
-use crate::wire::tunnel::DATA;
+use crate::wire::tunnel::DATAGRAM;
 use crate::wire::Packet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -188,8 +188,8 @@ impl LinkRoutes {
 /// output they leave by, and what it has read.
 pub struct Outbound {
     pub pending: Pending,
-    /// The first bytes of the end's Data messages as the router sees them:
-    /// the key of the shortcuts for it.
+    /// The first bytes of the end's Data messages (Datagrams in packet
+    /// mode) as the router sees them: the key of the shortcuts for it.
     key: Vec<u8>,
     route: Mutex<Option<Route>>,
     /// Data read from the program (not counting the Data tag).
@@ -205,8 +205,8 @@ impl Outbound {
         Arc::new(Outbound { pending, key, route, read_bytes: AtomicU64::new(0), read_frames: AtomicU64::new(0) })
     }
 
-    /// The reader read the Data message `p`: sends it if it knows the way,
-    /// else gives it back, to be handed to the loop.
+    /// The reader read the Data (or Datagram) message `p`: sends it if it
+    /// knows the way, else gives it back, to be handed to the loop.
     pub fn send(&self, p: Packet) -> Result<(), Packet> {
         self.send_with(p, None).map_err(|(p, _)| p)
     }
@@ -216,13 +216,14 @@ impl Outbound {
     /// them back.
     pub fn send_with(&self, p: Packet, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
         let len = p.len() + body.as_ref().map_or(0, Body::len);
-        self.read_bytes.fetch_add(len.saturating_sub(1) as u64, Ordering::Relaxed);
+        let head = if p.bytes().first() == Some(&DATAGRAM) { 1 + 8 } else { 1 };
+        self.read_bytes.fetch_add(len.saturating_sub(head) as u64, Ordering::Relaxed);
         self.read_frames.fetch_add(1, Ordering::Relaxed);
         if !self.pending.none() {
             return Err((p, body));
         }
         match lock(&self.route).as_ref() {
-            // The head ends in the Data tag the packet starts with.
+            // The head ends in the tag the packet starts with.
             Some(r) => r.send_with(p, 1, body),
             None => Err((p, body)),
         }
@@ -335,8 +336,8 @@ impl Registry {
         };
         let Exit::Port(to) = s.to else { return };
         let Some(t) = self.tunnels.iter().find(|(k, _)| *k == end).and_then(|(_, t)| t.upgrade()) else { return };
-        // The head ends in the Data tag, as the key does.
-        if t.key != s.key || s.head.last() != Some(&DATA) {
+        // The head ends in the tag the key ends in (Data, or Datagram).
+        if t.key != s.key || s.head.last() != s.key.last() {
             return;
         }
         if let Some(out) = output(to) {
@@ -391,6 +392,7 @@ mod tests {
     use crate::link::reader::FrameReader;
     use crate::link::stream::Stream;
     use crate::wire::message::Kind;
+    use crate::wire::tunnel::DATA;
     use crate::wire::NodeId;
 
     fn to(n: u8, body: &[u8]) -> Packet {
@@ -455,5 +457,33 @@ mod tests {
         drop(end);
         let _other = reg.open_tunnel(Key::Caller(8), vec![DATA]);
         assert_eq!(reg.tunnels.len(), 1, "a gone end leaves the registry");
+    }
+
+    /// A packet-mode end's way is taught by its Datagrams, not by Data of
+    /// the same path, and its Datagrams go by it whole.
+    #[test]
+    fn a_packet_mode_end_learns_from_datagrams() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (out, _writer) = crate::link::output::output(w, Arc::new(Stream));
+        let out = Arc::new(Mutex::new(out));
+        let mut reg = Registry::new();
+        let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, DATAGRAM]);
+        let learn = |reg: &mut Registry, key: Vec<u8>, head: Vec<u8>| {
+            let s = Shortcut { from: Lane::Endpoint(7), key, to: Exit::Port(2), head };
+            reg.learn(s, |_| Some(out.clone()), |_| None);
+        };
+        learn(&mut reg, vec![1, 2, DATA], vec![9, DATA]);
+        assert!(!end.known(), "taught by Data");
+        learn(&mut reg, vec![1, 2, DATAGRAM], vec![9, DATA]);
+        assert!(!end.known(), "a head that would make it Data");
+        learn(&mut reg, vec![1, 2, DATAGRAM], vec![9, DATAGRAM]);
+        assert!(end.known());
+        let dg = [&[DATAGRAM][..], &5u64.to_be_bytes(), b"ip packet"].concat();
+        assert!(end.send(Packet::from_bytes(&dg)).is_ok());
+        assert_eq!(end.read().bytes, 9, "the data, not the tag and offset");
+        let want = [&crate::link::stream::prefix(1 + dg.len())[..], &[9], &dg].concat();
+        let mut got = vec![0; want.len()];
+        std::io::Read::read_exact(&mut std::fs::File::from(r), &mut got).unwrap();
+        assert_eq!(got, want);
     }
 }

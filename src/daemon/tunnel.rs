@@ -243,8 +243,7 @@ impl Reader {
     }
 
     fn run(self, events: Sender<Input>) {
-        // A packet-mode program's packets go as datagrams, through the
-        // loop (a shortcut's head would make them Data).
+        // A packet-mode program's packets go as datagrams.
         let need = if self.packet { PACKET as i64 } else { 1 };
         let mut offset = 0u64;
         let mut buf = Vec::new();
@@ -311,7 +310,10 @@ impl Reader {
                     Ok(Some(n)) if self.packet => {
                         self.credit.fetch_sub(n as i64, Ordering::AcqRel);
                         offset += n as u64;
-                        Some(self.packet_of(&mut buf, n, offset - n as u64))
+                        match self.outbound.send(self.packet_of(&mut buf, n, offset - n as u64)) {
+                            Ok(()) => continue,
+                            Err(p) => Some(p),
+                        }
                     }
                     Ok(Some(n)) => {
                         self.credit.fetch_sub(n as i64, Ordering::AcqRel);

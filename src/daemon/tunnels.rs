@@ -20,7 +20,7 @@ use crate::router::{Event, PortId};
 use crate::wire::control::TunnelStats;
 use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
-use crate::wire::tunnel::{TunnelMsg, DATA, DEFAULT_WINDOW};
+use crate::wire::tunnel::{TunnelMsg, DATA, DATAGRAM, DEFAULT_WINDOW};
 use crate::wire::{FailCode, NodeId, Packet};
 use crossbeam_channel::Sender;
 use log::{debug, info, warn};
@@ -86,13 +86,22 @@ pub struct Tunnels {
 
 /// The first bytes of a Data message of the caller's end on `path`, as the
 /// router gets it: the path's `To` headers, node 0's, and the Data tag.
-fn caller_key(path: &[NodeId]) -> Vec<u8> {
-    let mut p = Packet::from_bytes(&[DATA]);
+fn caller_key(path: &[NodeId], packet: bool) -> Vec<u8> {
+    let mut p = Packet::from_bytes(&[data_tag(packet)]);
     p.push_header(Kind::To, NodeId::TUNNEL);
     for h in path.iter().rev() {
         p.push_header(Kind::To, *h);
     }
     p.bytes().to_vec()
+}
+
+/// The tag of a tunnel end's data: Datagram in packet mode, else Data.
+fn data_tag(packet: bool) -> u8 {
+    if packet {
+        DATAGRAM
+    } else {
+        DATA
+    }
 }
 
 impl Tunnels {
@@ -139,7 +148,7 @@ impl Tunnels {
     ) -> std::io::Result<()> {
         let key = Key::Caller(port);
         let headroom = (path.len() + 1) * HEADER;
-        let outbound = shortcuts.open_tunnel(key, caller_key(&path));
+        let outbound = shortcuts.open_tunnel(key, caller_key(&path, packet));
         let session = Session::new(true, DEFAULT_WINDOW);
         let io = TunnelEnd::start(key, session, rfd, wfd, headroom, packet, outbound, &self.inputs)?;
         self.ends.insert(key, End { io, side: Side::Caller { path } });
@@ -393,7 +402,7 @@ impl Tunnels {
         let packet = self.instances.packet;
         let (in_r, in_w) = pipe(packet)?;
         let (out_r, out_w) = pipe(packet)?;
-        let outbound = shortcuts.open_tunnel(key, vec![DATA]);
+        let outbound = shortcuts.open_tunnel(key, vec![data_tag(packet)]);
         let session = Session::new(false, DEFAULT_WINDOW);
         let io = TunnelEnd::start(key, session, out_r, in_w, 2 * HEADER, packet, outbound, &self.inputs)?;
         // If this fails, dropping `io` stops its threads.

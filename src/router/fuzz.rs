@@ -5,9 +5,10 @@
 //! over the cap, every shortcut must predict exactly what the router does,
 //! and once every port has closed the router holds nothing.
 
-use super::{delivery_key, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut, Timers};
+use super::{
+    delivery_key, is_data, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut, Timers,
+};
 use crate::wire::message::{Kind, MAX_MESSAGE};
-use crate::wire::tunnel::DATA;
 use crate::wire::{FailCode, NodeId, Packet};
 use std::collections::HashMap;
 
@@ -46,7 +47,7 @@ impl ShortcutModel {
             }
             Event::FromTunnel { to, packet } => {
                 let b = packet.bytes();
-                let data = b.first() == Some(&DATA) && b.len() > 1;
+                let data = b.first().is_some_and(|&t| is_data(t)) && b.len() > 1;
                 (Lane::Tunnel(*to), data.then(|| &b[..1])?, b)
             }
             _ => return None,

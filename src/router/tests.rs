@@ -572,12 +572,14 @@ fn tunnel_data_teaches_every_kind_of_shortcut() {
     assert_eq!(checked, vec![1, 3, 2], "A sends, B relays both ways, C delivers and sends back");
 }
 
-/// Control messages of a tunnel never teach a shortcut: only Data goes by one.
+/// Control messages of a tunnel never teach a shortcut: only Data (and
+/// Datagrams, in packet mode) go by one.
 #[test]
 fn only_tunnel_data_makes_shortcuts() {
     let key = |m: &[u8]| tunnel_data_key(m).map(<[u8]>::len);
     assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x02d")), Some(2 * HEADER + 1));
     assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x02")), None, "Data without data");
+    assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x06\0\0\0\0\0\0\0\0d")), Some(2 * HEADER + 1), "Datagram");
     assert_eq!(key(&nest_to(&[id(2), NodeId::TUNNEL], b"\x04\0\0\0\x01")), None, "Credit");
     assert_eq!(key(&nest_to(&[id(2), id(3)], b"\x02d")), None, "not to node 0");
     let from = |m: &[u8]| Packet::new(Kind::From, id(9), m).bytes().to_vec();
