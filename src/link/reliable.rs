@@ -478,6 +478,13 @@ impl Reliable {
     }
 
     fn on_piece(&mut self, id: u32, index: u16, count: u16, data: &[u8]) {
+        if count == 1 {
+            // A message in one piece: nothing to join.
+            if index == 0 && data.len() >= crate::wire::message::HEADER {
+                self.delivered.push_back(Packet::from_bytes(data));
+            }
+            return;
+        }
         let pos = match self.assemblies.iter().position(|a| a.id == id) {
             Some(p) if self.assemblies[p].count == count => p,
             Some(_) => return,
@@ -500,7 +507,10 @@ impl Reliable {
         a.have += 1;
         if a.have == a.count {
             let Some(a) = self.assemblies.remove(pos) else { return };
-            let whole: Vec<u8> = a.got.into_iter().flatten().flatten().collect();
+            let mut whole = Vec::with_capacity(a.got.iter().flatten().map(Vec::len).sum());
+            for piece in a.got.iter().flatten() {
+                whole.extend_from_slice(piece);
+            }
             if whole.len() >= crate::wire::message::HEADER {
                 self.delivered.push_back(Packet::from_bytes(&whole));
             }
