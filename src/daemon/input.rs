@@ -14,6 +14,12 @@ use std::os::unix::net::UnixStream;
 pub enum Input {
     /// For the router: from a port's link or watcher.
     Router(Event),
+    /// Messages a port's link read together, in order, each counted as
+    /// handed over to the loop.
+    Received {
+        port: PortId,
+        packets: Vec<Packet>,
+    },
     /// `r2 connect`: a link on these fds.
     Connect {
         stream: UnixStream,

@@ -346,6 +346,12 @@ impl Daemon {
                     self.router_event(Event::Closed { port, error });
                 }
             }
+            Input::Received { port, packets } => {
+                for packet in packets {
+                    self.router_event(Event::Received { port, packet });
+                    self.shortcuts.handled(port);
+                }
+            }
             Input::Router(ev) => {
                 // A message from a reader: once handled, the reader may
                 // take shortcuts again (if its port is gone, so is it).

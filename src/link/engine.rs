@@ -182,6 +182,7 @@ fn reader(
     // The source of this read's frame, where reads keep frames apart: a
     // read into an empty buffer from a packet pipe is one whole frame.
     let mut source = None;
+    let mut heard = false;
     loop {
         let mut at = 0;
         while at < buf.len() {
@@ -192,18 +193,23 @@ fn reader(
                     if let Err(e) = take(shared, tag, &buf[range], source, &mut delivered) {
                         return sink.ended(Some(e));
                     }
-                    for p in delivered.drain(..) {
-                        counts.bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                        counts.frames.fetch_add(1, Ordering::Relaxed);
-                        if !sink.message(p) {
-                            return;
-                        }
-                    }
-                    let _ = poke.try_send(());
+                    heard = true;
                 }
                 Found::Skip(n) => at += n.max(1),
                 Found::Partial => break,
             }
+        }
+        // What one read brought goes on together, and the sender looks
+        // once whether to answer.
+        for p in &delivered {
+            counts.bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+            counts.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        if !delivered.is_empty() && !sink.messages(&mut delivered) {
+            return;
+        }
+        if std::mem::take(&mut heard) {
+            let _ = poke.try_send(());
         }
         buf.drain(..at.min(buf.len()));
         let fresh = buf.is_empty();

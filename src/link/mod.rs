@@ -91,6 +91,12 @@ pub trait Sink: Send + Sync + 'static {
     /// A message arrived. False: stop reading.
     fn message(&self, p: Packet) -> bool;
 
+    /// Messages arrived together (one read's), in this order; `ps` is left
+    /// empty. False: stop reading.
+    fn messages(&self, ps: &mut Vec<Packet>) -> bool {
+        ps.drain(..).all(|p| self.message(p))
+    }
+
     /// How many first bytes of a large message the reader shows
     /// [`Sink::wants_body`]; None: it never splices.
     fn body_key(&self) -> Option<usize> {
