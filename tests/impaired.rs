@@ -9,37 +9,6 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A network namespace of this test's own, deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(name: String) -> Ns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
-        assert_eq!(ok.ok(), Some(true), "cannot create network namespace {name}");
-        Ns(name)
-    }
-
-    fn sh(&self, script: &str) {
-        let o = Command::new("ip").args(["netns", "exec", &self.0, "sh", "-c", script]).output().unwrap();
-        assert!(o.status.success(), "{script} in {}: {}", self.0, String::from_utf8_lossy(&o.stderr));
-    }
-
-    /// `sh -c SCRIPT` in the namespace, in the background.
-    fn spawn(&self, s: &Scratch, script: &str, name: &str) -> Proc {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, "sh", "-c", script]).env("PATH", s.env_path()).current_dir(&s.dir);
-        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-        Proc::spawn(c, name, &s.path(&format!("{name}.err")))
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn count(s: &Scratch, file: &str) -> u64 {
     std::fs::read_to_string(s.path(file)).unwrap_or_default().trim().parse().unwrap_or(0)
 }
@@ -63,22 +32,24 @@ fn a_robust_link_shares_a_bottleneck_with_tcp() {
     need("socat");
     let s = Scratch::new("imp");
     let tag = std::process::id() % 100_000;
-    let (a, b) = (Ns::new(format!("r2ia{tag}")), Ns::new(format!("r2ib{tag}")));
+    let (a, b) = (Netns::new(format!("r2ia{tag}")), Netns::new(format!("r2ib{tag}")));
     let (va, vb) = (format!("r2ia{tag}"), format!("r2ib{tag}"));
     let ok = Command::new("ip")
         .args(["link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0])
         .status();
     assert!(ok.map(|s| s.success()).unwrap_or(false), "cannot make a veth pair");
-    a.sh(&format!("ip link set lo up; ip addr add 10.48.0.1/24 dev {va}; ip link set {va} up"));
-    b.sh(&format!("ip link set lo up; ip addr add 10.48.0.2/24 dev {vb}; ip link set {vb} up"));
+    a.sh_ok(&format!("ip link set lo up; ip addr add 10.48.0.1/24 dev {va}; ip link set {va} up"));
+    b.sh_ok(&format!("ip link set lo up; ip addr add 10.48.0.2/24 dev {vb}; ip link set {vb} up"));
     // The bottleneck and the loss, on the way from a to b.
-    a.sh(&format!("tc qdisc add dev {va} root tbf rate 100mbit burst 64kb latency 50ms"));
+    a.sh_ok(&format!("tc qdisc add dev {va} root tbf rate 100mbit burst 64kb latency 50ms"));
     // (Dropped as they arrive: a drop on the sender's output hook would
     // fail its sendto with EPERM, which is no loss on a path.)
-    b.sh("nft add table inet imp && nft add chain inet imp in '{ type filter hook input priority 0; }' && \
-          nft add rule inet imp in ip saddr 10.48.0.1 numgen random mod 100 == 0 drop");
+    b.sh_ok(
+        "nft add table inet imp && nft add chain inet imp in '{ type filter hook input priority 0; }' && \
+          nft add rule inet imp in ip saddr 10.48.0.1 numgen random mod 100 == 0 drop",
+    );
 
-    let daemon = |ns: &Ns, name: &str, tunnel: &str| {
+    let daemon = |ns: &Netns, name: &str, tunnel: &str| {
         let sock = s.path(&format!("{name}.sock"));
         let id_file = s.path(&format!("{name}.id"));
         let p = ns.spawn(

@@ -863,42 +863,6 @@ fn need_netns() {
     assert!(o.map(|o| o.status.success()).unwrap_or(false), "`ip netns list` fails: network namespaces unusable here");
 }
 
-/// A network namespace of this test's own, deleted on drop (with the
-/// veth end in it).
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
-        assert_eq!(ok.ok(), Some(true), "cannot create network namespace {name}");
-        let ns = Netns(name);
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(prog);
-        c
-    }
-
-    /// Runs a command in the namespace, which must succeed.
-    fn run(&self, argv: &[&str]) -> String {
-        let mut c = self.cmd(argv[0]);
-        c.args(&argv[1..]);
-        let o = run_bounded(c, Duration::from_secs(30));
-        assert!(o.status.success(), "{argv:?} in {}: {}{}", self.0, stdout_of(&o), stderr_of(&o));
-        stdout_of(&o)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// Two namespaces joined by a veth pair, `addr.1/24` and `addr.2/24`,
 /// of this MTU.
 struct Veth {

@@ -46,46 +46,13 @@ fn packet_mode_keeps_every_record_whole() {
     assert_eq!(std::fs::read_to_string(s.path("result")).unwrap().trim(), "records 4096 bad 0");
 }
 
-/// A network namespace of this test's own, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
-        assert_eq!(ok.ok(), Some(true), "cannot create network namespace {name}");
-        let lo = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status();
-        assert!(lo.map(|s| s.success()).unwrap_or(false));
-        Netns(name)
-    }
-
-    /// A command run inside the namespace.
-    fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(prog);
-        c
-    }
-
-    fn sh(&self, script: &str) -> std::process::Output {
-        let mut c = self.cmd("sh");
-        c.arg("-c").arg(script);
-        run_bounded(c, Duration::from_secs(60))
-    }
-
-    /// `(rx_packets, tx_packets)` of a device in the namespace.
-    fn packets(&self, dev: &str) -> (u64, u64) {
-        let o = self
-            .sh(&format!("cat /sys/class/net/{dev}/statistics/rx_packets /sys/class/net/{dev}/statistics/tx_packets"));
-        let v: Vec<u64> = stdout_of(&o).split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        assert_eq!(v.len(), 2, "no {dev} in {}", self.0);
-        (v[0], v[1])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// `(rx_packets, tx_packets)` of a device in a namespace.
+fn packets(ns: &Netns, dev: &str) -> (u64, u64) {
+    let o =
+        ns.sh(&format!("cat /sys/class/net/{dev}/statistics/rx_packets /sys/class/net/{dev}/statistics/tx_packets"));
+    let v: Vec<u64> = stdout_of(&o).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(v.len(), 2, "no {dev} in {}", ns.0);
+    (v[0], v[1])
 }
 
 fn tun(addr: &str) -> String {
@@ -146,7 +113,7 @@ fn vpn_between_two_namespaces() {
     // The traffic has stopped: what one device sent, the other received.
     let mut counts = ((0, 0), (0, 0));
     wait_for("the packet counts to agree", SOON, || {
-        counts = (na.packets("r20"), nb.packets("r20"));
+        counts = (packets(&na, "r20"), packets(&nb, "r20"));
         let ((arx, atx), (brx, btx)) = counts;
         atx == brx && btx == arx
     });

@@ -305,3 +305,62 @@ pub fn counters(s: &Scratch, d: &Daemon) -> std::collections::HashMap<String, u6
         })
         .collect()
 }
+
+/// A network namespace of the test's own (its loopback up), deleted on
+/// drop with what is in it; a stale one of the same name goes first.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "cannot create network namespace {name}");
+        let ns = Netns(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn cmd(&self, prog: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(prog);
+        c
+    }
+
+    /// Runs a command in the namespace, which must succeed: its output.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let mut c = self.cmd(argv[0]);
+        c.args(&argv[1..]);
+        let o = run_bounded(c, Duration::from_secs(30));
+        assert!(o.status.success(), "{argv:?} in {}: {}{}", self.0, stdout_of(&o), stderr_of(&o));
+        stdout_of(&o)
+    }
+
+    /// `sh -c SCRIPT` in the namespace, within a minute.
+    pub fn sh(&self, script: &str) -> Output {
+        let mut c = self.cmd("sh");
+        c.arg("-c").arg(script);
+        run_bounded(c, Duration::from_secs(60))
+    }
+
+    /// `sh -c SCRIPT` in the namespace, which must succeed.
+    pub fn sh_ok(&self, script: &str) {
+        let o = self.sh(script);
+        assert!(o.status.success(), "{script} in {}: {}", self.0, stderr_of(&o));
+    }
+
+    /// `sh -c SCRIPT` in the namespace, in the background, with the
+    /// scratch directory's PATH and its stderr in `NAME.err` there.
+    pub fn spawn(&self, s: &Scratch, script: &str, name: &str) -> Proc {
+        let mut c = self.cmd("sh");
+        c.arg("-c").arg(script).env("PATH", s.env_path()).current_dir(&s.dir);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        Proc::spawn(c, name, &s.path(&format!("{name}.err")))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
