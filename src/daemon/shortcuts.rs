@@ -27,7 +27,7 @@ use crate::router::{relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
-use crate::wire::tunnel::DATAGRAM;
+use crate::wire::tunnel::data_head;
 use crate::wire::Packet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -216,7 +216,7 @@ impl Outbound {
     /// them back.
     pub fn send_with(&self, p: Packet, body: Option<Body>) -> Result<(), (Packet, Option<Body>)> {
         let len = p.len() + body.as_ref().map_or(0, Body::len);
-        let head = if p.bytes().first() == Some(&DATAGRAM) { 1 + 8 } else { 1 };
+        let head = p.bytes().first().map_or(1, |&t| data_head(t));
         self.read_bytes.fetch_add(len.saturating_sub(head) as u64, Ordering::Relaxed);
         self.read_frames.fetch_add(1, Ordering::Relaxed);
         if !self.pending.none() {
@@ -392,7 +392,7 @@ mod tests {
     use crate::link::reader::FrameReader;
     use crate::link::stream::Stream;
     use crate::wire::message::Kind;
-    use crate::wire::tunnel::DATA;
+    use crate::wire::tunnel::{DATA, DATAGRAM};
     use crate::wire::NodeId;
 
     fn to(n: u8, body: &[u8]) -> Packet {
@@ -435,13 +435,18 @@ mod tests {
         assert!(fr.next_packet().unwrap().is_none());
     }
 
+    /// A stream link's output on a pipe, and the pipe's read end.
+    fn output_on_pipe() -> (std::os::fd::OwnedFd, SharedOutput, crate::link::output::Writer) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (out, writer) = crate::link::output::output(w, Arc::new(Stream));
+        (r, Arc::new(Mutex::new(out)), writer)
+    }
+
     /// A tunnel end learns only the way of its own Data: a shortcut with
     /// another key, or for an end that is gone, is dropped.
     #[test]
     fn a_tunnel_end_learns_its_own_way_only() {
-        let (_r, w) = nix::unistd::pipe().unwrap();
-        let (out, _writer) = crate::link::output::output(w, Arc::new(Stream));
-        let out = Arc::new(Mutex::new(out));
+        let (_r, out, _writer) = output_on_pipe();
         let mut reg = Registry::new();
         let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, DATA]);
         let learn = |reg: &mut Registry, key: Vec<u8>| {
@@ -463,9 +468,7 @@ mod tests {
     /// the same path, and its Datagrams go by it whole.
     #[test]
     fn a_packet_mode_end_learns_from_datagrams() {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let (out, _writer) = crate::link::output::output(w, Arc::new(Stream));
-        let out = Arc::new(Mutex::new(out));
+        let (r, out, _writer) = output_on_pipe();
         let mut reg = Registry::new();
         let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, DATAGRAM]);
         let learn = |reg: &mut Registry, key: Vec<u8>, head: Vec<u8>| {

@@ -23,7 +23,7 @@ use crate::sys::fd::{read_append, wait_ready, WakeFd, Waker};
 use crate::sys::splice::Pipes;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
-use crate::wire::tunnel::{DATA, DATAGRAM};
+use crate::wire::tunnel::{data_head, DATA, DATAGRAM};
 use crate::wire::Packet;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use nix::poll::PollFlags;
@@ -161,11 +161,7 @@ impl Reader {
 
     /// The size of the tag (and offset) in front of the data read.
     fn head_len(&self) -> usize {
-        if self.packet {
-            9
-        } else {
-            1
-        }
+        data_head(if self.packet { DATAGRAM } else { DATA })
     }
 
     /// The Data message (a Datagram at `offset` in packet mode) of the

@@ -23,6 +23,16 @@ pub const CREDIT: u8 = 4;
 pub const EXIT: u8 = 5;
 pub const DATAGRAM: u8 = 6;
 
+/// The bytes before the data of a tunnel message with this tag: the tag,
+/// and a Datagram's offset.
+pub fn data_head(tag: u8) -> usize {
+    if tag == DATAGRAM {
+        1 + 8
+    } else {
+        1
+    }
+}
+
 /// The default flow-control window of a tunnel direction.
 pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 /// The largest window a peer may grant.
