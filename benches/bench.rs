@@ -46,7 +46,10 @@
 //! in 2, `socat TUN:… udp:` in 1): the same tun devices, MTU 1500, and the
 //! same path, the simplest VPN one would build with the same tool; it has
 //! the two socats of r2's two tun ends, and r2 has, besides, two daemons and
-//! the two socats of its link. Both VPNs' datagrams are larger than the
+//! the two socats of its link. The fair baseline has as many processes in
+//! its data path as r2, three a side: socat TUN, a socat relay and socat
+//! udp, joined by `EXEC:…,socktype=5` (SOCK_SEQPACKET socket pairs, which
+//! keep the packets apart, as r2's tunnel end does). All VPNs' datagrams are larger than the
 //! veth's MTU, so each run starts once namespace 2 holds no fragments of
 //! earlier runs' lost datagrams (see `runs`), and the table says how long
 //! that took.
@@ -400,6 +403,8 @@ struct Netns {
 const NET_IP: [&str; 2] = ["10.88.0.1", "10.88.0.2"];
 const VPN_IP: [&str; 2] = ["10.88.1.1", "10.88.1.2"];
 const SOVPN_IP: [&str; 2] = ["10.88.2.1", "10.88.2.2"];
+/// The tun devices of socat's VPN with three processes a side.
+const SO3VPN_IP: [&str; 2] = ["10.88.3.1", "10.88.3.2"];
 /// The shaping of the impaired path, on the sender's end of the veth pair.
 const TBF: &str = "tbf rate 200mbit burst 32kbit latency 50ms";
 
@@ -561,8 +566,9 @@ struct NetBench {
     b_skip: Option<String>,
     tcp: Series,
     r2: Series,
-    /// iperf3 Mbit/s: [clean veth, 200 Mbit/s tbf] × [socat, r2].
-    vpn: [[Series; 2]; 2],
+    /// iperf3 Mbit/s: [clean veth, 200 Mbit/s tbf] × [socat, socat with
+    /// three processes a side, r2].
+    vpn: [[Series; 3]; 2],
     /// Packets dropped by the loss rule, and arrived at its veth end,
     /// while it was on; what had arrived when it was turned on.
     dropped: u64,
@@ -655,10 +661,31 @@ impl NetBench {
                 return Err(format!("socat's VPN listener never bound: {}", tail(env, "sovpn2.log", 5)));
             }
             env.spawn(&format!("exec {n1} {} udp:{}:47003 2>sovpn1.log", tun(SOVPN_IP[0], "sovpn"), NET_IP[1]));
-            for dev in ["r2vpn", "sovpn"] {
+            // The same with a relay between socat TUN and socat udp on each
+            // side, the listener first again. Scripts, because socat 1.7
+            // cannot quote an EXEC inside an EXEC.
+            for (i, udp) in [(1, "udp-l:47004".to_string()), (0, format!("udp:{}:47004", NET_IP[1]))] {
+                let script = |name: &str, body: &str| -> Result<String, String> {
+                    let path = env.dir.join(name);
+                    let made = std::fs::write(&path, format!("#!/bin/sh\nexec {body}\n")).and_then(|()| {
+                        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    });
+                    made.map(|()| path.display().to_string()).map_err(|e| format!("{}: {e}", path.display()))
+                };
+                let end = script(&format!("so3udp{i}.sh"), &format!("socat -b 65536 - {udp}"))?;
+                let relay = script(&format!("so3relay{i}.sh"), &format!("socat -b 65536 - EXEC:{end},socktype=5"))?;
+                let tun = tun(SO3VPN_IP[i], "so3vpn");
+                env.spawn(&format!("exec {} {tun} EXEC:{relay},socktype=5 2>so3vpn{i}.log", nb.net.exec(i)));
+                if i == 1 && !until(Duration::from_secs(20), || nb.net.sh(1, "ss -Hlun | grep -q ':47004 '").is_ok()) {
+                    return Err(format!("the 3-socat VPN's listener never bound: {}", tail(env, "so3vpn1.log", 5)));
+                }
+            }
+            for dev in ["r2vpn", "sovpn", "so3vpn"] {
                 let up = |i: usize| nb.net.sh(i, &format!("ip link show {dev} >/dev/null")).is_ok();
                 if !until(Duration::from_secs(20), || up(0) && up(1)) {
-                    let logs = ["nsvpn.log", "nsv.log", "sovpn1.log", "sovpn2.log"].map(|f| tail(env, f, 5)).join("; ");
+                    let logs = ["nsvpn.log", "nsv.log", "sovpn1.log", "sovpn2.log", "so3vpn0.log", "so3vpn1.log"]
+                        .map(|f| tail(env, f, 5))
+                        .join("; ");
                     return Err(format!("{dev} never came up in both namespaces: {logs}"));
                 }
             }
@@ -787,7 +814,7 @@ impl NetBench {
         if self.b_skip.is_none() {
             for (k, shaped) in [false, true].into_iter().enumerate() {
                 self.shape(shaped)?;
-                for (j, ip) in [SOVPN_IP, VPN_IP].iter().enumerate() {
+                for (j, ip) in [SOVPN_IP, SO3VPN_IP, VPN_IP].iter().enumerate() {
                     // Datagrams that lost a fragment on the way (r2's of up
                     // to 8 KiB, in A; socat's of 1528 bytes, over the tbf)
                     // leave the rest in the receiver's reassembly memory
@@ -869,13 +896,22 @@ impl NetBench {
             None => {
                 let _ = writeln!(
                     out,
-                    "   B. VPN: iperf3 -t 5 through a tun in each namespace\n   \
-                     Mbit/s                             median (min–max)   ratio to socat"
+                    "   B. VPN: iperf3 -t 5 through a tun in each namespace; ratios to socat tun/udp with one\n   \
+                     process a side, and with three (as many as r2: tun, relay, udp), the fair one\n   \
+                     Mbit/s                             median (min–max)   ratio   fair ratio"
                 );
                 for (k, path) in ["clean veth", "200 Mbit/s tbf"].iter().enumerate() {
-                    let [so, r2] = &self.vpn[k];
-                    row(out, &format!("{path}: socat tun/udp"), so, so);
-                    row(out, &format!("{path}: r2 -p over udp"), r2, so);
+                    let [so, so3, r2] = &self.vpn[k];
+                    for (name, s) in [("socat tun/udp", so), ("3 socats a side", so3), ("r2 -p over udp", r2)] {
+                        let _ = writeln!(
+                            out,
+                            "   {:<30} {}   {:<5}   {}",
+                            format!("{path}: {name}"),
+                            r(s),
+                            ratio(s, so),
+                            ratio(s, so3)
+                        );
+                    }
                 }
                 let _ = writeln!(
                     out,
