@@ -23,8 +23,8 @@ fn tcp_with_socat_fork_exec() {
     a.wait_neighbours(&s, &[&b.id], SOON);
     b.wait_neighbours(&s, &[&a.id], SOON);
     let ls = stdout_of(&s.r2(&a.sock, &["ls"]));
-    assert_eq!(ls.trim(), format!("{}\tsocat tcp:127.0.0.1:{port} -", b.id));
-    assert_eq!(stdout_of(&s.r2(&b.sock, &["ls"])).trim(), format!("{}\tstdio", a.id));
+    assert_eq!(ls.trim(), format!("{}\t-\tsocat tcp:127.0.0.1:{port} -", b.id));
+    assert_eq!(stdout_of(&s.r2(&b.sock, &["ls", "-N"])).trim(), format!("{}\tstdio", a.id));
     let o = s.r2(&a.sock, &["ping", "-c", "3", "-i", "0.05", &b.id]);
     assert!(o.status.success(), "{}", stderr_of(&o));
     assert_eq!(stdout_of(&o).matches("seq=").count(), 3);
@@ -84,8 +84,8 @@ fn chain_of_three() {
     let path = format!("{}/{}", b.id, c.id);
     let o = s.r2(&a.sock, &["ls", &path]);
     assert!(o.status.success(), "{}", stderr_of(&o));
-    assert_eq!(stdout_of(&o).trim(), b.id);
-    let o = s.r2(&a.sock, &["ls", &b.id]);
+    assert_eq!(stdout_of(&o).trim(), format!("{}\t-", b.id));
+    let o = s.r2(&a.sock, &["ls", "-N", &b.id]);
     let out = stdout_of(&o);
     let mut ids: Vec<&str> = out.lines().collect();
     ids.sort();

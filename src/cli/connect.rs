@@ -44,22 +44,13 @@ pub struct Args {
     pub transport: String,
 }
 
-/// Parses a node id option; a bad or reserved one is a usage error.
-pub fn node_arg(v: &str) -> Result<NodeId> {
-    let id = NodeId::parse(v).map_err(|e| Error::Usage(format!("bad node id {v:?}: {e}")))?;
-    if id.is_reserved() {
-        return Err(Error::Usage(format!("{v} is a reserved id, not a node")));
-    }
-    Ok(id)
-}
-
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut expect, mut transport, mut layer) = (None, None, LayerFlag::Auto);
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
-            Short('n') | Long("node") => expect = Some(node_arg(&p.value()?.string()?)?),
+            Short('n') | Long("node") => expect = Some(super::names::node_arg(&p.value()?.string()?)?),
             Long("layer") => {
                 layer = match p.value()?.string()?.as_str() {
                     "auto" => LayerFlag::Auto,

@@ -24,7 +24,8 @@ R2_VIA in its environment.
   -v, --verbose               log more (repeat for more)
   -p, --packet                give CMD packet pipes (O_DIRECT): one write, one message
       --allow NODE            open tunnels only for callers reaching this node through
-                              neighbour NODE (repeat for more; default: anyone)
+                              neighbour NODE, an id or a name from the hosts file
+                              (repeat for more; default: anyone)
       --no-transit            relay nothing between other nodes: serve only this node's
                               own endpoints, ping, ls and tunnel process
       --max-tunnels N         run at most N tunnel processes at once (default 1024)
@@ -74,7 +75,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             Long("max-tunnels") => a.max_tunnels = count(p.value()?.string()?, "--max-tunnels")?,
             Long("max-virtual") => a.policy.max_virtual = count(p.value()?.string()?, "--max-virtual")?,
             Long("no-transit") => a.policy.transit = false,
-            Long("allow") => a.allow.push(super::connect::node_arg(&p.value()?.string()?)?),
+            Long("allow") => a.allow.push(super::names::node_arg(&p.value()?.string()?)?),
             Long("keepalive") => a.timers.keepalive = seconds(&p.value()?.string()?, "--keepalive")?,
             Long("hello-timeout") => a.timers.hello = seconds(&p.value()?.string()?, "--hello-timeout")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),

@@ -12,36 +12,39 @@ use lexopt::prelude::*;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-usage: r2 ls [-l] [-W SECONDS] [PATH]
+usage: r2 ls [-l] [-N] [-W SECONDS] [PATH]
 
-Without PATH: the local daemon's neighbours, one per line: id, a tab, and the
-link's transport command (or stdio). With PATH (NODE[/NODE...]): the ids of the
-neighbours of the node at the end of PATH, asked over the network.
+Without PATH: the local daemon's neighbours, one per line, tab-separated: ID,
+NAME (from the hosts files, - if it has none) and the link's transport command
+(or stdio). With PATH (NODE[/NODE...]): ID and NAME of each neighbour of the
+node at the end of PATH, asked over the network.
 
-  -l, --long              with counters: ID UPTIME_S RX_BYTES RX_FRAMES TX_BYTES
-                          TX_FRAMES LAYER TRANSPORT, tab-separated (local only);
-                          LAYER is the link layer and why: stream (...) or
-                          robust (...)
+  -l, --long              with counters: ID NAME UPTIME_S RX_BYTES RX_FRAMES
+                          TX_BYTES TX_FRAMES LAYER TRANSPORT (local only); LAYER
+                          is the link layer and why: stream (...) or robust (...)
+  -N, --numeric           ids only: no NAME column
   -W, --timeout SECONDS   how long to wait for a remote answer (default 5)
 ";
 
 #[derive(Debug, PartialEq)]
 pub struct Args {
     pub long: bool,
+    pub numeric: bool,
     pub path: Option<Vec<NodeId>>,
     pub timeout_ms: u64,
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let mut a = Args { long: false, path: None, timeout_ms: 5000 };
+    let mut a = Args { long: false, numeric: false, path: None, timeout_ms: 5000 };
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
             Short('l') | Long("long") => a.long = true,
+            Short('N') | Long("numeric") => a.numeric = true,
             Short('W') | Long("timeout") => a.timeout_ms = seconds(&p.value()?.string()?, "-W")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
-            Value(v) if a.path.is_none() => a.path = Some(super::path::parse(&v.string()?)?),
+            Value(v) if a.path.is_none() => a.path = Some(super::names::path_arg(&v.string()?)?),
             _ => return Err(arg.unexpected().into()),
         }
     }
@@ -52,8 +55,11 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
+    let names = (!a.numeric).then(super::names::hosts);
+    // The NAME column, with the tab before it.
+    let name = |id: &NodeId| names.map_or_else(String::new, |h| format!("\t{}", h.name(id).unwrap_or("-")));
     if a.long {
-        for l in super::stats::link_lines(&super::stats::fetch(g)?) {
+        for l in super::stats::link_lines(&super::stats::fetch(g)?, names) {
             println!("{l}");
         }
         return Ok(0);
@@ -64,7 +70,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         return match control.expect_reply()? {
             Reply::List(links) => {
                 for (id, label) in links {
-                    println!("{id}\t{label}");
+                    println!("{id}{}\t{label}", name(&id));
                 }
                 Ok(0)
             }
@@ -86,7 +92,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             PathReply::Answer(body) => {
                 let ids = list::decode(body).ok_or_else(|| Error::Failed("malformed neighbour list".into()))?;
                 for id in ids {
-                    println!("{id}");
+                    println!("{id}{}", name(&id));
                 }
                 return Ok(0);
             }

@@ -5,7 +5,7 @@ mod connect;
 mod daemon;
 mod id;
 mod ls;
-mod path;
+mod names;
 mod ping;
 mod stats;
 mod transport;
@@ -62,7 +62,7 @@ commands:
   daemon [CMD]             run a node (the same as r2d)
   connect [-n NODE] TRANSPORT
                            use a program (or - for stdio) as a link to a neighbour
-  ls [-l] [PATH]           list the neighbours of this node, or of the node at PATH
+  ls [-l] [-N] [PATH]      list the neighbours of this node, or of the node at PATH
   ping [-c N] [-i S] [-W S] PATH
                            measure the round trip along PATH and back
   tunnel [-p] PATH TRANSPORT
@@ -76,6 +76,8 @@ options:
   -h, --help               show help (r2 COMMAND --help for a command)
   -V, --version            show the version
 
+A NODE, in a PATH (NODE[/NODE...]) or after -n, is an id or a name from the
+hosts file ($R2_HOSTS, else ~/.config/r2/hosts, then /etc/r2/hosts).
 See r2(1), r2d(8) and r2(7).
 ";
 
@@ -182,7 +184,7 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
         }
         cmd => {
             init_logger("r2", log::LevelFilter::Warn, g.verbose);
-            match cmd {
+            let outcome = match cmd {
                 Command::Connect(a) => connect::run(&g, a),
                 Command::Tunnel(a) => tunnel::run(&g, a),
                 Command::Ls(a) => ls::run(&g, a),
@@ -190,7 +192,12 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
                 Command::Id => id::run(&g),
                 Command::Stats => stats::run(&g),
                 _ => Ok(0),
-            }
+            };
+            // Messages, the daemon's included, name the nodes that have names.
+            outcome.map_err(|e| match e {
+                Error::Failed(m) => Error::Failed(names::hosts().rename(&m)),
+                e => e,
+            })
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         }
     }
     let path_text = path.ok_or_else(|| Error::Usage("no PATH given".into()))?;
-    let path = super::path::parse(&path_text)?;
+    let path = super::names::path_arg(&path_text)?;
     Ok(Command::Ping(Args { path, path_text, count, interval_ms, timeout_ms }))
 }
 
@@ -92,7 +92,10 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             match interpret(&msg, &a.path, ep.id) {
                 PathReply::Answer(body) if body == payload => {
                     let rtt = t0.elapsed().as_secs_f64() * 1000.0;
-                    println!("reply from {}: seq={seq} time={rtt:.3} ms", a.path[hops - 1]);
+                    println!(
+                        "reply from {}: seq={seq} time={rtt:.3} ms",
+                        super::names::hosts().show(&a.path[hops - 1])
+                    );
                     rtts.push(rtt);
                     break;
                 }

@@ -1,5 +1,6 @@
 //! `r2 stats`: the daemon's counters, per link, per tunnel and in total.
 
+use super::names::Hosts;
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::{Reply, Request, Stats};
@@ -9,7 +10,7 @@ pub const USAGE: &str = "\
 usage: r2 stats
 
 Prints the local daemon's counters, one per line, tab-separated:
-  link    ID  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  LAYER  TRANSPORT
+  link    ID  NAME  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  LAYER  TRANSPORT
   tunnel  client|server  ENDPOINT  UPTIME_S  IN_BYTES  IN_MSGS  OUT_BYTES  OUT_MSGS
   counter NAME  VALUE
 ";
@@ -40,13 +41,15 @@ fn secs(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-/// The link lines (also `r2 ls -l`).
-pub fn link_lines(s: &Stats) -> Vec<String> {
+/// The link lines (also `r2 ls -l`), with a NAME column after the id
+/// (`-` where none) if `names` are given.
+pub fn link_lines(s: &Stats, names: Option<&Hosts>) -> Vec<String> {
     s.links
         .iter()
         .map(|l| {
+            let name = names.map_or_else(String::new, |h| format!("\t{}", h.name(&l.id).unwrap_or("-")));
             format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 l.id,
                 secs(l.up_ms),
                 l.rx.bytes,
@@ -62,7 +65,7 @@ pub fn link_lines(s: &Stats) -> Vec<String> {
 
 pub fn run(g: &Global) -> Result<i32> {
     let s = fetch(g)?;
-    for l in link_lines(&s) {
+    for l in link_lines(&s, Some(super::names::hosts())) {
         println!("link\t{l}");
     }
     for t in &s.tunnels {

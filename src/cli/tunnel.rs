@@ -46,7 +46,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (Some(path), Some(transport)) = (ops.next(), ops.next()) else {
         return Err(Error::Usage("usage: r2 tunnel [-p] PATH TRANSPORT".into()));
     };
-    let path = super::path::parse(&path)?;
+    let path = super::names::path_arg(&path)?;
     if transport.is_empty() {
         return Err(Error::Usage("empty TRANSPORT".into()));
     }
