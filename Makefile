@@ -46,9 +46,10 @@ test:
 	$(CARGO) test --release
 
 # The long tests: 10,000 link and tunnel cycles, 1,000 concurrent tunnels,
-# 1 GiB into a stopped consumer beside 100 live tunnels.
+# 1 GiB into a stopped consumer beside 100 live tunnels, a kept link whose
+# far side is down for a minute.
 stress:
-	$(CARGO) test --release --test faults --test tunnels --test flow --test transports -- --ignored --test-threads=1
+	$(CARGO) test --release --test faults --test tunnels --test flow --test transports --test kept -- --ignored --test-threads=1
 
 # Throughput, latency, hops, many tunnels and footprint beside pipes and
 # socat; prints a table and writes target/bench.txt. See benches/bench.rs.

@@ -95,6 +95,12 @@ impl Control {
         }
     }
 
+    /// A second handle on the connection, with which another thread can
+    /// end it (`shutdown`), waking a [`Control::reply`] that waits.
+    pub fn handle(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     /// The error of a daemon that closed the connection unexpectedly.
     pub fn gone(&self) -> Error {
         Error::Gone { path: self.path.clone() }

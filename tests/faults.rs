@@ -124,7 +124,7 @@ fn the_longest_path() {
     assert_eq!(path.len(), 32);
     let o = s.r2(&d[0].sock, &["ping", "-c", "2", "-i", "0", &path.join("/")]);
     assert!(o.status.success(), "32 hops: {}", stderr_of(&o));
-    let o = s.r2(&d[0].sock, &["ls", &path.join("/")]);
+    let o = s.r2(&d[0].sock, &["ls", "-N", &path.join("/")]);
     assert!(o.status.success() && stdout_of(&o).trim() == d[31].id, "{}", stderr_of(&o));
     let mut longer = path.clone();
     longer.push(d[0].id.as_str());

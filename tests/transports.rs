@@ -125,8 +125,8 @@ fn linked(s: &Scratch, d: &Daemon, peer: &Daemon, limit: Duration) {
     until(s, &format!("{} to list {}", d.proc.name, peer.proc.name), limit, || neighbours(s, d) == [peer.id.clone()]);
 }
 
-/// The fields of `r2 ls -l` for neighbour `id`: ID NAME UPTIME RX_BYTES
-/// RX_FRAMES TX_BYTES TX_FRAMES LAYER TRANSPORT.
+/// The fields of `r2 ls -l` for neighbour `id`: ID NAME UPTIME RETURNS
+/// RX_BYTES RX_FRAMES TX_BYTES TX_FRAMES LAYER TRANSPORT.
 fn ls_l(s: &Scratch, d: &Daemon, id: &str) -> Vec<String> {
     let o = s.r2(&d.sock, &["ls", "-l"]);
     assert!(o.status.success(), "ls -l: {}", stderr_of(&o));
@@ -136,13 +136,13 @@ fn ls_l(s: &Scratch, d: &Daemon, id: &str) -> Vec<String> {
         .find(|l| l.starts_with(id))
         .unwrap_or_else(|| panic!("no {id} in {}'s ls -l:\n{out}{}", d.proc.name, logs(s)));
     let f: Vec<String> = line.split('\t').map(str::to_string).collect();
-    assert_eq!(f.len(), 9, "ls -l fields: {line}");
+    assert_eq!(f.len(), 10, "ls -l fields: {line}");
     f
 }
 
 /// The LAYER column for neighbour `id`.
 fn layer(s: &Scratch, d: &Daemon, id: &str) -> String {
-    ls_l(s, d, id)[7].clone()
+    ls_l(s, d, id)[8].clone()
 }
 
 /// The number before " lost" in a robust layer's text.
@@ -304,7 +304,7 @@ impl UdpPair {
         let lb = layer(&self.s, &self.b, &self.a.id);
         assert!(lb.starts_with("robust"), "b: {lb}");
         let f = ls_l(&self.s, &self.a, &self.b.id);
-        assert!(f[8].starts_with("socat udp:127.0.0.1:"), "a's transport: {f:?}");
+        assert!(f[9].starts_with("socat udp:127.0.0.1:"), "a's transport: {f:?}");
         eprintln!("a: {la}\nb: {lb}");
     }
 }

@@ -12,20 +12,25 @@ use lexopt::prelude::*;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-usage: r2 connect [-n NODE] [--layer LAYER] TRANSPORT
+usage: r2 connect [-r] [-n NODE] [--layer LAYER] TRANSPORT
 
 Links the local daemon to a neighbouring daemon over TRANSPORT: a command run
 with sh -c whose stdin and stdout reach the other daemon (socat tcp:HOST:PORT -,
 socat udp:HOST:PORT -, socat interface:eth0 -, socat /dev/ttyUSB0,raw,echo=0 -,
 ssh HOST r2 connect -, ...), or - for this program's own stdin and stdout.
 Waits until the link ends: exit 0 at end-of-file, 1 with a message on error.
+With -r the link is kept: whenever it ends, TRANSPORT runs again after a wait
+(1 s, doubling to 60 s, with jitter; 1 s again after a link that stayed up a
+minute), each attempt logged, until a signal (exit 0) or the daemon's end
+(exit 1).
 
 The link layer follows from what the transport holds: the stream layer over
 TCP, UNIX sockets and pipes; the robust layer (checked frames, retransmission,
 congestion control) over UDP, raw Ethernet and serial lines; with - or a
 transport that holds none of these, whatever the neighbour speaks first.
 
-  -n, --node NODE       the id the neighbour must have
+  -n, --node NODE       the id (or name) the neighbour must have, on every attempt
+  -r, --reconnect       keep the link: run TRANSPORT again whenever it ends
       --layer LAYER     auto (the default), stream or robust
 ";
 
@@ -40,16 +45,18 @@ pub enum LayerFlag {
 #[derive(Debug, PartialEq)]
 pub struct Args {
     pub expect: Option<NodeId>,
+    pub reconnect: bool,
     pub layer: LayerFlag,
     pub transport: String,
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
-    let (mut expect, mut transport, mut layer) = (None, None, LayerFlag::Auto);
+    let (mut expect, mut transport, mut layer, mut reconnect) = (None, None, LayerFlag::Auto, false);
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
+            Short('r') | Long("reconnect") => reconnect = true,
             Short('n') | Long("node") => expect = Some(super::names::node_arg(&p.value()?.string()?)?),
             Long("layer") => {
                 layer = match p.value()?.string()?.as_str() {
@@ -71,7 +78,10 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     if transport.is_empty() {
         return Err(Error::Usage("empty TRANSPORT".into()));
     }
-    Ok(Command::Connect(Args { expect, layer, transport }))
+    if reconnect && transport == "-" {
+        return Err(Error::Usage("-r needs a TRANSPORT command: this program's stdio cannot be run again".into()));
+    }
+    Ok(Command::Connect(Args { expect, reconnect, layer, transport }))
 }
 
 /// How long `r2 connect` looks at a new transport for what it holds.
@@ -126,7 +136,7 @@ fn detect(t: &mut Transport) -> Option<(Layer, String, bool)> {
 }
 
 /// Runs the transport and chooses the link's layer.
-fn start(a: &Args) -> Result<(Transport, Layer, String)> {
+pub(super) fn start(a: &Args) -> Result<(Transport, Layer, String)> {
     if a.transport == "-" {
         return Ok(match a.layer {
             LayerFlag::Auto => {
@@ -160,11 +170,14 @@ fn start(a: &Args) -> Result<(Transport, Layer, String)> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
+    if a.reconnect {
+        return super::kept::run(g, a);
+    }
     let control = Control::connect(&g.socket())?;
     let (t, layer, why) = start(&a)?;
     let label = if a.transport == "-" { "stdio".to_string() } else { a.transport.clone() };
     log::debug!("link layer {layer}: {why}");
-    let req = Request::Connect { expect: a.expect, label, layer: layer.encode(), why };
+    let req = Request::Connect { expect: a.expect, label, layer: layer.encode(), why, returns: None };
     hand_over_and_wait(control, &req, t)
 }
 
@@ -180,16 +193,25 @@ mod tests {
         let (_, c) = parse_all(args(&["r2", "connect", "-n", &s, "socat - -"])).unwrap();
         assert_eq!(
             c,
-            Command::Connect(Args { expect: Some(id), layer: LayerFlag::Auto, transport: "socat - -".into() })
+            Command::Connect(Args {
+                expect: Some(id),
+                reconnect: false,
+                layer: LayerFlag::Auto,
+                transport: "socat - -".into()
+            })
         );
         let (_, c) = parse_all(args(&["r2", "connect", "--layer", "robust", "-"])).unwrap();
-        assert_eq!(c, Command::Connect(Args { expect: None, layer: LayerFlag::Robust, transport: "-".into() }));
+        let want = Args { expect: None, reconnect: false, layer: LayerFlag::Robust, transport: "-".into() };
+        assert_eq!(c, Command::Connect(want));
+        let (_, c) = parse_all(args(&["r2", "connect", "-r", "socat tcp:h:1 -"])).unwrap();
+        assert!(matches!(c, Command::Connect(Args { reconnect: true, .. })));
         for bad in [
             vec!["r2", "connect"],
             vec!["r2", "connect", "-n", "xyz0", "-"],
             vec!["r2", "connect", "-n", "11111111111111111111111111111111", "-"],
             vec!["r2", "connect", "a", "b"],
             vec!["r2", "connect", "--layer", "fast", "-"],
+            vec!["r2", "connect", "-r", "-"],
         ] {
             assert!(matches!(parse_all(args(&bad)), Err(Error::Usage(_))), "{bad:?}");
         }

@@ -19,9 +19,11 @@ NAME (from the hosts files, - if it has none) and the link's transport command
 (or stdio). With PATH (NODE[/NODE...]): ID and NAME of each neighbour of the
 node at the end of PATH, asked over the network.
 
-  -l, --long              with counters: ID NAME UPTIME_S RX_BYTES RX_FRAMES
-                          TX_BYTES TX_FRAMES LAYER TRANSPORT (local only); LAYER
-                          is the link layer and why: stream (...) or robust (...)
+  -l, --long              with counters: ID NAME UPTIME_S RETURNS RX_BYTES
+                          RX_FRAMES TX_BYTES TX_FRAMES LAYER TRANSPORT (local
+                          only); RETURNS is how often a link kept by connect -r
+                          came back (- if not kept); LAYER is the link layer
+                          and why: stream (...) or robust (...)
   -N, --numeric           ids only: no NAME column
   -W, --timeout SECONDS   how long to wait for a remote answer (default 5)
 ";

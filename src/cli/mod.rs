@@ -4,6 +4,7 @@
 mod connect;
 mod daemon;
 mod id;
+mod kept;
 mod ls;
 mod names;
 mod ping;
@@ -60,8 +61,9 @@ usage: r2 [-s SOCKET] [-v] COMMAND [ARG...]
 
 commands:
   daemon [CMD]             run a node (the same as r2d)
-  connect [-n NODE] TRANSPORT
-                           use a program (or - for stdio) as a link to a neighbour
+  connect [-r] [-n NODE] TRANSPORT
+                           use a program (or - for stdio) as a link to a neighbour;
+                           -r keeps it, running the program again when it ends
   ls [-l] [-N] [PATH]      list the neighbours of this node, or of the node at PATH
   ping [-c N] [-i S] [-W S] PATH
                            measure the round trip along PATH and back
@@ -183,7 +185,9 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
             daemon::run(&g, a)
         }
         cmd => {
-            init_logger("r2", log::LevelFilter::Warn, g.verbose);
+            // A kept link runs for months, as the daemon does: it says what it does.
+            let kept = matches!(&cmd, Command::Connect(a) if a.reconnect);
+            init_logger("r2", if kept { log::LevelFilter::Info } else { log::LevelFilter::Warn }, g.verbose);
             let outcome = match cmd {
                 Command::Connect(a) => connect::run(&g, a),
                 Command::Tunnel(a) => tunnel::run(&g, a),

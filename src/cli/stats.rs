@@ -10,7 +10,7 @@ pub const USAGE: &str = "\
 usage: r2 stats
 
 Prints the local daemon's counters, one per line, tab-separated:
-  link    ID  NAME  UPTIME_S  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  LAYER  TRANSPORT
+  link    ID  NAME  UPTIME_S  RETURNS  RX_BYTES  RX_FRAMES  TX_BYTES  TX_FRAMES  LAYER  TRANSPORT
   tunnel  client|server  ENDPOINT  UPTIME_S  IN_BYTES  IN_MSGS  OUT_BYTES  OUT_MSGS
   counter NAME  VALUE
 ";
@@ -42,14 +42,16 @@ fn secs(ms: u64) -> String {
 }
 
 /// The link lines (also `r2 ls -l`), with a NAME column after the id
-/// (`-` where none) if `names` are given.
+/// (`-` where none) if `names` are given. RETURNS is how often a link kept
+/// by `r2 connect -r` came back, `-` for one not kept.
 pub fn link_lines(s: &Stats, names: Option<&Hosts>) -> Vec<String> {
     s.links
         .iter()
         .map(|l| {
             let name = names.map_or_else(String::new, |h| format!("\t{}", h.name(&l.id).unwrap_or("-")));
+            let returns = l.returns.map_or_else(|| "-".to_string(), |n| n.to_string());
             format!(
-                "{}{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}{name}\t{}\t{returns}\t{}\t{}\t{}\t{}\t{}\t{}",
                 l.id,
                 secs(l.up_ms),
                 l.rx.bytes,

@@ -56,10 +56,15 @@ impl Transport {
     /// Ends the program run and every process it started, before any
     /// byte has been handed over.
     pub fn kill_tree(mut self) {
+        self.end();
+    }
+
+    /// Ends the program run and every process it started: SIGTERM to all,
+    /// SIGKILL to the program if it is still there after a second.
+    pub fn end(&mut self) {
+        self.fds = None;
         let Some(c) = &mut self.child else { return };
-        for p in crate::sys::held::tree(c.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGTERM);
-        }
+        terminate_tree(c.id());
         end_within(c, Duration::from_secs(1));
     }
 
@@ -93,48 +98,89 @@ impl Transport {
     }
 
     /// Waits a little for the program to exit on its own (its input has
-    /// reached end-of-file), then ends it.
+    /// reached end-of-file), then ends it and what it started.
     pub fn reap(&mut self) {
         self.fds = None;
         let Some(c) = &mut self.child else { return };
-        end_within(c, Duration::from_secs(2));
+        if !exits_within(c, Duration::from_secs(2)) {
+            self.end();
+        }
+    }
+}
+
+/// SIGTERM to `pid` and every process it started.
+fn terminate_tree(pid: u32) {
+    for p in crate::sys::held::tree(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// Whether `c` exits (and is reaped) within `limit`.
+fn exits_within(c: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = c.try_wait() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// Waits up to `limit` for `c` to exit, then kills it.
 fn end_within(c: &mut Child, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if !exits_within(c, limit) {
+        let _ = c.kill();
+        let _ = c.wait();
     }
-    let _ = c.kill();
-    let _ = c.wait();
+}
+
+/// How a hand-over went.
+pub struct Handed {
+    /// The exit status (a tunnel's remote status, or 0 for a link that
+    /// ended by end-of-file), or why it failed.
+    pub outcome: Result<i32>,
+    /// When the daemon said the link was up, if it did.
+    pub linked: Option<Instant>,
+    /// The daemon closed the connection without saying why.
+    pub daemon_gone: bool,
 }
 
 /// Hands `t`'s fds to the daemon with `req`, then waits until the link or
-/// tunnel ends: Ok is the exit status (a tunnel's remote status, or 0 for a
-/// link that ended by end-of-file).
-pub fn hand_over_and_wait(mut control: Control, req: &Request, mut t: Transport) -> Result<i32> {
+/// tunnel ends. The program is left running: see [`Transport::reap`].
+pub fn hand_over(control: &mut Control, req: &Request, t: &mut Transport) -> Handed {
     let sent = control.request(req, &t.raw_fds());
     t.handed_over();
+    let (mut linked, mut daemon_gone) = (None, false);
     let outcome = match sent {
         Err(e) => Err(e.into()),
         Ok(()) => loop {
             match control.reply() {
-                Ok(Some(Reply::Linked(id))) => log::info!("linked to {id}"),
+                Ok(Some(Reply::Linked(id))) => {
+                    log::info!("linked to {}", super::names::hosts().show(&id));
+                    linked = Some(Instant::now());
+                }
                 Ok(Some(Reply::Exit(status))) => break Ok(status as i32),
                 Ok(Some(Reply::Ended { error: None })) => break Ok(0),
                 Ok(Some(Reply::Ended { error: Some(e) })) => break Err(Error::Failed(e)),
                 Ok(Some(Reply::Error(e))) => break Err(Error::Failed(format!("the daemon refused: {e}"))),
                 Ok(Some(r)) => log::warn!("unexpected reply {r:?}"),
-                Ok(None) => break Err(control.gone().into()),
+                Ok(None) => {
+                    daemon_gone = true;
+                    break Err(control.gone().into());
+                }
                 Err(e) => break Err(e.into()),
             }
         },
     };
+    Handed { outcome, linked, daemon_gone }
+}
+
+/// [`hand_over`], then the program is reaped: Ok is the exit status.
+pub fn hand_over_and_wait(mut control: Control, req: &Request, mut t: Transport) -> Result<i32> {
+    let handed = hand_over(&mut control, req, &mut t);
     t.reap();
-    outcome
+    handed.outcome
 }

@@ -29,6 +29,8 @@ pub enum Input {
         label: String,
         layer: Layer,
         why: String,
+        /// For a kept link, how often it has come back.
+        returns: Option<u64>,
     },
     /// A port's link knows its layer: it may be sent on.
     LinkReady {

@@ -110,6 +110,8 @@ struct PortIo {
     _watcher: Option<Waker>,
     client: Option<UnixStream>,
     label: String,
+    /// For a link kept by `r2 connect -r`, how often it has come back.
+    returns: Option<u64>,
     since: Instant,
 }
 
@@ -126,6 +128,7 @@ impl PortIo {
             _watcher: watcher,
             client,
             label,
+            returns: None,
             since: Instant::now(),
         }
     }
@@ -374,11 +377,16 @@ impl Daemon {
                     .collect();
                 reply_in_background(stream, &Reply::List(list));
             }
-            Input::Connect { stream, rfd, wfd, expect, label, layer, why } => {
+            Input::Connect { stream, rfd, wfd, expect, label, layer, why, returns } => {
                 let port = self.new_port();
                 let opens = Event::LinkOpened { port, expect };
-                if let Err(e) = self.open_port(port, rfd, wfd, Some(stream), label, layer, why, opens) {
-                    warn!("cannot start link {port}: {e}");
+                match self.open_port(port, rfd, wfd, Some(stream), label, layer, why, opens) {
+                    Ok(()) => {
+                        if let Some(p) = self.ports.get_mut(&port) {
+                            p.returns = returns;
+                        }
+                    }
+                    Err(e) => warn!("cannot start link {port}: {e}"),
                 }
             }
             Input::Endpoint { stream } => self.open_endpoint(stream),
@@ -581,7 +589,8 @@ impl Daemon {
                         s.packet_size, s.srtt_us, s.cwnd, s.lost, s.retransmitted
                     );
                 }
-                Some(LinkStats { id, label: io.label.clone(), layer, up_ms, rx: link.received(), tx })
+                let (label, returns) = (io.label.clone(), io.returns);
+                Some(LinkStats { id, label, layer, up_ms, rx: link.received(), tx, returns })
             })
             .collect();
         let tunnels = self.tunnels.stats(|port| self.router.endpoint_id(port));

@@ -26,7 +26,9 @@ pub enum Request {
     /// Use the two passed fds (read, write) as a link. `expect`: the id the
     /// neighbour must have. `label`: what the link is, for `r2 ls`.
     /// `layer`: the link layer to speak (`link::Layer::encode`), and `why`.
-    Connect { expect: Option<NodeId>, label: String, layer: String, why: String },
+    /// `returns`: for a link that `r2 connect -r` keeps, how often it has
+    /// come back before this one.
+    Connect { expect: Option<NodeId>, label: String, layer: String, why: String, returns: Option<u64> },
     /// Host an endpoint for this connection: it speaks link frames.
     Endpoint,
     /// Counters: per link, per tunnel, and the daemon's totals.
@@ -84,6 +86,8 @@ pub struct LinkStats {
     pub up_ms: u64,
     pub rx: Traffic,
     pub tx: Traffic,
+    /// For a link kept by `r2 connect -r`, how often it has come back.
+    pub returns: Option<u64>,
 }
 
 /// One tunnel end's counters: `input` is what its program was given,
@@ -136,6 +140,12 @@ impl Enc {
     fn traffic(self, t: &Traffic) -> Enc {
         self.u64(t.bytes).u64(t.frames)
     }
+    fn opt_u64(self, n: Option<u64>) -> Enc {
+        match n {
+            Some(n) => self.byte(1).u64(n),
+            None => self.byte(0),
+        }
+    }
     fn str(mut self, s: &str) -> Enc {
         let mut end = s.len().min(u16::MAX as usize);
         while !s.is_char_boundary(end) {
@@ -177,6 +187,13 @@ impl<'a> Dec<'a> {
     }
     fn traffic(&mut self) -> Result<Traffic, ControlError> {
         Ok(Traffic { bytes: self.u64()?, frames: self.u64()? })
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>, ControlError> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u64()?)),
+            x => Err(ControlError(format!("flag {x}"))),
+        }
     }
     fn u16(&mut self) -> Result<u16, ControlError> {
         let b = self.take(2)?;
@@ -229,13 +246,13 @@ impl Request {
             Request::List => Enc::new(T_LIST).done(),
             Request::Endpoint => Enc::new(T_ENDPOINT).done(),
             Request::Stats => Enc::new(T_STATS).done(),
-            Request::Connect { expect, label, layer, why } => {
+            Request::Connect { expect, label, layer, why, returns } => {
                 let e = Enc::new(T_CONNECT);
                 let e = match expect {
                     Some(id) => e.byte(1).id(id),
                     None => e.byte(0),
                 };
-                e.str(label).str(layer).str(why).done()
+                e.str(label).str(layer).str(why).opt_u64(*returns).done()
             }
             Request::Tunnel { path, packet } => {
                 let mut e = Enc::new(T_TUNNEL).byte(*packet as u8).byte(path.len() as u8);
@@ -261,7 +278,8 @@ impl Request {
                     1 => Some(d.id()?),
                     x => return Err(ControlError(format!("flag {x}"))),
                 };
-                Request::Connect { expect, label: d.str()?, layer: d.str()?, why: d.str()? }
+                let (label, layer, why) = (d.str()?, d.str()?, d.str()?);
+                Request::Connect { expect, label, layer, why, returns: d.opt_u64()? }
             }
             T_TUNNEL => {
                 let packet = match d.byte()? {
@@ -302,6 +320,7 @@ impl Reply {
                 let mut e = Enc::new(R_STATS).u64(st.links.len() as u64);
                 for l in &st.links {
                     e = e.id(&l.id).str(&l.label).str(&l.layer).u64(l.up_ms).traffic(&l.rx).traffic(&l.tx);
+                    e = e.opt_u64(l.returns);
                 }
                 e = e.u64(st.tunnels.len() as u64);
                 for t in &st.tunnels {
@@ -341,7 +360,8 @@ impl Reply {
                 let n = d.u64()?.min(MAX_CONTROL as u64);
                 for _ in 0..n {
                     let (id, label, layer, up_ms) = (d.id()?, d.str()?, d.str()?, d.u64()?);
-                    st.links.push(LinkStats { id, label, layer, up_ms, rx: d.traffic()?, tx: d.traffic()? });
+                    let (rx, tx, returns) = (d.traffic()?, d.traffic()?, d.opt_u64()?);
+                    st.links.push(LinkStats { id, label, layer, up_ms, rx, tx, returns });
                 }
                 let n = d.u64()?.min(MAX_CONTROL as u64);
                 for _ in 0..n {
@@ -373,12 +393,19 @@ mod tests {
             Request::List,
             Request::Endpoint,
             Request::Stats,
-            Request::Connect { expect: None, label: "stdio".into(), layer: "adapt".into(), why: String::new() },
+            Request::Connect {
+                expect: None,
+                label: "stdio".into(),
+                layer: "adapt".into(),
+                why: String::new(),
+                returns: None,
+            },
             Request::Connect {
                 expect: Some(a),
                 label: "socat tcp:x:1 -".into(),
                 layer: "stream".into(),
                 why: "a TCP socket".into(),
+                returns: Some(7),
             },
             Request::Tunnel { path: vec![a, a], packet: true },
             Request::Tunnel { path: vec![a], packet: false },
@@ -407,6 +434,7 @@ mod tests {
                     up_ms: 5,
                     rx: Traffic { bytes: 1, frames: 2 },
                     tx: Traffic { bytes: 3, frames: 4 },
+                    returns: Some(2),
                 }],
                 tunnels: vec![TunnelStats {
                     server: true,
@@ -430,6 +458,7 @@ mod tests {
         assert!(Request::decode(&[99]).is_err());
         assert!(Request::decode(&[T_ID, 0]).is_err());
         assert!(Request::decode(&[T_CONNECT, 1, 2]).is_err());
+        assert!(Request::decode(&[T_CONNECT, 0, 0, 0, 0, 0, 0, 0, 2]).is_err(), "returns flag 2");
         assert!(Reply::decode(&[R_ENDED, 1, 0, 9]).is_err());
         assert!(frame_len([0, 0, 0, 0]).is_err());
         assert!(frame_len([0xff, 0, 0, 0]).is_err());
