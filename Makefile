@@ -4,6 +4,9 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR = $(DESTDIR)$(PREFIX)/bin
 MANDIR = $(DESTDIR)$(PREFIX)/share/man
+UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
+# The binary that install-files installs; `make install` builds it first.
+R2_BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/r2
 CARGO ?= cargo
 MUSL = x86_64-unknown-linux-musl
 HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
@@ -16,7 +19,7 @@ ifneq ($(filter %-linux-gnu,$(HOST)),)
 export RUSTFLAGS += -C target-feature=+crt-static
 endif
 
-.PHONY: all build release install uninstall static test check fmt clippy manlint demo bench stress fuzz clean
+.PHONY: all build release install install-files install-openwrt uninstall uninstall-openwrt static test check fmt clippy manlint demo bench stress fuzz clean
 
 all: release
 
@@ -27,15 +30,40 @@ release:
 	$(CARGO) build --release
 
 install: release
-	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man7 $(MANDIR)/man8
-	install -m 0755 target/release/r2 $(BINDIR)/r2
+	$(MAKE) --no-print-directory install-files
+
+# What `make install` installs, without building: the binary R2_BIN, the man
+# pages, and the systemd units (dist/systemd), with the path of the
+# installed binaries written into them.
+install-files:
+	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man7 $(MANDIR)/man8 $(UNITDIR)
+	install -m 0755 $(R2_BIN) $(BINDIR)/r2
 	ln -sf r2 $(BINDIR)/r2d
 	install -m 0644 man/r2.1 $(MANDIR)/man1/r2.1
 	install -m 0644 man/r2.7 $(MANDIR)/man7/r2.7
 	install -m 0644 man/r2d.8 $(MANDIR)/man8/r2d.8
+	for u in r2d.service r2-link@.service; do \
+		sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/systemd/$$u.in >$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(UNITDIR)/$$u.tmp && mv -f $(UNITDIR)/$$u.tmp $(UNITDIR)/$$u || exit 1; \
+	done
 
 uninstall:
 	rm -f $(BINDIR)/r2 $(BINDIR)/r2d $(MANDIR)/man1/r2.1 $(MANDIR)/man7/r2.7 $(MANDIR)/man8/r2d.8
+	rm -f $(UNITDIR)/r2d.service $(UNITDIR)/r2-link@.service
+
+# OpenWrt: the procd init script and its UCI config (dist/openwrt), into an
+# image's or a package's root; an existing /etc/config/r2 is kept. The
+# binary is not among them: put a build for the router's architecture at
+# /usr/bin/r2, with the symlink /usr/bin/r2d.
+install-openwrt:
+	install -d $(DESTDIR)/etc/init.d $(DESTDIR)/etc/config $(DESTDIR)/lib/upgrade/keep.d
+	install -m 0755 dist/openwrt/r2d.init $(DESTDIR)/etc/init.d/r2d
+	[ -e $(DESTDIR)/etc/config/r2 ] || install -m 0644 dist/openwrt/r2.config $(DESTDIR)/etc/config/r2
+	install -m 0644 dist/openwrt/r2.keep $(DESTDIR)/lib/upgrade/keep.d/r2
+
+# Keeps /etc/config/r2 and the node's id, /etc/r2/id.
+uninstall-openwrt:
+	rm -f $(DESTDIR)/etc/init.d/r2d $(DESTDIR)/lib/upgrade/keep.d/r2
 
 # A static binary: needs `rustup target add x86_64-unknown-linux-musl`.
 static:
