@@ -1,5 +1,6 @@
 //! `r2d [-s SOCKET] [-k IDFILE] [-v] [--keepalive S] [--hello-timeout S] [CMD]`
 
+use super::units::seconds;
 use super::{Command, Error, Global, Result};
 use crate::daemon::Config;
 use crate::router::{Policy, Timers};
@@ -43,14 +44,6 @@ pub struct Args {
     pub policy: Policy,
     pub tunnel_cmd: Option<String>,
     pub timers: Timers,
-}
-
-/// Seconds (fractional allowed) as milliseconds, at least 1.
-pub fn seconds(v: &str, what: &str) -> Result<u64> {
-    match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s < 1e7 => Ok(((s * 1000.0) as u64).max(1)),
-        _ => Err(Error::Usage(format!("{what}: {v:?} is not a positive number of seconds"))),
-    }
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {

@@ -5,6 +5,7 @@
 
 use super::connect::{start, Args};
 use super::transport::hand_over;
+use super::units::secs1;
 use super::{Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::Request;
@@ -12,8 +13,7 @@ use log::{info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The first wait, and the wait after a link that was steady.
@@ -53,12 +53,17 @@ impl Backoff {
     }
 }
 
-/// What a signal stops: the flag, the current attempt's control connection
-/// (shut down, which ends the link), and the wait between attempts.
+/// What a signal stops: the current attempt's control connection (shut
+/// down, which ends the link), and the wait between attempts.
 struct Stop {
-    stopped: AtomicBool,
-    current: Mutex<Option<UnixStream>>,
-    wake: crossbeam_channel::Receiver<Signal>,
+    state: Mutex<Stopping>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Stopping {
+    stopped: bool,
+    current: Option<UnixStream>,
 }
 
 impl Stop {
@@ -70,43 +75,48 @@ impl Stop {
             set.add(s);
         }
         set.thread_block().map_err(|e| Error::Failed(format!("cannot block signals: {e}")))?;
-        let (tx, wake) = crossbeam_channel::bounded(1);
-        let stop = Arc::new(Stop { stopped: AtomicBool::new(false), current: Mutex::new(None), wake });
+        let stop = Arc::new(Stop { state: Mutex::default(), wake: Condvar::new() });
         let s = stop.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                while let Ok(sig) = set.wait() {
-                    s.stopped.store(true, Ordering::SeqCst);
-                    if let Some(c) = s.current.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                while set.wait().is_ok() {
+                    let mut st = s.lock();
+                    st.stopped = true;
+                    if let Some(c) = st.current.take() {
                         let _ = c.shutdown(Shutdown::Both);
                     }
-                    let _ = tx.try_send(sig);
+                    s.wake.notify_all();
                 }
             })
             .map_err(|e| Error::Failed(format!("cannot start the signal thread: {e}")))?;
         Ok(stop)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Stopping> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
+        self.lock().stopped
     }
 
     /// Lets a signal end this connection; false if one came already.
     fn watch(&self, c: &Control) -> bool {
-        if let Ok(h) = c.handle() {
-            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
-        }
-        !self.stopped()
+        let mut st = self.lock();
+        st.current = c.handle().ok();
+        !st.stopped
     }
 
     fn unwatch(&self) {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.lock().current = None;
     }
 
     /// Waits `d`, or less if a signal comes: false then.
     fn sleep(&self, d: Duration) -> bool {
-        !self.stopped() && self.wake.recv_timeout(d).is_err()
+        let st = self.lock();
+        let (st, _) = self.wake.wait_timeout_while(st, d, |st| !st.stopped).unwrap_or_else(|e| e.into_inner());
+        !st.stopped
     }
 }
 
@@ -156,20 +166,20 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             returns += 1;
         }
         let how = match (&handed.outcome, up) {
-            (Ok(_), Some(u)) => format!("the link ended at end-of-file after {:.1} s", u.as_secs_f64()),
+            (Ok(_), Some(u)) => format!("the link ended at end-of-file after {} s", secs1(u)),
             (Ok(_), None) => "the transport ended before the link was up".to_string(),
             (Err(Error::Failed(m) | Error::Usage(m)), Some(u)) => {
-                format!("the link ended after {:.1} s: {m}", u.as_secs_f64())
+                format!("the link ended after {} s: {m}", secs1(u))
             }
             (Err(Error::Failed(m) | Error::Usage(m)), None) => {
-                format!("no link after {:.1} s: {m}", t0.elapsed().as_secs_f64())
+                format!("no link after {} s: {m}", secs1(t0.elapsed()))
             }
         };
         if handed.daemon_gone && Control::connect(&socket).is_err() {
             return Err(Error::Failed(format!("{how}; the daemon is gone; the link is not kept")));
         }
         let wait = backoff.next(up);
-        warn!("attempt {attempt}: {how}; next attempt in {:.1} s", wait.as_secs_f64());
+        warn!("attempt {attempt}: {how}; next attempt in {} s", secs1(wait));
         if !stop.sleep(wait) {
             break;
         }

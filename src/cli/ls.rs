@@ -1,7 +1,7 @@
 //! `r2 ls [PATH]`: the local daemon's links, or the neighbours of a remote
 //! node asked over the network (the agreed node 1).
 
-use super::{daemon::seconds, Command, Error, Global, Result};
+use super::{units::seconds, Command, Error, Global, Result};
 use crate::client::{Control, Received};
 use crate::wire::control::{Reply, Request};
 use crate::wire::list;

@@ -11,6 +11,7 @@ mod ping;
 mod stats;
 mod transport;
 mod tunnel;
+mod units;
 
 use lexopt::prelude::*;
 use std::ffi::OsString;

@@ -4,19 +4,19 @@
 
 use super::{Error, Result};
 use crate::wire::id::{NodeId, MAX_HOPS};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The longest name.
 const MAX_NAME: usize = 64;
 
-/// The names of one or more hosts files, in the order they were read.
+/// The names of one or more hosts files, in the order they were read
+/// (a list, not a map: hosts files are short, and maps cost the static
+/// binary several KiB each).
 #[derive(Debug, Default)]
 pub struct Hosts {
-    by_name: HashMap<String, NodeId>,
-    /// Each id's first name, which is the one shown.
-    by_id: HashMap<NodeId, String>,
+    /// Each name once, with its id; an id's first name is the one shown.
+    names: Vec<(String, NodeId)>,
     /// The files looked in (read or not), for messages.
     files: Vec<PathBuf>,
 }
@@ -42,7 +42,8 @@ impl Hosts {
     pub fn add(&mut self, file: &Path, text: &str) -> Vec<String> {
         let mut warnings = Vec::new();
         let mut warn = |n: usize, what: String| warnings.push(format!("{}:{n}: {what}", file.display()));
-        let mut here: HashMap<&str, NodeId> = HashMap::new();
+        // The names this file gave, and to which id.
+        let mut here: Vec<(&str, NodeId)> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
             let line = line.split('#').next().unwrap_or("");
@@ -66,22 +67,18 @@ impl Hosts {
                     warn(n, format!("{name:?} {why}: not a name; ignored"));
                     continue;
                 }
-                match here.get(name) {
-                    Some(other) if *other != id => {
+                match here.iter().find(|(h, _)| *h == name) {
+                    Some((_, other)) if *other != id => {
                         warn(n, format!("{name} names {other} on an earlier line; this line's {id} is ignored for it"));
                         continue;
                     }
                     Some(_) => continue,
-                    None => {
-                        here.insert(name, id);
-                    }
+                    None => here.push((name, id)),
                 }
                 // An earlier file (the user's before the system's) wins.
-                if self.by_name.contains_key(name) {
-                    continue;
+                if self.lookup(name).is_none() {
+                    self.names.push((name.to_string(), id));
                 }
-                self.by_name.insert(name.to_string(), id);
-                self.by_id.entry(id).or_insert_with(|| name.to_string());
             }
             if !named {
                 warn(n, format!("{first} has no name; line ignored"));
@@ -92,12 +89,12 @@ impl Hosts {
 
     /// The id a name stands for.
     pub fn lookup(&self, name: &str) -> Option<NodeId> {
-        self.by_name.get(name).copied()
+        self.names.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
     }
 
     /// The name shown for an id, if it has one.
     pub fn name(&self, id: &NodeId) -> Option<&str> {
-        self.by_id.get(id).map(String::as_str)
+        self.names.iter().find(|(_, i)| i == id).map(|(n, _)| n.as_str())
     }
 
     /// The name of an id if it has one, else the id.

@@ -1,6 +1,7 @@
 //! `r2 ping [-c N] [-i S] [-W S] PATH`: route-to-self probes along PATH.
 
-use super::{daemon::seconds, Command, Error, Global, Result};
+use super::units::{parse_ms, seconds, us_as_ms3};
+use super::{Command, Error, Global, Result};
 use crate::client::{Control, Received};
 use crate::wire::message::nest_to;
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
@@ -44,7 +45,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
             }
             Short('i') | Long("interval") => {
                 let v = p.value()?.string()?;
-                interval_ms = if v.parse::<f64>() == Ok(0.0) { 0 } else { seconds(&v, "-i")? };
+                interval_ms = if parse_ms(&v) == Some(0) { 0 } else { seconds(&v, "-i")? };
             }
             Short('W') | Long("timeout") => timeout_ms = seconds(&p.value()?.string()?, "-W")?,
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
@@ -91,11 +92,9 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             };
             match interpret(&msg, &a.path, ep.id) {
                 PathReply::Answer(body) if body == payload => {
-                    let rtt = t0.elapsed().as_secs_f64() * 1000.0;
-                    println!(
-                        "reply from {}: seq={seq} time={rtt:.3} ms",
-                        super::names::hosts().show(&a.path[hops - 1])
-                    );
+                    let rtt = t0.elapsed().as_micros() as u64;
+                    let from = super::names::hosts().show(&a.path[hops - 1]);
+                    println!("reply from {from}: seq={seq} time={} ms", us_as_ms3(rtt));
                     rtts.push(rtt);
                     break;
                 }
@@ -120,10 +119,10 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
     println!("--- {} ping statistics ---", a.path_text);
     println!("{sent} probes sent, {received} received, {loss}% loss, time {} ms", start.elapsed().as_millis());
     if received > 0 {
-        let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = rtts.iter().copied().fold(0.0, f64::max);
-        let avg = rtts.iter().sum::<f64>() / received as f64;
-        println!("rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms");
+        let min = rtts.iter().copied().min().unwrap_or(0);
+        let max = rtts.iter().copied().max().unwrap_or(0);
+        let avg = rtts.iter().sum::<u64>() / u64::from(received);
+        println!("rtt min/avg/max = {}/{}/{} ms", us_as_ms3(min), us_as_ms3(avg), us_as_ms3(max));
     }
     result?;
     if received == 0 {

@@ -1,6 +1,7 @@
 //! `r2 stats`: the daemon's counters, per link, per tunnel and in total.
 
 use super::names::Hosts;
+use super::units::ms3;
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::{Reply, Request, Stats};
@@ -37,10 +38,6 @@ pub fn fetch(g: &Global) -> Result<Stats> {
     }
 }
 
-fn secs(ms: u64) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
 /// The link lines (also `r2 ls -l`), with a NAME column after the id
 /// (`-` where none) if `names` are given. RETURNS is how often a link kept
 /// by `r2 connect -r` came back, `-` for one not kept.
@@ -53,7 +50,7 @@ pub fn link_lines(s: &Stats, names: Option<&Hosts>) -> Vec<String> {
             format!(
                 "{}{name}\t{}\t{returns}\t{}\t{}\t{}\t{}\t{}\t{}",
                 l.id,
-                secs(l.up_ms),
+                ms3(l.up_ms),
                 l.rx.bytes,
                 l.rx.frames,
                 l.tx.bytes,
@@ -75,7 +72,7 @@ pub fn run(g: &Global) -> Result<i32> {
             "tunnel\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             if t.server { "server" } else { "client" },
             t.id,
-            secs(t.up_ms),
+            ms3(t.up_ms),
             t.input.bytes,
             t.input.frames,
             t.output.bytes,
