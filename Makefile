@@ -19,7 +19,7 @@ ifneq ($(filter %-linux-gnu,$(HOST)),)
 export RUSTFLAGS += -C target-feature=+crt-static
 endif
 
-.PHONY: all build release install install-files install-openwrt uninstall uninstall-openwrt static test check fmt clippy manlint demo bench stress fuzz clean
+.PHONY: all build release install install-files install-openwrt uninstall uninstall-openwrt static cross-test test check fmt clippy manlint demo bench stress fuzz clean
 
 all: release
 
@@ -65,10 +65,26 @@ install-openwrt:
 uninstall-openwrt:
 	rm -f $(DESTDIR)/etc/init.d/r2d $(DESTDIR)/lib/upgrade/keep.d/r2
 
-# A static binary: needs `rustup target add x86_64-unknown-linux-musl`.
+# A static binary for TARGET (default x86_64 musl): needs `rustup target add
+# TARGET`; other machines' are linked by rust-lld (.cargo/config.toml), with
+# no C toolchain.
+# It must stay within 1 MiB, stripped.
+TARGET ?= $(MUSL)
 static:
-	$(CARGO) build --release --target $(MUSL)
-	@ls -l target/$(MUSL)/release/r2
+	$(CARGO) build --release --target $(TARGET)
+	@ls -l target/$(TARGET)/release/r2
+	@size=$$(stat -c %s target/$(TARGET)/release/r2); [ "$$size" -le 1048576 ] || \
+		{ echo "target/$(TARGET)/release/r2 is $$size bytes, more than 1 MiB" >&2; exit 1; }
+
+# The integration tests' core (tests/cross.rs) in a mixed network: daemons
+# of CROSS's static binary, run under qemu-user, beside this machine's.
+# Needs `rustup target add $(CROSS)` and qemu-user-static.
+CROSS ?= aarch64-unknown-linux-musl
+CROSS_RUNNER ?= qemu-$(firstword $(subst -, ,$(CROSS)))-static
+cross-test:
+	$(CARGO) build --release --target $(CROSS)
+	R2_CROSS_BIN=$(CURDIR)/target/$(CROSS)/release/r2 R2_CROSS_RUNNER=$(CROSS_RUNNER) \
+		$(CARGO) test --release --test cross -- --ignored
 
 test:
 	$(CARGO) test --release
