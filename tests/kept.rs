@@ -1,6 +1,6 @@
 //! `r2 connect -r`, a kept link, with the real binary: it comes back after
 //! its transport is killed, after the far daemon restarts with its id file,
-//! over TCP and UDP; it backs off while the far side is down and stays;
+//! over TCP, UDP and ssh; it backs off while the far side is down and stays;
 //! SIGTERM ends it with exit 0 and leaves nothing running; the end of its
 //! own daemon ends it with exit 1.
 
@@ -146,6 +146,46 @@ fn a_udp_link_comes_back() {
     let _srv = Proc::spawn(c, "srv2", &s.path("srv2.err"));
     back(&s, &a, &b, 2, Duration::from_secs(20), "UDP, after the listener came back");
     terminate(&s, k, &a, &b);
+}
+
+/// Over ssh, as the README links machines: `ssh HOST r2 connect -`, here
+/// to an sshd in inetd mode as ssh's ProxyCommand (no network). Killing
+/// ssh ends the link; the kept link runs ssh again.
+#[test]
+fn an_ssh_link_comes_back() {
+    assert!(is_root(), "this test needs root (sshd)");
+    need("ssh");
+    need("ssh-keygen");
+    assert!(exists("/usr/sbin/sshd"), "this test needs /usr/sbin/sshd (openssh-server)");
+    let s = Scratch::new("ks");
+    let keys = "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey";
+    assert!(run_bounded(s.sh(keys), SOON).status.success());
+    fs::create_dir_all("/run/sshd").unwrap();
+    let cfg = format!(
+        "HostKey {d}/hostkey\nAuthorizedKeysFile {d}/userkey.pub\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n\
+         PidFile none\nLogLevel ERROR\nSetEnv PATH={path}\n",
+        d = s.dir.display(),
+        path = s.env_path()
+    );
+    fs::write(s.path("sshd_config"), cfg).unwrap();
+    let a = Daemon::start(&s, "a", &[]);
+    let b = Daemon::start(&s, "b", &[]);
+    let ssh = format!(
+        "ssh -F /dev/null -i {d}/userkey -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+         -o 'ProxyCommand=/usr/sbin/sshd -i -f {d}/sshd_config' root@b 'R2_SOCKET={} {d}/bin/r2 connect -'",
+        b.sock.display(),
+        d = s.dir.display()
+    );
+    let k = kept(&s, &a, &b.id, &ssh, "kept");
+    back(&s, &a, &b, 0, Duration::from_secs(30), "first ssh link");
+    let ssh_pids = children_named(k.pid(), "ssh");
+    assert_eq!(ssh_pids.len(), 1, "one ssh: {ssh_pids:?}");
+    kill_pid(ssh_pids[0], libc_sig::KILL);
+    back(&s, &a, &b, 1, Duration::from_secs(15), "ssh, after kill -9 of ssh");
+    let mut k = k;
+    kill_pid(k.pid(), libc_sig::TERM);
+    assert_eq!(k.wait_exit(SOON).code(), Some(0), "{}", log(&s, "kept"));
+    a.wait_neighbours(&s, &[], SOON);
 }
 
 /// The waits the client logged, in seconds.
