@@ -118,7 +118,7 @@ fn the_longest_path() {
     }
     for i in 0..n - 1 {
         let next = d[i + 1].id.clone();
-        wait_for("the chain", SOON, || d[i].neighbours(&s).contains(&next));
+        wait_for("the chain", Duration::from_secs(30), || d[i].neighbours(&s).contains(&next));
     }
     let path: Vec<&str> = d[1..].iter().map(|x| x.id.as_str()).collect();
     assert_eq!(path.len(), 32);
