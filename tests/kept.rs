@@ -75,16 +75,33 @@ fn tcp_acceptor(s: &Scratch, b: &Daemon, port: u16, name: &str) -> Proc {
     p
 }
 
+/// Two daemons, a TCP listener for b, and a's kept link to it, up.
+struct Tcp {
+    s: Scratch,
+    a: Daemon,
+    b: Daemon,
+    _srv: Proc,
+    k: Proc,
+    port: u16,
+}
+
+impl Tcp {
+    fn new(tag: &str) -> Tcp {
+        need("socat");
+        let s = Scratch::new(tag);
+        let a = Daemon::start(&s, "a", &[]);
+        let b = Daemon::start(&s, "b", &[]);
+        let port = free_port();
+        let _srv = tcp_acceptor(&s, &b, port, "srv");
+        let k = kept(&s, &a, &b.id, &format!("socat tcp:127.0.0.1:{port} -"), "kept");
+        back(&s, &a, &b, 0, SOON, "first link");
+        Tcp { s, a, b, _srv, k, port }
+    }
+}
+
 #[test]
 fn comes_back_when_its_transport_is_killed() {
-    need("socat");
-    let s = Scratch::new("kt");
-    let a = Daemon::start(&s, "a", &[]);
-    let b = Daemon::start(&s, "b", &[]);
-    let port = free_port();
-    let _srv = tcp_acceptor(&s, &b, port, "srv");
-    let k = kept(&s, &a, &b.id, &format!("socat tcp:127.0.0.1:{port} -"), "kept");
-    back(&s, &a, &b, 0, SOON, "first link");
+    let Tcp { s, a, b, _srv, k, .. } = Tcp::new("kt");
     for n in 1..=2 {
         let socats = transport_of(&k);
         assert_eq!(socats.len(), 1, "one transport: {socats:?}");
@@ -98,14 +115,7 @@ fn comes_back_when_its_transport_is_killed() {
 
 #[test]
 fn comes_back_when_the_far_daemon_restarts() {
-    need("socat");
-    let s = Scratch::new("kr");
-    let a = Daemon::start(&s, "a", &[]);
-    let b = Daemon::start(&s, "b", &[]);
-    let port = free_port();
-    let _srv = tcp_acceptor(&s, &b, port, "srv");
-    let k = kept(&s, &a, &b.id, &format!("socat tcp:127.0.0.1:{port} -"), "kept");
-    back(&s, &a, &b, 0, SOON, "first link");
+    let Tcp { s, a, b, _srv, k, .. } = Tcp::new("kr");
     let id = b.id.clone();
     drop(b);
     a.wait_neighbours(&s, &[], SOON);
@@ -199,14 +209,7 @@ fn waits(s: &Scratch) -> Vec<f64> {
 /// The far side down for `down`: the waits grow, the client stays, and the
 /// link comes back once the far side does.
 fn far_side_down(down: Duration) {
-    need("socat");
-    let s = Scratch::new("kd");
-    let a = Daemon::start(&s, "a", &[]);
-    let b = Daemon::start(&s, "b", &[]);
-    let port = free_port();
-    let srv = tcp_acceptor(&s, &b, port, "srv");
-    let mut k = kept(&s, &a, &b.id, &format!("socat tcp:127.0.0.1:{port} -"), "kept");
-    back(&s, &a, &b, 0, SOON, "first link");
+    let Tcp { s, a, b, _srv: srv, mut k, port } = Tcp::new("kd");
     drop(srv);
     let t0 = Instant::now();
     while t0.elapsed() < down {
@@ -242,14 +245,7 @@ fn stress_backs_off_for_a_minute() {
 
 #[test]
 fn ends_when_its_daemon_goes_away() {
-    need("socat");
-    let s = Scratch::new("kg");
-    let a = Daemon::start(&s, "a", &[]);
-    let b = Daemon::start(&s, "b", &[]);
-    let port = free_port();
-    let _srv = tcp_acceptor(&s, &b, port, "srv");
-    let mut k = kept(&s, &a, &b.id, &format!("socat tcp:127.0.0.1:{port} -"), "kept");
-    back(&s, &a, &b, 0, SOON, "first link");
+    let Tcp { s, a, b: _b, _srv, mut k, .. } = Tcp::new("kg");
     let socats = transport_of(&k);
     drop(a);
     let st = k.wait_exit(SOON);
