@@ -68,3 +68,10 @@ fn reliable_corpus_and_random_inputs() {
     random_inputs(0xD1B54A32D192ED03, 20_000, r2::link::fuzz::reliable);
     eprintln!("replayed {n} saved inputs for reliable");
 }
+
+#[test]
+fn hosts_corpus_and_random_inputs() {
+    let n = replay("hosts", r2::cli::fuzz_hosts);
+    random_inputs(0xBF58476D1CE4E5B9, 20_000, r2::cli::fuzz_hosts);
+    eprintln!("replayed {n} saved inputs for hosts");
+}

@@ -212,6 +212,25 @@ pub fn path_arg(s: &str) -> Result<Vec<NodeId>> {
     hosts().path(s).map_err(|e| Error::Usage(format!("bad PATH {s:?}: {e}")))
 }
 
+/// The fuzz target for the hosts file's reader (fuzz/fuzz_targets/hosts.rs,
+/// replayed by tests/fuzz_corpus.rs): it panics when a property fails.
+pub fn fuzz(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut h = Hosts::default();
+    let warnings = h.add(Path::new("hosts"), text);
+    assert!(warnings.len() <= text.lines().count() * 2 + text.split_whitespace().count());
+    for (name, id) in &h.names {
+        assert!(bad_name(name).is_none(), "a bad name was kept: {name:?}");
+        assert!(!id.is_reserved());
+        assert_eq!(h.node(name), Ok(*id));
+        let shown = h.name(id).unwrap_or_default();
+        assert_eq!(h.lookup(shown), Some(*id));
+        assert_eq!(h.rename(&format!("<{id}>")), format!("<{shown}>"));
+    }
+    let _ = h.path(text);
+    let _ = h.rename(text);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
