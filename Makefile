@@ -5,19 +5,27 @@ DESTDIR ?=
 BINDIR = $(DESTDIR)$(PREFIX)/bin
 MANDIR = $(DESTDIR)$(PREFIX)/share/man
 UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
-# The binary that install-files installs; `make install` builds it first.
-R2_BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/r2
 CARGO ?= cargo
 MUSL = x86_64-unknown-linux-musl
 HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+OUT := $(or $(CARGO_TARGET_DIR),target)
 
 # On glibc hosts every build is a static PIE: no dynamic loader and no
 # shared libc to map, so an idle daemon's RSS is its own text and data
 # (about 1.7 MiB instead of 2.7). r2 uses no NSS, iconv or dlopen, the
-# parts of glibc that need shared objects at run time.
+# parts of glibc that need shared objects at run time. The target is named
+# (CARGO_BUILD_TARGET), so that the flag reaches r2 and not the build
+# scripts and proc macros of its dependencies (curve25519-dalek's), which
+# cannot be static; the build is then in target/HOST/release.
 ifneq ($(filter %-linux-gnu,$(HOST)),)
 export RUSTFLAGS += -C target-feature=+crt-static
+export CARGO_BUILD_TARGET := $(HOST)
+RELEASE := $(OUT)/$(HOST)/release
+else
+RELEASE := $(OUT)/release
 endif
+# The binary that install-files installs; `make install` builds it first.
+R2_BIN ?= $(RELEASE)/r2
 
 .PHONY: all build release install install-files install-openwrt uninstall uninstall-openwrt static cross-test test check fmt clippy manlint demo bench stress fuzz clean
 
@@ -113,7 +121,7 @@ manlint:
 check: fmt clippy test manlint
 
 demo: release
-	sh tests/demo.sh target/release/r2
+	sh tests/demo.sh $(RELEASE)/r2
 
 clean:
 	$(CARGO) clean

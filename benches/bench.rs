@@ -61,7 +61,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/r2");
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_r2"));
     assert!(p.exists(), "build first: cargo build --release");
     p
 }

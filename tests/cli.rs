@@ -42,6 +42,8 @@ fn usage_errors_come_before_the_daemon() {
     // No daemon on this socket: any attempt to contact it would exit 1.
     let sock = s.path("none.sock");
     let good = "6Xb2RtEfug8nxD6A7Afvd3SPt4ePCibjFHLcyRqVqFgC";
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
     let cases: Vec<Vec<String>> = vec![
         vec!["ping".into(), "notbase58!".into()],
         vec!["ping".into(), "".into()],
@@ -53,6 +55,8 @@ fn usage_errors_come_before_the_daemon() {
         vec!["connect".into(), "-n".into(), "1".repeat(32), "-".into()],
         vec!["connect".into()],
         vec!["ping".into(), "-c".into(), "x".into(), good.into()],
+        // u = 1, a point of small order: no node's key.
+        vec!["ping".into(), r2::wire::NodeId(weak).to_string()],
     ];
     for args in cases {
         let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();

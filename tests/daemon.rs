@@ -1,5 +1,5 @@
 //! The daemon's life: its socket (mode, peer credentials, stale and live
-//! sockets, long paths), its id file, and signals.
+//! sockets, long paths), its key file, and signals.
 
 mod common;
 use common::*;
@@ -99,7 +99,30 @@ fn default_paths_for_a_user() {
     wait_for("the user's socket", SOON, || exists(&sock));
     let md = std::fs::metadata(dir).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o700);
-    assert!(exists(state.join("r2/r2.id")));
+    assert!(exists(state.join("r2/r2.key")));
     drop(_d);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The id is the public key in the key file (mode 0600); an id file of an
+/// earlier r2 is refused with a message, and nothing is overwritten.
+#[test]
+fn the_id_is_the_key_files_public_key() {
+    let s = Scratch::new("key");
+    let a = Daemon::start(&s, "a", &[]);
+    let key = std::fs::read_to_string(s.path("a.id")).unwrap();
+    assert!(key.starts_with("r2 key 1\nsecret "), "{key}");
+    assert!(key.ends_with(&format!("\nid {}\n", a.id)), "r2 id is the key file's public key: {key}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(s.path("a.id")).unwrap().permissions().mode() & 0o777, 0o600);
+    let old = "6Xb2RtEfug8nxD6A7Afvd3SPt4ePCibjFHLcyRqVqFgC\n";
+    std::fs::write(s.path("old.id"), old).unwrap();
+    let mut c = Command::new(bin());
+    c.arg("daemon").arg("-s").arg(s.path("old.sock")).arg("-k").arg(s.path("old.id"));
+    let o = run_bounded(c, SOON);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
+    let e = stderr_of(&o);
+    assert!(e.contains("id file of an earlier r2") && e.contains("Move the file away"), "{e}");
+    assert_eq!(std::fs::read_to_string(s.path("old.id")).unwrap(), old, "the old file is left as it was");
+    assert!(!exists(s.path("old.sock")), "no daemon started");
 }

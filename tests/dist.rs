@@ -306,7 +306,7 @@ fn openwrt_start_service_builds_command_lines() {
     let (out, err) = start_service(&s, "CONFIG_SECTIONS=main\nCONFIG_main_TYPE=daemon", "");
     assert_eq!(
         out,
-        format!("instance r2d\ncommand /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/id\n{RESPAWN}reload trigger r2\n")
+        format!("instance r2d\ncommand /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/key\n{RESPAWN}reload trigger r2\n")
     );
     assert_eq!(err, "");
 
@@ -322,7 +322,7 @@ CONFIG_main_tunnel='{tun}'
 CONFIG_main_packet=1
 CONFIG_main_no_transit=on
 CONFIG_main_keepalive=0.5
-CONFIG_main_id_file=/srv/r2/id
+CONFIG_main_key_file=/srv/r2/key
 CONFIG_main_socket=/tmp/r2.sock
 CONFIG_main_allow_ITEM1={GHOST}
 CONFIG_main_allow_ITEM2={other}
@@ -343,7 +343,7 @@ CONFIG_misc_transport=cat"
         out,
         format!(
             "instance r2d
-command /usr/bin/r2d -s /tmp/r2.sock -k /srv/r2/id -p --no-transit --keepalive 0.5 --allow {GHOST} --allow {other} '{tun}'
+command /usr/bin/r2d -s /tmp/r2.sock -k /srv/r2/key -p --no-transit --keepalive 0.5 --allow {GHOST} --allow {other} '{tun}'
 {RESPAWN}instance link_home
 command /usr/bin/r2 connect -r -n {GHOST} --layer stream 'ssh -o '\\''ServerAliveInterval 5'\\'' home r2 connect -'
 env R2_SOCKET=/tmp/r2.sock
@@ -359,24 +359,24 @@ env R2_SOCKET=/tmp/r2.sock
 }
 
 /// The command line that start_service builds, run: r2d takes it, keeps its
-/// id where id_file says, and refuses a tunnel from a neighbour that --allow
+/// key where key_file says, and refuses a tunnel from a neighbour that --allow
 /// does not name.
 #[test]
 fn openwrt_command_line_runs_r2d() {
     let s = Scratch::new("owrt");
     let sock = s.path("o.sock");
-    let id_file = s.path("state/id");
+    let key_file = s.path("state/key");
     let config = format!(
         "CONFIG_SECTIONS=main
 CONFIG_main_TYPE=daemon
 CONFIG_main_tunnel='cat'
 CONFIG_main_no_transit=1
 CONFIG_main_socket='{}'
-CONFIG_main_id_file='{}'
+CONFIG_main_key_file='{}'
 CONFIG_main_allow_ITEM1={GHOST}
 CONFIG_main_allow_LENGTH=1",
         sock.display(),
-        id_file.display()
+        key_file.display()
     );
     let (out, _) = start_service(&s, &config, &format!("PROG='{}'", s.path("bin/r2d").display()));
     let cmd = out.lines().find_map(|l| l.strip_prefix("command ")).unwrap();
@@ -390,7 +390,11 @@ CONFIG_main_allow_LENGTH=1",
         id = stdout_of(&o).trim().to_string();
         o.status.success()
     });
-    assert_eq!(fs::read_to_string(&id_file).unwrap().trim(), id, "the id is kept in id_file");
+    let key = fs::read_to_string(&key_file).unwrap();
+    assert!(
+        key.starts_with("r2 key 1\n") && key.ends_with(&format!("\nid {id}\n")),
+        "the key is kept in key_file: {key}"
+    );
     // A neighbour that --allow does not name.
     let a = Daemon::start(&s, "a", &[]);
     let _link = connect(&s, &a, &[], &format!("R2_SOCKET={} r2 connect -", sock.display()), "link");
@@ -471,7 +475,7 @@ fn openwrt_sample_config_starts_the_daemon() {
     let (out, err) = start_service(&s, &uci_to_stubs(&text), "");
     assert_eq!(
         out,
-        format!("instance r2d\ncommand /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/id\n{RESPAWN}reload trigger r2\n")
+        format!("instance r2d\ncommand /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/key\n{RESPAWN}reload trigger r2\n")
     );
     assert_eq!(err, "");
     let examples: String = text
@@ -491,7 +495,7 @@ fn openwrt_sample_config_starts_the_daemon() {
         out,
         format!(
             "instance r2d
-command /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/id -p --no-transit --keepalive 2 --allow {GHOST} '{tun}'
+command /usr/bin/r2d -s /var/run/r2.sock -k /etc/r2/key -p --no-transit --keepalive 2 --allow {GHOST} '{tun}'
 {RESPAWN}instance link_home
 command /usr/bin/r2 connect -r -n {GHOST} --layer auto 'socat tcp:example.com:47210 -'
 env R2_SOCKET=/var/run/r2.sock

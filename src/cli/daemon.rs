@@ -1,4 +1,4 @@
-//! `r2d [-s SOCKET] [-k IDFILE] [-v] [--keepalive S] [--hello-timeout S] [CMD]`
+//! `r2d [-s SOCKET] [-k KEYFILE] [-v] [--keepalive S] [--hello-timeout S] [CMD]`
 
 use super::units::seconds;
 use super::{Command, Error, Global, Result};
@@ -9,7 +9,7 @@ use lexopt::prelude::*;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [--allow NODE]... [--no-transit]
+usage: r2d [-p] [-s SOCKET] [-k KEYFILE] [-v] [--allow NODE]... [--no-transit]
            [--max-tunnels N] [--max-virtual N] [--keepalive SECONDS]
            [--hello-timeout SECONDS] [CMD]
        r2 daemon [same options]
@@ -20,8 +20,9 @@ R2_VIA in its environment.
 
   -s, --socket SOCKET         control socket (default: $R2_SOCKET, /run/r2.sock for
                               root, else $XDG_RUNTIME_DIR/r2.sock or /tmp/r2-UID/r2.sock)
-  -k, --id-file IDFILE        where the node id is kept (default: named after the socket,
-                              in /var/lib/r2 or $XDG_STATE_HOME/r2)
+  -k, --key-file KEYFILE      where the node's key is kept, whose public half is its id
+                              (default: named after the socket, in /var/lib/r2 or
+                              $XDG_STATE_HOME/r2)
   -v, --verbose               log more (repeat for more)
   -p, --packet                give CMD packet pipes (O_DIRECT): one write, one message
       --allow NODE            open tunnels only for callers reaching this node through
@@ -37,7 +38,7 @@ R2_VIA in its environment.
 
 #[derive(Debug, PartialEq)]
 pub struct Args {
-    pub id_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub packet: bool,
     pub max_tunnels: usize,
     pub allow: Vec<NodeId>,
@@ -48,7 +49,7 @@ pub struct Args {
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let mut a = Args {
-        id_file: None,
+        key_file: None,
         packet: false,
         max_tunnels: 1024,
         allow: Vec::new(),
@@ -63,7 +64,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
-            Short('k') | Long("id-file") => a.id_file = Some(p.value()?.into()),
+            Short('k') | Long("key-file") => a.key_file = Some(p.value()?.into()),
             Short('p') | Long("packet") => a.packet = true,
             Long("max-tunnels") => a.max_tunnels = count(p.value()?.string()?, "--max-tunnels")?,
             Long("max-virtual") => a.policy.max_virtual = count(p.value()?.string()?, "--max-virtual")?,
@@ -82,13 +83,13 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let socket = g.socket();
-    let id_file = a.id_file.unwrap_or_else(|| crate::sys::paths::default_id_file(&socket));
+    let key_file = a.key_file.unwrap_or_else(|| crate::sys::paths::default_key_file(&socket));
     if a.packet && a.tunnel_cmd.is_none() {
         return Err(Error::Usage("-p needs CMD, the tunnel process".into()));
     }
     let cfg = Config {
         socket,
-        id_file,
+        key_file,
         tunnel_cmd: a.tunnel_cmd,
         packet: a.packet,
         max_tunnels: a.max_tunnels,
@@ -110,7 +111,7 @@ mod tests {
         let (g, c) = parse_all(args(&["r2d", "-s", "/tmp/x.sock", "-k", "/tmp/x.id", "cat"])).unwrap();
         assert_eq!(g.socket, Some(PathBuf::from("/tmp/x.sock")));
         let Command::Daemon(a) = c else { panic!() };
-        assert_eq!(a.id_file, Some(PathBuf::from("/tmp/x.id")));
+        assert_eq!(a.key_file, Some(PathBuf::from("/tmp/x.id")));
         assert_eq!(a.tunnel_cmd.as_deref(), Some("cat"));
         let (_, c) = parse_all(args(&["r2d", "--keepalive", "0.5"])).unwrap();
         let Command::Daemon(a) = c else { panic!() };

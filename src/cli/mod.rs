@@ -60,7 +60,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const USAGE: &str = "\
 usage: r2 [-s SOCKET] [-v] COMMAND [ARG...]
-       r2d [-p] [-s SOCKET] [-k IDFILE] [-v] [OPTIONS] [CMD]   (see r2d --help)
+       r2d [-p] [-s SOCKET] [-k KEYFILE] [-v] [OPTIONS] [CMD]   (see r2d --help)
 
 commands:
   daemon [CMD]             run a node (the same as r2d)
@@ -73,7 +73,7 @@ commands:
   tunnel [-p] PATH TRANSPORT
                            join a program (or - for stdio) to a remote tunnel process
   stats                    print the daemon's counters (links, tunnels, totals)
-  id                       print this node's id
+  id                       print this node's id (its public key)
 
 options:
   -s, --socket SOCKET      the daemon's control socket

@@ -54,6 +54,10 @@ impl Hosts {
                     warn(n, format!("{first} is a reserved id, not a node; line ignored"));
                     continue;
                 }
+                Ok(id) if crate::key::is_weak(&id) => {
+                    warn(n, format!("{first} is not a node's key (a point of small order); line ignored"));
+                    continue;
+                }
                 Ok(id) => id,
                 Err(e) => {
                     warn(n, format!("{first:?} is not a node id ({e}); line ignored"));
@@ -144,6 +148,9 @@ impl Hosts {
         };
         if id.is_reserved() {
             return Err(format!("{word} is a reserved id, not a node"));
+        }
+        if crate::key::is_weak(&id) {
+            return Err(format!("{word} is not a node's key (a point of small order)"));
         }
         Ok(id)
     }

@@ -57,7 +57,7 @@ use tunnels::{Instances, Tunnels};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub socket: PathBuf,
-    pub id_file: PathBuf,
+    pub key_file: PathBuf,
     /// The tunnel process, run with `sh -c` once per incoming tunnel.
     pub tunnel_cmd: Option<String>,
     /// Give the tunnel process packet pipes (O_DIRECT).
@@ -183,7 +183,7 @@ pub fn run(cfg: Config) -> Result<(), Error> {
     one_heap();
     signals::block().map_err(Error::System)?;
     raise_fd_limit();
-    let own = identity::load_or_create(&cfg.id_file).map_err(Error::Identity)?;
+    let own = identity::load_or_create(&cfg.key_file).map_err(Error::Identity)?.id;
     if let Some(dir) = cfg.socket.parent() {
         if dir == crate::sys::paths::private_tmp_dir(nix::unistd::geteuid()) {
             crate::sys::paths::ensure_private_dir(dir).map_err(Error::Directory)?;

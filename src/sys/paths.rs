@@ -1,4 +1,4 @@
-//! Default locations: the control socket and the daemon's id file.
+//! Default locations: the control socket and the daemon's key file.
 
 use nix::unistd::{geteuid, Uid};
 use std::fs;
@@ -45,10 +45,10 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The default id file for a daemon on `socket`: `/var/lib/r2/NAME.id` for
-/// root, else `$XDG_STATE_HOME/r2/NAME.id` or `~/.local/state/r2/NAME.id`,
+/// The default key file for a daemon on `socket`: `/var/lib/r2/NAME.key`
+/// for root, else `$XDG_STATE_HOME/r2/NAME.key` or `~/.local/state/r2/NAME.key`,
 /// where NAME is the socket's file name without `.sock`.
-pub fn default_id_file(socket: &Path) -> PathBuf {
+pub fn default_key_file(socket: &Path) -> PathBuf {
     let name = socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".sock").unwrap_or(&name);
     let stem = if stem.is_empty() { "r2" } else { stem };
@@ -60,7 +60,7 @@ pub fn default_id_file(socket: &Path) -> PathBuf {
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
         Path::new(&home).join(".local/state/r2")
     };
-    dir.join(format!("{stem}.id"))
+    dir.join(format!("{stem}.key"))
 }
 
 #[cfg(test)]
@@ -68,11 +68,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn id_file_named_after_socket() {
-        let a = default_id_file(Path::new("/tmp/x/a.sock"));
-        let b = default_id_file(Path::new("/tmp/x/b.sock"));
-        assert_eq!(a.file_name().unwrap(), "a.id");
+    fn key_file_named_after_socket() {
+        let a = default_key_file(Path::new("/tmp/x/a.sock"));
+        let b = default_key_file(Path::new("/tmp/x/b.sock"));
+        assert_eq!(a.file_name().unwrap(), "a.key");
         assert_ne!(a, b);
-        assert_eq!(default_id_file(Path::new("/run/r2.sock")).file_name().unwrap(), "r2.id");
+        assert_eq!(default_key_file(Path::new("/run/r2.sock")).file_name().unwrap(), "r2.key");
     }
 }
