@@ -25,6 +25,17 @@ impl KeyPair {
     }
 }
 
+/// Why `id` cannot be a node's, if it cannot: a reserved id, or a weak key.
+pub fn unfit(id: &NodeId) -> Option<&'static str> {
+    if id.is_reserved() {
+        Some("is a reserved id, not a node")
+    } else if is_weak(id) {
+        Some("is not a node's key (a point of small order)")
+    } else {
+        None
+    }
+}
+
 /// Whether `id` cannot be a node's key: a point of small order, with which
 /// every Diffie-Hellman result is zero whatever the secret (RFC 7748 §6.1).
 /// Any clamped scalar tells, as clamping clears the cofactor.

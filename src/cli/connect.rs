@@ -155,7 +155,7 @@ pub(super) fn start(a: &Args) -> Result<(Transport, Layer, String)> {
         // Run again on packet pipes, so that each frame is one read of
         // the transport's, and one datagram.
         Some((layer, why, true)) => {
-            t.kill_tree();
+            t.end();
             (Transport::command(&a.transport, true)?, layer, why)
         }
         Some((layer, why, false)) => (t, layer, why),
@@ -169,10 +169,8 @@ pub(super) fn start(a: &Args) -> Result<(Transport, Layer, String)> {
     })
 }
 
+/// One link, until it ends (a kept link, `-r`, is `kept::run`).
 pub fn run(g: &Global, a: Args) -> Result<i32> {
-    if a.reconnect {
-        return super::kept::run(g, a);
-    }
     let control = Control::connect(&g.socket())?;
     let (t, layer, why) = start(&a)?;
     let label = if a.transport == "-" { "stdio".to_string() } else { a.transport.clone() };

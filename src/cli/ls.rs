@@ -58,8 +58,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let names = (!a.numeric).then(super::names::hosts);
-    // The NAME column, with the tab before it.
-    let name = |id: &NodeId| names.map_or_else(String::new, |h| format!("\t{}", h.name(id).unwrap_or("-")));
+    let name = |id: &NodeId| super::names::column(names, id);
     if a.long {
         for l in super::stats::link_lines(&super::stats::fetch(g)?, names) {
             println!("{l}");

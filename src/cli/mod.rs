@@ -192,6 +192,7 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
             let kept = matches!(&cmd, Command::Connect(a) if a.reconnect);
             init_logger("r2", if kept { log::LevelFilter::Info } else { log::LevelFilter::Warn }, g.verbose);
             let outcome = match cmd {
+                Command::Connect(a) if a.reconnect => kept::run(&g, a),
                 Command::Connect(a) => connect::run(&g, a),
                 Command::Tunnel(a) => tunnel::run(&g, a),
                 Command::Ls(a) => ls::run(&g, a),

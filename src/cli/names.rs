@@ -3,6 +3,7 @@
 //! NODE is; `r2 ls`, `r2 ping` and errors show names where known.
 
 use super::{Error, Result};
+use crate::key::unfit;
 use crate::wire::id::{NodeId, MAX_HOPS};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -50,15 +51,13 @@ impl Hosts {
             let mut words = line.split_whitespace();
             let Some(first) = words.next() else { continue };
             let id = match NodeId::parse(first) {
-                Ok(id) if id.is_reserved() => {
-                    warn(n, format!("{first} is a reserved id, not a node; line ignored"));
-                    continue;
-                }
-                Ok(id) if crate::key::is_weak(&id) => {
-                    warn(n, format!("{first} is not a node's key (a point of small order); line ignored"));
-                    continue;
-                }
-                Ok(id) => id,
+                Ok(id) => match unfit(&id) {
+                    Some(why) => {
+                        warn(n, format!("{first} {why}; line ignored"));
+                        continue;
+                    }
+                    None => id,
+                },
                 Err(e) => {
                     warn(n, format!("{first:?} is not a node id ({e}); line ignored"));
                     continue;
@@ -146,13 +145,10 @@ impl Hosts {
                 None => return Err(format!("{word:?} is not a node id: {e}")),
             },
         };
-        if id.is_reserved() {
-            return Err(format!("{word} is a reserved id, not a node"));
+        match unfit(&id) {
+            Some(why) => Err(format!("{word} {why}")),
+            None => Ok(id),
         }
-        if crate::key::is_weak(&id) {
-            return Err(format!("{word} is not a node's key (a point of small order)"));
-        }
-        Ok(id)
     }
 
     /// A PATH argument: NODE[/NODE...].
@@ -166,6 +162,12 @@ impl Hosts {
         }
         hops.iter().enumerate().map(|(i, h)| self.node(h).map_err(|e| format!("hop {}: {e}", i + 1))).collect()
     }
+}
+
+/// The NAME column of a line, with the tab before it: the id's name, or
+/// `-`; nothing without `names` (`-N`).
+pub fn column(names: Option<&Hosts>, id: &NodeId) -> String {
+    names.map_or_else(String::new, |h| format!("\t{}", h.name(id).unwrap_or("-")))
 }
 
 /// Where the hosts files are: `$R2_HOSTS` alone if set, else the user's

@@ -45,7 +45,7 @@ pub fn link_lines(s: &Stats, names: Option<&Hosts>) -> Vec<String> {
     s.links
         .iter()
         .map(|l| {
-            let name = names.map_or_else(String::new, |h| format!("\t{}", h.name(&l.id).unwrap_or("-")));
+            let name = super::names::column(names, &l.id);
             let returns = l.returns.map_or_else(|| "-".to_string(), |n| n.to_string());
             format!(
                 "{}{name}\t{}\t{returns}\t{}\t{}\t{}\t{}\t{}\t{}",

@@ -53,12 +53,6 @@ impl Transport {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Ends the program run and every process it started, before any
-    /// byte has been handed over.
-    pub fn kill_tree(mut self) {
-        self.end();
-    }
-
     /// Ends the program run and every process it started: SIGTERM to all,
     /// SIGKILL to the program if it is still there after a second.
     pub fn end(&mut self) {

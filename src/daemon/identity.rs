@@ -35,7 +35,7 @@ fn random_key(src: &mut impl Read) -> std::io::Result<KeyPair> {
         let mut b = [0u8; 32];
         src.read_exact(&mut b)?;
         let k = KeyPair::from_secret(b);
-        if !k.id.is_reserved() && !crate::key::is_weak(&k.id) {
+        if crate::key::unfit(&k.id).is_none() {
             return Ok(k);
         }
     }
@@ -75,7 +75,7 @@ fn decode(text: &str, path: &Path) -> Result<KeyPair, String> {
     if field(lines.next(), "id")? != k.id.0 {
         return Err(corrupt("its id is not the public key of its secret"));
     }
-    if k.id.is_reserved() || crate::key::is_weak(&k.id) {
+    if crate::key::unfit(&k.id).is_some() {
         return Err(corrupt("its key is not one a node may have"));
     }
     Ok(k)

@@ -381,11 +381,7 @@ impl Daemon {
                 let port = self.new_port();
                 let opens = Event::LinkOpened { port, expect };
                 match self.open_port(port, rfd, wfd, Some(stream), label, layer, why, opens) {
-                    Ok(()) => {
-                        if let Some(p) = self.ports.get_mut(&port) {
-                            p.returns = returns;
-                        }
-                    }
+                    Ok(io) => io.returns = returns,
                     Err(e) => warn!("cannot start link {port}: {e}"),
                 }
             }
@@ -434,7 +430,7 @@ impl Daemon {
         layer: Layer,
         why: String,
         opens: Event,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<&mut PortIo> {
         let watcher = client.as_ref().map(|c| self.watch(port, c)).transpose()?;
         let routes = self.shortcuts.open_link(port);
         let sink = Arc::new(PortSink { port, routes, inputs: self.inputs.clone() });
@@ -444,8 +440,8 @@ impl Daemon {
         let mut io = PortIo::new(Some(link), watcher, client, label);
         io.opens = Some(opens);
         io.why = why;
-        self.ports.insert(port, io);
-        Ok(())
+        // `port` is new (new_port), so this inserts.
+        Ok(self.ports.entry(port).or_insert(io))
     }
 
     /// A robust link's tag: random, so that a restarted peer's frames are
