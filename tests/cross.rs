@@ -44,20 +44,20 @@ fn foreign_bin(s: &Scratch) -> PathBuf {
 
 /// A daemon of the foreign binary.
 fn foreign_daemon(s: &Scratch, xbin: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let sock = s.path(&format!("{name}.sock"));
-    let log = s.path(&format!("{name}.log"));
     let mut c = Command::new(xbin.join("r2d"));
-    c.arg("-s").arg(&sock).arg("-k").arg(s.path(&format!("{name}.id"))).arg("-v").args(extra);
-    c.env("PATH", format!("{}:{}", xbin.display(), s.env_path())).stdin(Stdio::null()).stdout(Stdio::null());
-    let mut proc = Proc::spawn(c, name, &log);
-    let mut id = String::new();
-    wait_for(&format!("foreign daemon {name} to answer"), EMULATED, || {
-        assert!(proc.is_running(), "foreign daemon {name} died: {}", fs::read_to_string(&log).unwrap_or_default());
-        let out = s.r2(&sock, &["id"]);
-        id = stdout_of(&out).trim().to_string();
-        out.status.success()
-    });
-    Daemon { proc, sock, id, log }
+    c.env("PATH", format!("{}:{}", xbin.display(), s.env_path()));
+    Daemon::spawn(s, c, name, extra, EMULATED)
+}
+
+/// A scratch, the foreign `r2`, a native daemon a and a foreign daemon f
+/// whose tunnel process is `f_cmd`.
+fn mixed(tag: &str, f_cmd: &str) -> (Scratch, PathBuf, Daemon, Daemon) {
+    need("socat");
+    let s = Scratch::new(tag);
+    let xbin = foreign_bin(&s);
+    let a = Daemon::start(&s, "a", &[]);
+    let f = foreign_daemon(&s, &xbin, "f", &[f_cmd]);
+    (s, xbin.join("r2"), a, f)
 }
 
 /// `r2 connect` of the given binary (`r2` path) for daemon `d`.
@@ -110,12 +110,7 @@ fn same(s: &Scratch, a: &str, b: &str) -> bool {
 #[test]
 #[ignore = "cross: run by make cross-test"]
 fn cross_mixed_line() {
-    need("socat");
-    let s = Scratch::new("xl");
-    let xbin = foreign_bin(&s);
-    let xr2 = xbin.join("r2");
-    let a = Daemon::start(&s, "a", &[]);
-    let f = foreign_daemon(&s, &xbin, "f", &["sha256sum"]);
+    let (s, xr2, a, f) = mixed("xl", "sha256sum");
     let c = Daemon::start(&s, "c", &["sh -c 'cat; exit 3'"]);
     let port = free_port();
     let mut srv =
@@ -168,12 +163,7 @@ fn cross_mixed_line() {
 #[test]
 #[ignore = "cross: run by make cross-test"]
 fn cross_udp_and_a_fault() {
-    need("socat");
-    let s = Scratch::new("xu");
-    let xbin = foreign_bin(&s);
-    let xr2 = xbin.join("r2");
-    let a = Daemon::start(&s, "a", &[]);
-    let f = foreign_daemon(&s, &xbin, "f", &["cat"]);
+    let (s, xr2, a, f) = mixed("xu", "cat");
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut srv = s.sh(&format!("exec socat udp-l:{port},bind=127.0.0.1,fork exec:'{} connect -'", xr2.display()));
     srv.env("R2_SOCKET", &f.sock).stdin(Stdio::null()).stdout(Stdio::null());

@@ -163,21 +163,8 @@ fn a_udp_link_comes_back() {
 /// ssh ends the link; the kept link runs ssh again.
 #[test]
 fn an_ssh_link_comes_back() {
-    assert!(is_root(), "this test needs root (sshd)");
-    need("ssh");
-    need("ssh-keygen");
-    assert!(exists("/usr/sbin/sshd"), "this test needs /usr/sbin/sshd (openssh-server)");
     let s = Scratch::new("ks");
-    let keys = "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey";
-    assert!(run_bounded(s.sh(keys), SOON).status.success());
-    fs::create_dir_all("/run/sshd").unwrap();
-    let cfg = format!(
-        "HostKey {d}/hostkey\nAuthorizedKeysFile {d}/userkey.pub\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n\
-         PidFile none\nLogLevel ERROR\nSetEnv PATH={path}\n",
-        d = s.dir.display(),
-        path = s.env_path()
-    );
-    fs::write(s.path("sshd_config"), cfg).unwrap();
+    sshd_config(&s, &format!("SetEnv PATH={}\n", s.env_path()));
     let a = Daemon::start(&s, "a", &[]);
     let b = Daemon::start(&s, "b", &[]);
     let ssh = format!(

@@ -184,14 +184,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `r2d -s NAME.sock -k NAME.id EXTRA…` and waits until it answers.
     pub fn start(s: &Scratch, name: &str, extra: &[&str]) -> Daemon {
+        let c = Command::new(s.path("bin/r2d"));
+        Daemon::spawn(s, c, name, extra, SOON)
+    }
+
+    /// Starts the daemon command `c` with `-s NAME.sock -k NAME.id -v
+    /// EXTRA…`, its log in NAME.log, and waits up to `limit` until it
+    /// answers.
+    pub fn spawn(s: &Scratch, mut c: Command, name: &str, extra: &[&str], limit: Duration) -> Daemon {
         let sock = s.path(&format!("{name}.sock"));
         let log = s.path(&format!("{name}.log"));
-        let mut c = Command::new(s.path("bin/r2d"));
         c.arg("-s").arg(&sock).arg("-k").arg(s.path(&format!("{name}.id"))).arg("-v").args(extra);
-        c.env("PATH", s.env_path()).stdin(Stdio::null()).stdout(Stdio::null());
+        if c.get_envs().all(|(k, _)| k != "PATH") {
+            c.env("PATH", s.env_path());
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::null());
         let mut proc = Proc::spawn(c, name, &log);
         let mut id = String::new();
-        wait_for(&format!("daemon {name} to answer"), SOON, || {
+        wait_for(&format!("daemon {name} to answer"), limit, || {
             assert!(proc.is_running(), "daemon {name} died: {}", fs::read_to_string(&log).unwrap_or_default());
             let out = s.r2(&sock, &["id"]);
             id = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -304,6 +314,28 @@ pub fn counters(s: &Scratch, d: &Daemon) -> std::collections::HashMap<String, u6
             (v.len() == 3 && v[0] == "counter").then(|| (v[1].to_string(), v[2].parse().unwrap_or(0)))
         })
         .collect()
+}
+
+/// For an sshd in inetd mode (`sshd -i -f CONFIG`, as a tunnel process or
+/// ssh's ProxyCommand): checks root and openssh, makes a host key and a user
+/// key (`userkey`) in the scratch, and writes `sshd_config` there, with
+/// `extra` lines; returns the config's path.
+pub fn sshd_config(s: &Scratch, extra: &str) -> PathBuf {
+    assert!(is_root(), "this test needs root (sshd)");
+    need("ssh");
+    need("ssh-keygen");
+    assert!(exists("/usr/sbin/sshd"), "this test needs /usr/sbin/sshd (openssh-server)");
+    let keys = "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey";
+    let o = run_bounded(s.sh(keys), Duration::from_secs(60));
+    assert!(o.status.success(), "{keys}: {}", stderr_of(&o));
+    fs::create_dir_all("/run/sshd").unwrap();
+    let cfg = format!(
+        "HostKey {d}/hostkey\nAuthorizedKeysFile {d}/userkey.pub\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n\
+         PidFile none\nLogLevel ERROR\n{extra}",
+        d = s.dir.display()
+    );
+    fs::write(s.path("sshd_config"), cfg).unwrap();
+    s.path("sshd_config")
 }
 
 /// A network namespace of the test's own (its loopback up), deleted on
