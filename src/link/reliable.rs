@@ -7,9 +7,9 @@
 //! QUIC's recovery (RFC 9002): packet numbers that are never reused, so an
 //! acknowledgement is never ambiguous; acknowledgements of ranges; loss
 //! declared by packet and time thresholds; a probe timeout with backoff;
-//! NewReno congestion control (slow start, halving on loss once per round
-//! trip, a floor of two packets) with pacing at 1.25 x cwnd per smoothed
-//! round trip. The reliable messages form one stream (the stream framing's
+//! NewReno congestion control (slow start, a decrease to 0.7 of the window
+//! on loss once per round trip, as CUBIC and so Linux's TCP do, a floor of
+//! two packets) with pacing at 1.25 x cwnd per smoothed round trip. The reliable messages form one stream (the stream framing's
 //! `length message`), sent and retransmitted by offset, so a message
 //! larger than a packet is split and joined for free; the sender keeps at
 //! most [`WINDOW`] bytes unacknowledged and the receiver at most as many
@@ -651,7 +651,10 @@ impl Reliable {
             return;
         }
         self.recovery_start = Some(now);
-        self.ssthresh = (self.cwnd / 2).max(self.min_cwnd());
+        // CUBIC's beta (RFC 9438 section 4.6) rather than NewReno's half:
+        // the TCP beside a link on a lossy path is CUBIC, and at half r2
+        // got less than half of TCP's share there.
+        self.ssthresh = (self.cwnd * 7 / 10).max(self.min_cwnd());
         self.cwnd = self.ssthresh;
     }
 

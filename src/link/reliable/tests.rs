@@ -173,7 +173,7 @@ fn lossy_reordering_duplicating_paths_deliver_everything_exactly_once() {
 }
 
 #[test]
-fn congestion_window_grows_and_halves_on_loss() {
+fn congestion_window_grows_and_shrinks_on_loss() {
     let path = Path { loss: 0, duplicate: 0, reorder: 0, delay: 20_000, mtu: 1500 };
     let mut sim = Sim::new(3, path, SIZES);
     let start = sim.ends[0].cwnd();
@@ -184,15 +184,35 @@ fn congestion_window_grows_and_halves_on_loss() {
     sim.run(200_000, |_| false);
     let grown = sim.ends[0].cwnd();
     assert!(grown > 4 * start, "slow start: {start} -> {grown}");
-    // Every packet lost for a while: one halving per round trip, down to
-    // the floor at most.
+    // Every packet lost for a while: the window shrinks, never under two
+    // packets.
+    let mut peak = grown;
     sim.path.loss = 100;
-    sim.run(sim.now + 30_000, |_| false);
+    sim.run(sim.now + 30_000, |sim| {
+        peak = peak.max(sim.ends[0].cwnd());
+        false
+    });
     sim.path.loss = 0;
-    let ack_more = sim.now + 60_000;
-    sim.run(ack_more, |_| false);
+    sim.run(sim.now + 60_000, |_| false);
     let after = sim.ends[0].cwnd();
-    assert!(after < grown && after >= 2 * 1200, "{grown} -> {after}");
+    assert!(after < peak && after >= 2 * 1200, "{peak} -> {after}");
+}
+
+#[test]
+fn a_congestion_event_takes_the_window_to_seven_tenths_once_per_round_trip() {
+    let mut r = Reliable::new(SIZES, 0);
+    r.cwnd = 100_000;
+    r.congestion_event(1_000, 500);
+    assert_eq!((r.cwnd, r.ssthresh), (70_000, 70_000), "CUBIC's beta");
+    // A packet sent before the recovery began is part of the same event.
+    r.congestion_event(2_000, 900);
+    assert_eq!(r.cwnd, 70_000);
+    // One sent after it is a new one; and the floor is two packets.
+    r.congestion_event(3_000, 1_500);
+    assert_eq!(r.cwnd, 49_000);
+    r.cwnd = 3_000;
+    r.congestion_event(4_000, 3_500);
+    assert_eq!(r.cwnd, r.min_cwnd());
 }
 
 #[test]
