@@ -4,7 +4,8 @@
 use crate::wire::NodeId;
 use x25519_dalek::{x25519, PublicKey, StaticSecret};
 
-/// A node's key pair.
+/// A node's key pair (or an ephemeral one, in a handshake).
+#[derive(Clone)]
 pub struct KeyPair {
     secret: StaticSecret,
     /// The public key, which is the node's id.
@@ -17,6 +18,13 @@ impl KeyPair {
         let secret = StaticSecret::from(bytes);
         let id = NodeId(PublicKey::from(&secret).to_bytes());
         KeyPair { secret, id }
+    }
+
+    /// The X25519 function of this secret and `public`: the shared secret,
+    /// or None where it is zero (`public` is a point of small order).
+    pub fn dh(&self, public: &[u8; 32]) -> Option<[u8; 32]> {
+        let shared = self.secret.diffie_hellman(&PublicKey::from(*public)).to_bytes();
+        (shared != [0; 32]).then_some(shared)
     }
 
     /// The secret, to be stored.

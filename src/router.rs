@@ -102,8 +102,9 @@ impl Counters {
 /// What happened, as the daemon tells it.
 #[derive(Debug)]
 pub enum Event {
-    /// A new physical link; `expect` is the id `r2 connect -n` asked for.
-    LinkOpened { port: PortId, expect: Option<NodeId> },
+    /// A new physical link, whose handshake proved the neighbour holds
+    /// the key `proven`; `expect` is the id `r2 connect -n` asked for.
+    LinkOpened { port: PortId, expect: Option<NodeId>, proven: NodeId },
     /// A new local endpoint with a fresh random id.
     EndpointOpened { port: PortId, id: NodeId },
     /// One message arrived on a port.
@@ -241,6 +242,8 @@ enum Port {
     Hello {
         since: Millis,
         expect: Option<NodeId>,
+        /// The key the link's handshake proved the neighbour holds.
+        proven: NodeId,
     },
     /// The neighbour said Hello as `peer`, who is still linked on a port
     /// gone silent (a caller restarted over UDP, which has no end of
@@ -368,8 +371,8 @@ impl Router {
     pub fn handle(&mut self, now: Millis, event: Event, out: &mut Vec<Action>) {
         self.now = now;
         match event {
-            Event::LinkOpened { port, expect } => {
-                self.ports.insert(port, Port::Hello { since: now, expect });
+            Event::LinkOpened { port, expect, proven } => {
+                self.ports.insert(port, Port::Hello { since: now, expect, proven });
                 out.push(Action::Send { port, packet: Packet::hello(self.own) });
             }
             Event::EndpointOpened { port, id } => {
@@ -383,9 +386,9 @@ impl Router {
             }
             Event::Received { port, packet } => match self.ports.get_mut(&port) {
                 None => {}
-                Some(Port::Hello { expect, .. }) => {
-                    let expect = *expect;
-                    self.on_hello(port, expect, packet, out)
+                Some(Port::Hello { expect, proven, .. }) => {
+                    let (expect, proven) = (*expect, *proven);
+                    self.on_hello(port, expect, proven, packet, out)
                 }
                 Some(Port::Link { peer, last_rx, .. }) => {
                     *last_rx = now;
@@ -423,7 +426,7 @@ impl Router {
         }
     }
 
-    fn on_hello(&mut self, port: PortId, expect: Option<NodeId>, p: Packet, out: &mut Vec<Action>) {
+    fn on_hello(&mut self, port: PortId, expect: Option<NodeId>, proven: NodeId, p: Packet, out: &mut Vec<Action>) {
         let m = match p.msg() {
             Ok(m) => m,
             Err(e) => return self.close(port, Some(format!("malformed first frame: {e}")), out),
@@ -438,13 +441,15 @@ impl Router {
         let peer = m.id;
         let refusal = if let Err(e) = m.check_hello() {
             Some(e.to_string())
+        } else if peer != proven {
+            Some(format!("the neighbour says it is {peer} but proved the key of {proven}"))
         } else if peer == self.own {
             Some(format!("the neighbour claims this node's own id {peer}"))
         } else if peer.is_reserved() {
             Some(format!("the neighbour claims the reserved id {peer}"))
         } else if expect.is_some_and(|x| x != peer) {
             let x = expect.unwrap_or(peer);
-            Some(format!("node id mismatch: expected {x}, got {peer}"))
+            Some(format!("node id mismatch: expected {x}, the neighbour proved it is {peer}"))
         } else if let Some(old) = self.silent_link_of(peer) {
             info!("link {port}: {peer} said Hello, linked on port {old}, which is silent: waiting for it to be found dead");
             self.ports.insert(port, Port::Waiting { since: self.now, peer });
@@ -493,6 +498,9 @@ impl Router {
         };
         match m.kind {
             Kind::Hello => self.close(port, Some(format!("{peer} said Hello twice")), out),
+            Kind::Handshake => {
+                self.close(port, Some(format!("{peer} sent a handshake message after the handshake")), out)
+            }
             Kind::Fail => {
                 let (code, text) = m.fail().unwrap_or((FailCode::Other, String::new()));
                 if m.id == self.own && code == FailCode::Refused {

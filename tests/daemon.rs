@@ -126,3 +126,25 @@ fn the_id_is_the_key_files_public_key() {
     assert_eq!(std::fs::read_to_string(s.path("old.id")).unwrap(), old, "the old file is left as it was");
     assert!(!exists(s.path("old.sock")), "no daemon started");
 }
+
+/// An answer whose reader has gone (`r2 ls | grep -q ID`) ends the command
+/// quietly with 0, not with a panic.
+#[test]
+fn answers_to_a_reader_that_has_gone_end_quietly() {
+    need("bash");
+    let s = Scratch::new("epipe");
+    let a = Daemon::start(&s, "a", &[]);
+    for cmd in ["stats", "id", "ls"] {
+        let script = format!("set -o pipefail; (sleep 0.3; r2 -s {} {cmd}) | true", a.sock.display());
+        let o = run_bounded(
+            {
+                let mut c = Command::new("bash");
+                c.args(["-c", &script]).env("PATH", s.env_path());
+                c
+            },
+            SOON,
+        );
+        assert!(o.status.success(), "{cmd}: {:?} {}", o.status, stderr_of(&o));
+        assert!(stderr_of(&o).is_empty(), "{cmd}: {}", stderr_of(&o));
+    }
+}

@@ -7,11 +7,12 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Perl that prints a Hello frame claiming id `[b; 32]`, then `rest`
-/// (perl expressions), to stdout.
+/// Perl that prints a link's first frame, a Hello with nonce `[b; 32]`,
+/// then `rest` (perl expressions), to stdout: the bytes of a link whose
+/// handshake goes wrong.
 fn perl_frames(b: u8, rest: &str) -> String {
     format!(
-        r#"perl -e '$| = 1; sub frame {{ my ($k, $id, $body) = @_; print pack("N C", 33 + length($body), $k), $id, $body }} frame(0, chr({b}) x 32, "r2\x01"); {rest}'"#
+        r#"perl -e '$| = 1; sub frame {{ my ($k, $id, $body) = @_; print pack("N C", 33 + length($body), $k), $id, $body }} frame(0, chr({b}) x 32, "r2\x02"); {rest}'"#
     )
 }
 
@@ -53,7 +54,7 @@ fn malformed_frames_close_only_their_link() {
         ("under a header", perl_frames(5, r#"print pack("N", 3), "abc"; sleep 30"#)),
         ("unknown kind", perl_frames(5, r#"frame(9, "x" x 32, ""); sleep 30"#)),
         ("truncated then EOF", perl_frames(5, r#"print pack("N", 100), "short""#)),
-        ("a second Hello", perl_frames(5, r#"frame(0, chr(5) x 32, "r2\x01"); sleep 30"#)),
+        ("a second Hello", perl_frames(5, r#"frame(0, chr(5) x 32, "r2\x02"); sleep 30"#)),
         ("random bytes", "head -c 4096 /dev/urandom; sleep 30".to_string()),
     ];
     for (i, (what, t)) in cases.iter().enumerate() {
@@ -63,7 +64,7 @@ fn malformed_frames_close_only_their_link() {
         assert!(!err.is_empty(), "{what}: the client says why");
     }
     // A valid Hello frame cut at every offset, then end-of-file.
-    let hello = format!("{}{}{}", r"\0\0\0\044\0", r"\005".repeat(32), r"r2\001");
+    let hello = format!("{}{}{}", r"\0\0\0\044\0", r"\005".repeat(32), r"r2\002");
     for cut in 0..40 {
         let t = format!("printf '{hello}' | head -c {cut}");
         let mut c = connect(&s, &a, &[], &t, "cut");
@@ -72,22 +73,24 @@ fn malformed_frames_close_only_their_link() {
     let o = s.r2(&a.sock, &["ping", "-c", "1", &b.id]);
     assert!(o.status.success(), "the good link still flows: {}", stderr_of(&o));
     assert!(rss_kib(a.proc.pid()) < rss0 + 4096, "no allocation by claimed length");
-    assert!(a.log().contains("malformed"));
+    let log = a.log();
+    assert!(log.contains("malformed") || log.contains("outside"), "{log}");
 }
 
 #[test]
 fn silent_links_are_dropped_and_do_not_block_the_daemon() {
     need("perl");
     let s = Scratch::new("silent");
-    let a = Daemon::start(&s, "a", &["--keepalive", "0.3", "--hello-timeout", "30"]);
-    // half a frame after Hello, then nothing: the keepalive timer drops it
+    let quick = Daemon::start(&s, "quick", &["--keepalive", "0.3", "--hello-timeout", "1"]);
+    // half a frame after Hello, then nothing: the handshake's time runs out
     let t = perl_frames(6, r#"print pack("N", 100), "half"; sleep 60"#);
     let t0 = Instant::now();
-    let mut c = connect(&s, &a, &[], &t, "half");
+    let mut c = connect(&s, &quick, &[], &t, "half");
     assert_eq!(c.wait_exit(SOON).code(), Some(1));
     let err = std::fs::read_to_string(s.path("half.err")).unwrap();
-    assert!(err.contains("silent"), "{err}");
-    eprintln!("half a frame dropped after {:?} (keepalive 0.3 s, 3 misses)", t0.elapsed());
+    assert!(err.contains("no handshake within 1.0 s"), "{err}");
+    eprintln!("half a frame dropped after {:?} (Hello timeout 1 s)", t0.elapsed());
+    let a = Daemon::start(&s, "a", &["--keepalive", "0.3", "--hello-timeout", "30"]);
     // 200 links that never say Hello: the control socket still answers.
     let mut idle = Vec::new();
     for i in 0..200 {
@@ -134,29 +137,37 @@ fn the_longest_path() {
 }
 
 /// Frames to unknown nodes: answered at a bounded rate, no state kept.
+/// They come from a local endpoint (the control socket's Endpoint request,
+/// which speaks frames with no handshake), as a neighbour's would once its
+/// link is up.
 #[test]
 fn a_flood_to_unknown_nodes() {
     need("perl");
     let s = Scratch::new("flood");
     let a = Daemon::start(&s, "a", &[]);
-    let flood = perl_frames(
-        7,
-        r#"for my $i (1..20000) { frame(1, pack("N", $i) . ("u" x 28), "x") }
+    let flood = format!(
+        r#"perl -MIO::Socket::UNIX -e '$| = 1;
+           my $s = IO::Socket::UNIX->new(Peer => "{}") or die "connect: $!";
+           sub frame {{ my ($k, $id, $body) = @_; print $s pack("N C", 33 + length($body), $k), $id, $body }}
+           print $s pack("N C", 1, 4);
+           sysread($s, my $reply, 69) == 69 or die "no Endpoint reply";
+           for my $i (1..20000) {{ frame(1, pack("N", $i) . ("u" x 28), "x") }}
            my ($fails, $buf) = (0, "");
-           local $SIG{ALRM} = sub { open my $f, ">", "fails" or die; print $f "$fails\n"; exit 0 };
+           local $SIG{{ALRM}} = sub {{ open my $f, ">", "fails" or die; print $f "$fails\n"; exit 0 }};
            alarm 2;
-           while (sysread(STDIN, my $chunk, 65536)) {
+           while (sysread($s, my $chunk, 65536)) {{
                $buf .= $chunk;
-               while (length($buf) >= 4) {
+               while (length($buf) >= 4) {{
                    my $n = unpack("N", $buf);
                    last if length($buf) < 4 + $n;
-                   $fails++ if ord(substr($buf, 4, 1)) == 3;
+                   $fails++;
                    $buf = substr($buf, 4 + $n);
-               }
-           }"#,
+               }}
+           }}'"#,
+        a.sock.display()
     );
-    let mut c = connect(&s, &a, &[], &flood, "flood");
-    c.wait_exit(SOON);
+    let o = run_bounded(s.sh(&flood), SOON);
+    assert!(o.status.success(), "{}", stderr_of(&o));
     let fails: u64 = std::fs::read_to_string(s.path("fails")).unwrap().trim().parse().unwrap();
     eprintln!("20000 frames to unknown nodes answered by {fails} Fails");
     assert!(fails > 0 && fails <= 400, "{fails} Fails for 20000 frames in about 2 s");
@@ -257,13 +268,21 @@ pub fn leak_cycles(n: usize) {
     let s = Scratch::new("leak");
     let a = Daemon::start(&s, "a", &[]);
     let b = Daemon::start(&s, "b", &["cat"]);
-    // a link that comes up and goes down: Hello each way, then end-of-file
-    let hello = perl_frames(9, "sysread(STDIN, my $h, 40);");
+    let c = Daemon::start(&s, "c", &[]);
+    // a link to c that comes up (handshake, Hello each way) and is ended
+    // by its client; the next starts once c too has seen it end
     let cycle_links = |count: usize| {
+        let (sa, sc) = (a.sock.display(), c.sock.display());
         let script = format!(
-            "i=0; while [ $i -lt {count} ]; do r2 -s {} connect --layer stream \"{}\" || exit 1; i=$((i+1)); done",
-            a.sock.display(),
-            hello.replace('"', "\\\"").replace('$', "\\$")
+            "i=0; while [ $i -lt {count} ]; do \
+               r2 -s {sa} connect -n {ci} 'R2_SOCKET={sc} exec r2 connect -' & p=$!; \
+               until r2 -s {sa} ls -N | grep -q {ci}; do kill -0 $p || exit 1; done; \
+               kill $p; wait $p 2>/dev/null; \
+               while r2 -s {sa} ls -N | grep -q {ci}; do :; done; \
+               while r2 -s {sc} ls -N | grep -q {ai}; do :; done; \
+               i=$((i+1)); done",
+            ci = c.id,
+            ai = a.id,
         );
         let o = run_bounded(s.sh(&script), Duration::from_secs(600));
         assert!(o.status.success(), "{}", stderr_of(&o));
@@ -317,14 +336,14 @@ pub fn leak_cycles(n: usize) {
 }
 
 #[test]
-fn no_leaks_over_500_cycles() {
-    leak_cycles(500);
+fn no_leaks_over_200_cycles() {
+    leak_cycles(200);
 }
 
 #[test]
 #[ignore = "stress: run by make stress"]
-fn stress_no_leaks_over_10000_cycles() {
-    leak_cycles(10_000);
+fn stress_no_leaks_over_3000_cycles() {
+    leak_cycles(3000);
 }
 
 #[test]

@@ -75,3 +75,10 @@ fn hosts_corpus_and_random_inputs() {
     random_inputs(0xBF58476D1CE4E5B9, 20_000, r2::cli::fuzz_hosts);
     eprintln!("replayed {n} saved inputs for hosts");
 }
+
+#[test]
+fn handshake_corpus_and_random_inputs() {
+    let n = replay("handshake", r2::link::fuzz::handshake);
+    random_inputs(0x94D049BB133111EB, 20_000, r2::link::fuzz::handshake);
+    eprintln!("replayed {n} saved inputs for handshake");
+}

@@ -300,9 +300,9 @@ impl UdpPair {
     /// holds a UDP socket).
     fn check_layers(&self) {
         let la = layer(&self.s, &self.a, &self.b.id);
-        assert!(la.starts_with("robust (datagrams): the transport holds a UDP socket"), "a: {la}");
+        assert!(la.starts_with("sealed robust (datagrams): the transport holds a UDP socket"), "a: {la}");
         let lb = layer(&self.s, &self.b, &self.a.id);
-        assert!(lb.starts_with("robust"), "b: {lb}");
+        assert!(lb.starts_with("sealed robust"), "b: {lb}");
         let f = ls_l(&self.s, &self.a, &self.b.id);
         assert!(f[9].starts_with("socat udp:127.0.0.1:"), "a's transport: {f:?}");
         eprintln!("a: {la}\nb: {lb}");
@@ -581,7 +581,7 @@ fn lossy_udp(fork: bool, imp: Impair, len: usize, seed: u64) {
     let la = layer(&s, &a, &b.id);
     let lb = layer(&s, &b, &a.id);
     eprintln!("forwarder {imp:?}: {}\na: {la}\nb: {lb}", fwd.counts.text());
-    assert!(la.starts_with("robust (datagrams)"), "{la}");
+    assert!(la.starts_with("sealed robust (datagrams)"), "{la}");
     assert!(lost(&la) > 0, "a's layer shows no losses through a lossy forwarder: {la}");
     assert!(fwd.counts.dropped.load(Ordering::Relaxed) > 0);
     linked(&s, &a, &b, SOON);
@@ -707,7 +707,7 @@ fn noisy_serial(len: usize, flip: u64, drop: u64, seed: u64) {
     linked(&s, &b, &a, Duration::from_secs(20));
     for (d, peer) in [(&a, &b), (&b, &a)] {
         let l = layer(&s, d, &peer.id);
-        assert!(l.starts_with("robust (bytes): the transport holds /dev/"), "{}: {l}", d.proc.name);
+        assert!(l.starts_with("sealed robust (bytes): the transport holds /dev/"), "{}: {l}", d.proc.name);
     }
     ping(&s, &a, &b.id, 2);
     echo(&s, &a, &b, len, 0, Duration::from_secs(240));
@@ -836,7 +836,7 @@ fn corrupting_tcp_with_layer_robust() {
     linked(&s, &b, &a, Duration::from_secs(20));
     let layers = [layer(&s, &a, &b.id), layer(&s, &b, &a.id)];
     for l in &layers {
-        assert!(l.starts_with("robust (bytes)"), "{l}");
+        assert!(l.starts_with("sealed robust (bytes)"), "{l}");
     }
     ping(&s, &a, &b.id, 2);
     echo(&s, &a, &b, 4 * MIB, 0, Duration::from_secs(120));
@@ -846,8 +846,29 @@ fn corrupting_tcp_with_layer_robust() {
     assert!(flipped > 0, "no bit was flipped");
     // Both ends were told: each layer says so.
     for (l, who) in layers.iter().zip(["a", "b"]) {
-        assert!(l.starts_with("robust (bytes): --layer robust"), "{who}'s layer: {l}");
+        assert!(l.starts_with("sealed robust (bytes): --layer robust"), "{who}'s layer: {l}");
     }
+}
+
+/// The stream layer on such a path (one bit in about a million bytes),
+/// which trusts TCP: every message is authenticated, so a flipped bit
+/// ends the link and the tunnel fails loudly. Nothing altered is ever
+/// delivered: what the tunnel gave out is a prefix of what was sent.
+#[test]
+fn corrupting_tcp_on_the_stream_layer_fails_loudly() {
+    let (s, a, b, _procs, fwd) = corrupt_tcp_pair("tcpstr", &[], 1_000_000, 5);
+    linked(&s, &a, &b, Duration::from_secs(20));
+    let o = run_bounded(s.sh("head -c 8000000 /dev/urandom > in"), SOON);
+    assert!(o.status.success());
+    let o = run_bounded(s.sh(&format!("r2 -s {} tunnel {} - < in > out", a.sock.display(), b.id)), SOON);
+    let (sent, got) = (fs::read(s.path("in")).unwrap(), fs::read(s.path("out")).unwrap_or_default());
+    let flipped = fwd.flipped.load(Ordering::Relaxed);
+    eprintln!("{flipped} bits flipped; the tunnel: {:?}, {} of {} bytes back", o.status, got.len(), sent.len());
+    assert!(flipped > 0, "no bit was flipped");
+    assert!(!o.status.success(), "8 MB through a forwarder that flipped {flipped} bits, and exit 0");
+    assert!(sent.starts_with(&got), "the tunnel delivered bytes that were not sent");
+    let logs = a.log() + &b.log();
+    assert!(logs.contains("failed authentication"), "{logs}");
 }
 
 // ---------------------------------------------------------------------
@@ -936,7 +957,11 @@ fn raw_ethernet(tag: &str, net: &str, mtu: u32) {
     linked(&s, &b, &a, Duration::from_secs(20));
     for (d, peer) in [(&a, &b), (&b, &a)] {
         let l = layer(&s, d, &peer.id);
-        assert!(l.starts_with("robust (ethernet): the transport holds a raw packet socket"), "{}: {l}", d.proc.name);
+        assert!(
+            l.starts_with("sealed robust (ethernet): the transport holds a raw packet socket"),
+            "{}: {l}",
+            d.proc.name
+        );
     }
     ping(&s, &a, &b.id, 2);
     // IP on the same interfaces while a tunnel runs.
@@ -999,7 +1024,7 @@ fn vpn_over_a_udp_link() {
     linked(&s, &a, &b, Duration::from_secs(20));
     linked(&s, &b, &a, Duration::from_secs(20));
     let l = layer(&s, &a, &b.id);
-    assert!(l.starts_with("robust (datagrams): the transport holds a UDP socket"), "{l}");
+    assert!(l.starts_with("sealed robust (datagrams): the transport holds a UDP socket"), "{l}");
     let mut t = v.ns[0].cmd(s.path("bin/r2"));
     t.arg("-s").arg(&a.sock).args(["tunnel", "-p", &b.id, &tun("10.47.1.1")]).env("PATH", s.env_path());
     let _tunnel = Proc::spawn(t, "tunnel", &s.path("tunnel.err"));

@@ -17,15 +17,26 @@ struct Line {
 
 impl Line {
     fn new(s: &Scratch, hops: usize, cmd: &[&str]) -> Line {
+        Line::with(s, hops, cmd, false)
+    }
+
+    /// A line whose links both ends asked to be plaintext.
+    fn plaintext(s: &Scratch, hops: usize, cmd: &[&str]) -> Line {
+        Line::with(s, hops, cmd, true)
+    }
+
+    fn with(s: &Scratch, hops: usize, cmd: &[&str], plaintext: bool) -> Line {
         let mut daemons = Vec::new();
         for i in 0..=hops {
             let extra: &[&str] = if i == hops { cmd } else { &[] };
             daemons.push(Daemon::start(s, &format!("d{i}"), extra));
         }
         let mut links = Vec::new();
+        let flag = if plaintext { "--plaintext" } else { "" };
         for i in 0..hops {
-            let t = format!("R2_SOCKET={} r2 connect -", daemons[i + 1].sock.display());
-            links.push(connect(s, &daemons[i], &[], &t, &format!("link{i}")));
+            let t = format!("R2_SOCKET={} r2 connect {flag} -", daemons[i + 1].sock.display());
+            let opts: &[&str] = if plaintext { &["--plaintext"] } else { &[] };
+            links.push(connect(s, &daemons[i], opts, &t, &format!("link{i}")));
         }
         for i in 0..hops {
             let next = daemons[i + 1].id.clone();
@@ -142,14 +153,15 @@ fn bulk_64_mib_three_hops() {
     bulk(3);
 }
 
-/// Bulk data into a far-side program is spliced: the far side's link
-/// reader delivers nearly every large Data message to the program itself,
-/// and the data arrives intact, over one hop and over three.
+/// Bulk data into a far-side program is spliced where the links are
+/// plaintext: the far side's link reader delivers nearly every large Data
+/// message to the program itself, and the data arrives intact, over one
+/// hop and over three.
 #[test]
 fn bulk_into_a_program_is_delivered_by_the_link_reader() {
     for hops in [1, 3] {
         let s = Scratch::new(&format!("deliver{hops}"));
-        let l = Line::new(&s, hops, &["sha256sum"]);
+        let l = Line::plaintext(&s, hops, &["sha256sum"]);
         sh_out(&s, "head -c 16777216 /dev/urandom > in");
         let o = tunnel(&s, &l.first().sock, &[&l.path(), "-"], Some("in"), "out");
         assert!(o.status.success(), "{}", stderr_of(&o));

@@ -12,7 +12,7 @@ use lexopt::prelude::*;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-usage: r2 connect [-r] [-n NODE] [--layer LAYER] TRANSPORT
+usage: r2 connect [-r] [-n NODE] [--layer LAYER] [--plaintext] TRANSPORT
 
 Links the local daemon to a neighbouring daemon over TRANSPORT: a command run
 with sh -c whose stdin and stdout reach the other daemon (socat tcp:HOST:PORT -,
@@ -29,9 +29,16 @@ TCP, UNIX sockets and pipes; the robust layer (checked frames, retransmission,
 congestion control) over UDP, raw Ethernet and serial lines; with - or a
 transport that holds none of these, whatever the neighbour speaks first.
 
-  -n, --node NODE       the id (or name) the neighbour must have, on every attempt
+A link starts with a Noise handshake in which each daemon proves the key that
+is its id; every message after it is encrypted and authenticated. With
+--plaintext this end asks that messages not be sealed, for a transport that is
+already private (ssh, a local pipe): the link is plaintext only if the
+neighbour's r2 connect asks too, and the ids are proven either way.
+
+  -n, --node NODE       the id (or name) the neighbour must prove, on every attempt
   -r, --reconnect       keep the link: run TRANSPORT again whenever it ends
       --layer LAYER     auto (the default), stream or robust
+      --plaintext       ask for a link whose messages are not sealed
 ";
 
 /// What `--layer` asks for.
@@ -47,16 +54,20 @@ pub struct Args {
     pub expect: Option<NodeId>,
     pub reconnect: bool,
     pub layer: LayerFlag,
+    /// Ask for a plaintext link.
+    pub plaintext: bool,
     pub transport: String,
 }
 
 pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     let (mut expect, mut transport, mut layer, mut reconnect) = (None, None, LayerFlag::Auto, false);
+    let mut plaintext = false;
     while let Some(arg) = p.next()? {
         match arg {
             Short('s') | Long("socket") => g.socket = Some(p.value()?.into()),
             Short('v') | Long("verbose") => g.verbose += 1,
             Short('r') | Long("reconnect") => reconnect = true,
+            Long("plaintext") => plaintext = true,
             Short('n') | Long("node") => expect = Some(super::names::node_arg(&p.value()?.string()?)?),
             Long("layer") => {
                 layer = match p.value()?.string()?.as_str() {
@@ -81,7 +92,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
     if reconnect && transport == "-" {
         return Err(Error::Usage("-r needs a TRANSPORT command: this program's stdio cannot be run again".into()));
     }
-    Ok(Command::Connect(Args { expect, reconnect, layer, transport }))
+    Ok(Command::Connect(Args { expect, reconnect, layer, plaintext, transport }))
 }
 
 /// How long `r2 connect` looks at a new transport for what it holds.
@@ -175,7 +186,8 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
     let (t, layer, why) = start(&a)?;
     let label = if a.transport == "-" { "stdio".to_string() } else { a.transport.clone() };
     log::debug!("link layer {layer}: {why}");
-    let req = Request::Connect { expect: a.expect, label, layer: layer.encode(), why, returns: None };
+    let req =
+        Request::Connect { expect: a.expect, label, layer: layer.encode(), why, returns: None, plaintext: a.plaintext };
     hand_over_and_wait(control, &req, t)
 }
 
@@ -195,14 +207,18 @@ mod tests {
                 expect: Some(id),
                 reconnect: false,
                 layer: LayerFlag::Auto,
+                plaintext: false,
                 transport: "socat - -".into()
             })
         );
         let (_, c) = parse_all(args(&["r2", "connect", "--layer", "robust", "-"])).unwrap();
-        let want = Args { expect: None, reconnect: false, layer: LayerFlag::Robust, transport: "-".into() };
+        let want =
+            Args { expect: None, reconnect: false, layer: LayerFlag::Robust, plaintext: false, transport: "-".into() };
         assert_eq!(c, Command::Connect(want));
         let (_, c) = parse_all(args(&["r2", "connect", "-r", "socat tcp:h:1 -"])).unwrap();
         assert!(matches!(c, Command::Connect(Args { reconnect: true, .. })));
+        let (_, c) = parse_all(args(&["r2", "connect", "--plaintext", "ssh h r2 connect --plaintext -"])).unwrap();
+        assert!(matches!(c, Command::Connect(Args { plaintext: true, .. })));
         for bad in [
             vec!["r2", "connect"],
             vec!["r2", "connect", "-n", "xyz0", "-"],

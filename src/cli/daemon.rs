@@ -33,7 +33,8 @@ R2_VIA in its environment.
       --max-tunnels N         run at most N tunnel processes at once (default 1024)
       --max-virtual N         carry at most N virtual neighbours per link (default 4096)
       --keepalive SECONDS     ping a link silent this long; drop it after 3 (default 2)
-      --hello-timeout SECONDS drop a link that has not said Hello (default 5)
+      --hello-timeout SECONDS drop a link whose handshake, or then Hello, takes longer
+                              (default 5)
 ";
 
 #[derive(Debug, PartialEq)]

@@ -24,7 +24,7 @@ pub fn run(g: &Global) -> Result<i32> {
     c.request(&Request::Id, &[])?;
     match c.expect_reply()? {
         Reply::Id(id) => {
-            println!("{id}");
+            outln!("{id}");
             Ok(0)
         }
         r => Err(Error::Failed(format!("unexpected reply: {r:?}"))),

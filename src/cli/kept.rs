@@ -144,8 +144,14 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         let (handed, mut t) = match start(&a) {
             Ok((mut t, layer, why)) => {
                 let label = a.transport.clone();
-                let req =
-                    Request::Connect { expect: a.expect, label, layer: layer.encode(), why, returns: Some(returns) };
+                let req = Request::Connect {
+                    expect: a.expect,
+                    label,
+                    layer: layer.encode(),
+                    why,
+                    returns: Some(returns),
+                    plaintext: a.plaintext,
+                };
                 (hand_over(&mut control, &req, &mut t), Some(t))
             }
             Err(e) => (super::transport::Handed { outcome: Err(e), linked: None, daemon_gone: false }, None),

@@ -61,7 +61,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
     let name = |id: &NodeId| super::names::column(names, id);
     if a.long {
         for l in super::stats::link_lines(&super::stats::fetch(g)?, names) {
-            println!("{l}");
+            outln!("{l}");
         }
         return Ok(0);
     }
@@ -71,7 +71,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
         return match control.expect_reply()? {
             Reply::List(links) => {
                 for (id, label) in links {
-                    println!("{id}{}\t{label}", name(&id));
+                    outln!("{id}{}\t{label}", name(&id));
                 }
                 Ok(0)
             }
@@ -93,7 +93,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
             PathReply::Answer(body) => {
                 let ids = list::decode(body).ok_or_else(|| Error::Failed("malformed neighbour list".into()))?;
                 for id in ids {
-                    println!("{id}{}", name(&id));
+                    outln!("{id}{}", name(&id));
                 }
                 return Ok(0);
             }

@@ -1,6 +1,14 @@
 //! The command line: the multicall dispatch on the program's name, global
 //! options, and one module per command, each with a pure `parse` and a `run`.
 
+/// `println!` for a command's answer: where its reader has gone (`r2 ls |
+/// grep -q ID`), the command ends quietly with 0, instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::cli::out_line(format_args!($($t)*))
+    };
+}
+
 mod connect;
 mod daemon;
 mod id;
@@ -64,9 +72,10 @@ usage: r2 [-s SOCKET] [-v] COMMAND [ARG...]
 
 commands:
   daemon [CMD]             run a node (the same as r2d)
-  connect [-r] [-n NODE] TRANSPORT
-                           use a program (or - for stdio) as a link to a neighbour;
-                           -r keeps it, running the program again when it ends
+  connect [-r] [-n NODE] [--plaintext] TRANSPORT
+                           use a program (or - for stdio) as a sealed link to a
+                           neighbour; -r keeps it, running the program again when
+                           it ends
   ls [-l] [-N] [PATH]      list the neighbours of this node, or of the node at PATH
   ping [-c N] [-i S] [-W S] PATH
                            measure the round trip along PATH and back
@@ -206,6 +215,17 @@ pub fn run(g: Global, cmd: Command) -> Result<i32> {
                 Error::Failed(m) => Error::Failed(names::hosts().rename(&m)),
                 e => e,
             })
+        }
+    }
+}
+
+/// Writes one line of a command's answer to stdout (see `outln!`).
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let mut ep = Control::connect(&g.socket()).and_then(|c| c.endpoint())?;
     let hops = a.path.len();
-    println!("PING {} ({hops} hop{})", a.path_text, if hops == 1 { "" } else { "s" });
+    outln!("PING {} ({hops} hop{})", a.path_text, if hops == 1 { "" } else { "s" });
     let start = Instant::now();
     let (mut sent, mut rtts) = (0u32, Vec::new());
     let mut result = Ok(());
@@ -94,7 +94,7 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
                 PathReply::Answer(body) if body == payload => {
                     let rtt = t0.elapsed().as_micros() as u64;
                     let from = super::names::hosts().show(&a.path[hops - 1]);
-                    println!("reply from {from}: seq={seq} time={} ms", us_as_ms3(rtt));
+                    outln!("reply from {from}: seq={seq} time={} ms", us_as_ms3(rtt));
                     rtts.push(rtt);
                     break;
                 }
@@ -116,13 +116,13 @@ pub fn run(g: &Global, a: Args) -> Result<i32> {
     }
     let received = rtts.len() as u32;
     let loss = (100 * (sent - received)).checked_div(sent).unwrap_or(100);
-    println!("--- {} ping statistics ---", a.path_text);
-    println!("{sent} probes sent, {received} received, {loss}% loss, time {} ms", start.elapsed().as_millis());
+    outln!("--- {} ping statistics ---", a.path_text);
+    outln!("{sent} probes sent, {received} received, {loss}% loss, time {} ms", start.elapsed().as_millis());
     if received > 0 {
         let min = rtts.iter().copied().min().unwrap_or(0);
         let max = rtts.iter().copied().max().unwrap_or(0);
         let avg = rtts.iter().sum::<u64>() / u64::from(received);
-        println!("rtt min/avg/max = {}/{}/{} ms", us_as_ms3(min), us_as_ms3(avg), us_as_ms3(max));
+        outln!("rtt min/avg/max = {}/{}/{} ms", us_as_ms3(min), us_as_ms3(avg), us_as_ms3(max));
     }
     result?;
     if received == 0 {

@@ -65,10 +65,10 @@ pub fn link_lines(s: &Stats, names: Option<&Hosts>) -> Vec<String> {
 pub fn run(g: &Global) -> Result<i32> {
     let s = fetch(g)?;
     for l in link_lines(&s, Some(super::names::hosts())) {
-        println!("link\t{l}");
+        outln!("link\t{l}");
     }
     for t in &s.tunnels {
-        println!(
+        outln!(
             "tunnel\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             if t.server { "server" } else { "client" },
             t.id,
@@ -80,7 +80,7 @@ pub fn run(g: &Global) -> Result<i32> {
         );
     }
     for (name, v) in &s.counters {
-        println!("counter\t{name}\t{v}");
+        outln!("counter\t{name}\t{v}");
     }
     Ok(0)
 }

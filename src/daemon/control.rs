@@ -62,7 +62,7 @@ fn serve(mut stream: UnixStream, own: NodeId, events: Sender<Input>) {
         Request::List => Input::List { stream },
         Request::Stats => Input::Stats { stream },
         Request::Endpoint => Input::Endpoint { stream },
-        Request::Connect { expect, label, layer, why, returns } => {
+        Request::Connect { expect, label, layer, why, returns, plaintext } => {
             let Some(layer) = crate::link::Layer::decode(&layer) else {
                 let _ = stream.write_all(&Reply::Error(format!("unknown link layer {layer:?}")).encode());
                 return;
@@ -73,7 +73,7 @@ fn serve(mut stream: UnixStream, own: NodeId, events: Sender<Input>) {
                 let _ = stream.write_all(&Reply::Error(text).encode());
                 return;
             };
-            Input::Connect { stream, rfd, wfd, expect, label, layer, why, returns }
+            Input::Connect { stream, rfd, wfd, expect, label, layer, why, returns, plaintext }
         }
         Request::Tunnel { path, packet } => {
             let mut fds = fds.into_iter();

@@ -3,7 +3,7 @@
 use super::session::Key;
 use super::shortcuts::Delivered;
 use crate::link::engine::Watch;
-use crate::link::{Layer, SharedOutput};
+use crate::link::{Layer, Peer, SharedOutput};
 use crate::router::{Event, PortId};
 use crate::wire::{NodeId, Packet};
 use nix::sys::signal::Signal;
@@ -31,13 +31,17 @@ pub enum Input {
         why: String,
         /// For a kept link, how often it has come back.
         returns: Option<u64>,
+        /// This end asks for a plaintext link.
+        plaintext: bool,
     },
-    /// A port's link knows its layer: it may be sent on.
+    /// A port's link has done its handshake: it may be sent on.
     LinkReady {
         port: PortId,
         output: SharedOutput,
         layer: Layer,
         watch: Option<Watch>,
+        /// Who the neighbour proved to be (None: a local endpoint).
+        peer: Option<Peer>,
     },
     /// A port's link heard only another link's frames: it ends quietly.
     Stray {

@@ -30,8 +30,9 @@ mod signals;
 mod tunnel;
 mod tunnels;
 
+use crate::key::KeyPair;
 use crate::link::engine::Watch;
-use crate::link::{self, lock, Layer, Link, SharedOutput};
+use crate::link::{self, lock, Credentials, Layer, Link, Peer, SharedOutput};
 use crate::router::{Action, Event, Policy, PortId, Router, Timers};
 use crate::sys::fd::{wake_pair, Waker};
 use crate::wire::control::{LinkStats, Reply, Stats};
@@ -99,8 +100,8 @@ struct PortIo {
     link: Option<Link>,
     /// The link's output, once its layer is known.
     output: Option<SharedOutput>,
-    /// What tells the router of the port once the link may be sent on.
-    opens: Option<Event>,
+    /// What the router hears of the port once its link may be sent on.
+    opens: Option<Opens>,
     /// The link's layer and why, for `r2 ls -l`.
     layer: String,
     why: String,
@@ -113,6 +114,15 @@ struct PortIo {
     /// For a link kept by `r2 connect -r`, how often it has come back.
     returns: Option<u64>,
     since: Instant,
+}
+
+/// What a port is, as the router will hear of it once its link is ready.
+#[derive(Clone, Copy)]
+enum Opens {
+    /// A link to a neighbour, which must prove `expect` if given.
+    Link { expect: Option<NodeId> },
+    /// A local endpoint with this id.
+    Endpoint { id: NodeId },
 }
 
 impl PortIo {
@@ -183,7 +193,8 @@ pub fn run(cfg: Config) -> Result<(), Error> {
     one_heap();
     signals::block().map_err(Error::System)?;
     raise_fd_limit();
-    let own = identity::load_or_create(&cfg.key_file).map_err(Error::Identity)?.id;
+    let key = identity::load_or_create(&cfg.key_file).map_err(Error::Identity)?;
+    let own = key.id;
     if let Some(dir) = cfg.socket.parent() {
         if dir == crate::sys::paths::private_tmp_dir(nix::unistd::geteuid()) {
             crate::sys::paths::ensure_private_dir(dir).map_err(Error::Directory)?;
@@ -226,6 +237,8 @@ pub fn run(cfg: Config) -> Result<(), Error> {
         urandom: File::open("/dev/urandom").map_err(|e| Error::System(format!("/dev/urandom: {e}")))?,
         inputs: tx,
         actions: Vec::new(),
+        key,
+        handshake_wait: Duration::from_millis(cfg.timers.hello),
     };
     let mut next_tick = Instant::now() + TICK;
     let mut next_trim = Instant::now() + TRIM_EVERY;
@@ -246,6 +259,7 @@ pub fn run(cfg: Config) -> Result<(), Error> {
                 d.router_event(Event::Heard { port });
             }
             d.router_event(Event::Tick);
+            d.end_slow_handshakes();
             d.reap();
             if Instant::now() >= next_trim {
                 next_trim = Instant::now() + TRIM_EVERY;
@@ -278,6 +292,11 @@ struct Daemon {
     urandom: File,
     inputs: Sender<Input>,
     actions: Vec<Action>,
+    /// The node's key, which its links' handshakes prove.
+    key: KeyPair,
+    /// How long a link may take from its start to the end of its
+    /// handshake (the Hello timeout: then the router's Hello wait begins).
+    handshake_wait: Duration,
 }
 
 /// Writes a large reply (List, Stats) on a thread of its own, so that the
@@ -315,25 +334,37 @@ impl Daemon {
             Input::Router(Event::Closed { port, error })
                 if self.ports.get(&port).is_some_and(|p| p.opens.is_some()) =>
             {
-                // Ended before the router knew of it: before its layer.
+                // Ended before the router knew of it: before its handshake
+                // was done.
+                if let Some(e) = &error {
+                    info!("link {port}: {e}");
+                }
                 self.shortcuts.close_link(port);
                 if let Some(c) = self.ports.remove(&port).and_then(|p| p.client) {
                     let error = error.unwrap_or_else(|| "the link ended before the neighbour said anything".into());
                     reply(&c, &Reply::Ended { error: Some(error) });
                 }
             }
-            Input::LinkReady { port, output, layer, watch } => {
+            Input::LinkReady { port, output, layer, watch, peer } => {
                 let Some(p) = self.ports.get_mut(&port) else { return };
                 p.output = Some(output);
                 p.watch = watch;
+                let privacy = match peer {
+                    Some(Peer { sealed: true, .. }) => "sealed ",
+                    Some(Peer { sealed: false, .. }) => "plaintext (both ends asked) ",
+                    None => "",
+                };
                 p.layer = match p.why.is_empty() {
-                    true => layer.to_string(),
-                    false => format!("{layer}: {}", p.why),
+                    true => format!("{privacy}{layer}"),
+                    false => format!("{privacy}{layer}: {}", p.why),
                 };
                 debug!("link {port}: {}", p.layer);
-                if let Some(ev) = p.opens.take() {
-                    self.router_event(ev);
-                }
+                let ev = match (p.opens.take(), peer) {
+                    (Some(Opens::Link { expect }), Some(peer)) => Event::LinkOpened { port, expect, proven: peer.id },
+                    (Some(Opens::Endpoint { id }), None) => Event::EndpointOpened { port, id },
+                    _ => return,
+                };
+                self.router_event(ev);
             }
             Input::Stray { port } => {
                 let Some(p) = self.ports.get_mut(&port) else { return };
@@ -377,10 +408,11 @@ impl Daemon {
                     .collect();
                 reply_in_background(stream, &Reply::List(list));
             }
-            Input::Connect { stream, rfd, wfd, expect, label, layer, why, returns } => {
+            Input::Connect { stream, rfd, wfd, expect, label, layer, why, returns, plaintext } => {
                 let port = self.new_port();
-                let opens = Event::LinkOpened { port, expect };
-                match self.open_port(port, rfd, wfd, Some(stream), label, layer, why, opens) {
+                let opens = Opens::Link { expect };
+                let own = Credentials { key: self.key.clone(), plaintext };
+                match self.open_port(port, (rfd, wfd), Some(stream), label, (layer, why), opens, Some(own)) {
                     Ok(io) => io.returns = returns,
                     Err(e) => warn!("cannot start link {port}: {e}"),
                 }
@@ -401,6 +433,27 @@ impl Daemon {
         self.router_events(out);
     }
 
+    /// Ends the links whose handshake has taken longer than the Hello
+    /// timeout: a neighbour that says nothing, or too little, is refused,
+    /// and holds nothing for long.
+    fn end_slow_handshakes(&mut self) {
+        let wait = self.handshake_wait;
+        let slow: Vec<PortId> = self
+            .ports
+            .iter()
+            .filter(|(_, p)| p.opens.is_some() && p.link.is_some() && p.since.elapsed() >= wait)
+            .map(|(&port, _)| port)
+            .collect();
+        for port in slow {
+            let error = format!(
+                "no handshake within {:.1} s: the neighbour is not an r2 node of this version, or the transport carries nothing",
+                wait.as_secs_f64()
+            );
+            info!("link {port}: {error}");
+            self.on_input(Input::Router(Event::Closed { port, error: Some(error) }));
+        }
+    }
+
     fn fresh_id(&mut self) -> Option<NodeId> {
         match identity::random_id(&mut self.urandom) {
             Ok(id) => Some(id),
@@ -416,26 +469,27 @@ impl Daemon {
         self.next_port
     }
 
-    /// Starts a port whose link reads `rfd` and writes `wfd` in `layer`,
-    /// watching `client` (if any) to end it when the client goes away;
-    /// the router hears `opens` once the link may be sent on.
+    /// Starts a port whose link reads `rfd` and writes `wfd` in `layer`
+    /// (chosen for `why`), proving `own` (a link to a neighbour) or not (a
+    /// local endpoint), watching `client` (if any) to end it when the
+    /// client goes away; the router hears `opens` once the link may be
+    /// sent on.
     #[allow(clippy::too_many_arguments)]
     fn open_port(
         &mut self,
         port: PortId,
-        rfd: OwnedFd,
-        wfd: OwnedFd,
+        fds: (OwnedFd, OwnedFd),
         client: Option<UnixStream>,
         label: String,
-        layer: Layer,
-        why: String,
-        opens: Event,
+        (layer, why): (Layer, String),
+        opens: Opens,
+        own: Option<Credentials>,
     ) -> std::io::Result<&mut PortIo> {
         let watcher = client.as_ref().map(|c| self.watch(port, c)).transpose()?;
         let routes = self.shortcuts.open_link(port);
         let sink = Arc::new(PortSink { port, routes, inputs: self.inputs.clone() });
         let tag = self.fresh_tag();
-        let link = link::start(&port.to_string(), rfd, wfd, layer, tag, sink);
+        let link = link::start(&port.to_string(), fds, layer, tag, own, sink);
         let link = link.inspect_err(|_| self.shortcuts.close_link(port))?;
         let mut io = PortIo::new(Some(link), watcher, client, label);
         io.opens = Some(opens);
@@ -470,8 +524,9 @@ impl Daemon {
         reply(&stream, &Reply::Endpoint { daemon: self.router.own(), endpoint: id });
         drop(stream);
         let port = self.new_port();
-        let opens = Event::EndpointOpened { port, id };
-        if let Err(e) = self.open_port(port, rfd, wfd, None, String::new(), Layer::Stream, String::new(), opens) {
+        let opens = Opens::Endpoint { id };
+        let layer = (Layer::Stream, String::new());
+        if let Err(e) = self.open_port(port, (rfd, wfd), None, String::new(), layer, opens, None) {
             return warn!("cannot start endpoint {port}: {e}");
         }
         debug!("endpoint {id} on port {port}");

@@ -6,7 +6,7 @@
 use super::input::Input;
 use super::shortcuts::LinkRoutes;
 use crate::link::engine::Watch;
-use crate::link::{Layer, LinkError, SharedOutput, Sink};
+use crate::link::{Layer, LinkError, Peer, SharedOutput, Sink};
 use crate::router::{Event, PortId, DELIVERY_KEY};
 use crate::sys::fd::{wait_ready, WakeFd};
 use crate::sys::splice::Body;
@@ -32,8 +32,8 @@ impl PortSink {
 }
 
 impl Sink for PortSink {
-    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<Watch>) {
-        let _ = self.inputs.send(Input::LinkReady { port: self.port, output, layer, watch });
+    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<Watch>, peer: Option<Peer>) {
+        let _ = self.inputs.send(Input::LinkReady { port: self.port, output, layer, watch, peer });
     }
 
     fn message(&self, p: Packet) -> bool {

@@ -24,11 +24,9 @@ use super::output::Pending;
 use super::packet;
 use super::reliable::{Micros, Reliable};
 use super::robust::{Found, Robust, MAX_ENCODED};
-use super::{lock, LinkError, Received, SharedOutput, Sink};
+use super::secure::Secure;
+use super::{lock, LinkError, Received, SharedOutput};
 use crate::sys::fd::{read_append, wait_ready, write_all, WakeFd};
-use crate::wire::message::{Kind, HEADER};
-use crate::wire::tunnel::DATAGRAM;
-use crate::wire::NodeId;
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info};
 use nix::poll::PollFlags;
@@ -97,19 +95,6 @@ impl Watch {
     }
 }
 
-/// Whether `msg` is a best-effort message: a packet-mode tunnel's data
-/// (tag DATAGRAM right after the tunnel node's header, however many
-/// To/From headers are around it).
-pub fn best_effort(mut msg: &[u8]) -> bool {
-    while msg.len() > HEADER && (msg[0] == Kind::To as u8 || msg[0] == Kind::From as u8) {
-        if msg[1..HEADER] == NodeId::TUNNEL.0 {
-            return msg[HEADER] == DATAGRAM;
-        }
-        msg = &msg[HEADER..];
-    }
-    false
-}
-
 /// What the engine needs to run one link.
 pub struct Engine {
     pub name: String,
@@ -128,7 +113,7 @@ pub fn run(
     rfd: OwnedFd,
     wfd: OwnedFd,
     (out, queue): (SharedOutput, Receiver<Pending>),
-    sink: Arc<dyn Sink>,
+    sink: Arc<Secure>,
     wake: WakeFd,
 ) -> std::io::Result<()> {
     let start = Instant::now();
@@ -140,12 +125,12 @@ pub fn run(
     {
         let (shared, sink) = (shared.clone(), sink.clone());
         let medium = e.medium;
-        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &*sink))?;
+        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &sink))?;
     }
     sink.ready(out, Layer::Robust(e.medium), Some(Watch(shared.clone())));
     let packet_reads = is_packet_pipe(&rfd);
     super::spawn(format!("rx{}", e.name), move || {
-        reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &*sink, &poke, &wake, &e.counts)
+        reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &sink, &poke, &wake, &e.counts)
     })
 }
 
@@ -155,8 +140,9 @@ fn is_packet_pipe(fd: &OwnedFd) -> bool {
 
 /// Puts a queued message into the state, in its class.
 fn push(st: &mut State, p: Pending) {
+    let unordered = p.best_effort;
     let Ok(p) = p.into_message() else { return };
-    if best_effort(p.bytes()) {
+    if unordered {
         st.rel.push_best_effort(p);
     } else {
         st.rel.push(p);
@@ -171,7 +157,7 @@ fn reader(
     packet_reads: bool,
     rfd: OwnedFd,
     mut buf: Vec<u8>,
-    sink: &dyn Sink,
+    sink: &Secure,
     poke: &Sender<()>,
     wake: &WakeFd,
     counts: &Received,
@@ -301,7 +287,7 @@ fn sender(
     wfd: OwnedFd,
     queue: Receiver<Pending>,
     poked: Receiver<()>,
-    sink: &dyn Sink,
+    sink: &Secure,
 ) {
     let listen_until = shared.start + LISTEN;
     let mut queue_open = true;
@@ -392,25 +378,5 @@ fn sender(
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::Packet;
-
-    #[test]
-    fn packet_mode_tunnel_data_is_best_effort_and_nothing_else() {
-        let peer = NodeId([7; 32]);
-        let mut p = Packet::new(Kind::To, NodeId::TUNNEL, &[DATAGRAM, 1, 2, 3]);
-        assert!(best_effort(p.bytes()));
-        p.push_header(Kind::To, peer);
-        p.push_header(Kind::From, peer);
-        assert!(best_effort(p.bytes()));
-        let data = Packet::new(Kind::To, NodeId::TUNNEL, &[crate::wire::tunnel::DATA, 1]);
-        assert!(!best_effort(data.bytes()));
-        assert!(!best_effort(Packet::hello(peer).bytes()));
-        assert!(!best_effort(Packet::new(Kind::To, peer, &[DATAGRAM]).bytes()));
     }
 }

@@ -141,3 +141,90 @@ pub fn reliable(data: &[u8]) {
         }
     }
 }
+
+/// The link's handshake and its sealed messages: a fresh end fed
+/// arbitrary messages; a real handshake between two ends with one byte of
+/// one message altered, which must not complete with agreeing keys; and an
+/// opener fed arbitrary sealed messages beside real ones, which must never
+/// take a forged one.
+pub fn handshake(data: &[u8]) {
+    use super::handshake::LinkHandshake;
+    use crate::key::KeyPair;
+    use crate::noise::seal::{Opener, Sealer};
+    use crate::wire::Packet;
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let key = |b: u8| KeyPair::from_secret([b; 32]);
+    match mode % 3 {
+        // Arbitrary messages, each a length byte and that many bytes.
+        0 => {
+            let (mut end, _) = LinkHandshake::new(key(1), mode & 8 != 0, [7; 32], [8; 32]);
+            let mut rest = rest;
+            while let Some((&n, tail)) = rest.split_first() {
+                let n = (n as usize).min(tail.len());
+                let (m, tail) = tail.split_at(n);
+                rest = tail;
+                if end.on_message(&Packet::from_bytes(m)).is_err() {
+                    return;
+                }
+            }
+        }
+        // Two ends; message number `which` has byte `at` xored with `x`.
+        1 => {
+            let [which, at_hi, at_lo, x, ..] = *rest else { return };
+            let (which, at, x) = (which % 5, (at_hi as usize) << 8 | at_lo as usize, x.max(1));
+            let (mut a, ha) = LinkHandshake::new(key(1), false, [1; 32], [11; 32]);
+            let (mut b, hb) = LinkHandshake::new(key(2), false, [2; 32], [12; 32]);
+            let (mut to_a, mut to_b) = (vec![hb], vec![ha]);
+            let (mut keys_a, mut keys_b) = (None, None);
+            let (mut n, mut altered) = (0u8, false);
+            let mut alter = |mut p: Packet| {
+                if n == which && at < p.len() {
+                    p.bytes_mut()[at] ^= x;
+                    altered = true;
+                }
+                n += 1;
+                p
+            };
+            for _ in 0..4 {
+                for m in std::mem::take(&mut to_a) {
+                    let Ok(p) = a.on_message(&alter(m)) else { return check(altered, &keys_a, &keys_b) };
+                    to_b.extend(p.send);
+                    keys_a = keys_a.or(p.done.and_then(|d| d.keys));
+                }
+                for m in std::mem::take(&mut to_b) {
+                    let Ok(p) = b.on_message(&alter(m)) else { return check(altered, &keys_a, &keys_b) };
+                    to_a.extend(p.send);
+                    keys_b = keys_b.or(p.done.and_then(|d| d.keys));
+                }
+            }
+            check(altered, &keys_a, &keys_b);
+        }
+        // Sealed messages: real ones, then arbitrary ones.
+        _ => {
+            let (mut s, mut o) = (Sealer::new([3; 32]), Opener::new([3; 32]));
+            for (i, chunk) in rest.chunks(40).enumerate() {
+                let mut real = Packet::from_bytes(chunk);
+                s.seal(&mut real, i % 2 == 1);
+                let sealed = real.clone();
+                assert!(o.open(&mut real).is_ok(), "a real sealed message opens");
+                assert_eq!(real.bytes(), chunk);
+                let mut forged = sealed.clone();
+                let at = chunk.first().copied().unwrap_or(0) as usize % forged.len();
+                forged.bytes_mut()[at] ^= 1;
+                assert!(o.open(&mut forged).is_err(), "an altered message never opens");
+                assert!(o.open(&mut Packet::from_bytes(chunk)).is_err(), "arbitrary bytes never open");
+            }
+        }
+    }
+
+    /// Where a byte was altered, the two ends never both finish with
+    /// keys that agree.
+    fn check(altered: bool, a: &Option<crate::noise::Keys>, b: &Option<crate::noise::Keys>) {
+        if let (true, Some(a), Some(b)) = (altered, a, b) {
+            assert!(a.send != b.recv || a.recv != b.send, "an altered handshake agreed on keys");
+        }
+        if let (false, Some(a), Some(b)) = (altered, a, b) {
+            assert!(a.send == b.recv && a.recv == b.send, "an honest handshake disagrees");
+        }
+    }
+}

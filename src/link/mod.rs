@@ -29,6 +29,7 @@ pub mod engine;
 pub mod ethernet;
 pub mod framing;
 pub mod fuzz;
+pub mod handshake;
 pub mod layer;
 pub mod output;
 pub mod packet;
@@ -37,6 +38,7 @@ pub mod raw;
 pub mod reader;
 pub mod reliable;
 pub mod robust;
+pub mod secure;
 pub mod stream;
 
 pub use framing::Framing;
@@ -44,10 +46,11 @@ pub use layer::{Layer, Medium};
 pub use output::{Output, Sent};
 pub use reader::ReadError;
 
+use crate::key::KeyPair;
 use crate::sys::fd::{read_append, wait_ready_until, wake_pair, WakeFd, Waker};
 use crate::sys::splice::{Body, Pipes};
 use crate::wire::control::Traffic;
-use crate::wire::Packet;
+use crate::wire::{NodeId, Packet};
 use nix::poll::PollFlags;
 use reader::{FrameReader, Splicing};
 use std::os::fd::{AsFd, OwnedFd};
@@ -68,6 +71,10 @@ pub enum LinkError {
     Stray,
     /// The two ends speak different layers.
     Mismatch(String),
+    /// The handshake failed, or the peer refused the link.
+    Refused(String),
+    /// A message failed authentication.
+    Forged(String),
 }
 
 impl std::fmt::Display for LinkError {
@@ -78,15 +85,27 @@ impl std::fmt::Display for LinkError {
             LinkError::Broken(e) => write!(f, "{e}"),
             LinkError::Stray => write!(f, "heard only another link's frames"),
             LinkError::Mismatch(e) => f.write_str(e),
+            LinkError::Refused(e) => f.write_str(e),
+            LinkError::Forged(e) => write!(f, "{e}: the link is closed"),
         }
     }
 }
 
+/// Who a link's handshake proved the neighbour to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The key it proved it holds: its node id.
+    pub id: NodeId,
+    /// Messages are sealed (false: both ends asked for plaintext).
+    pub sealed: bool,
+}
+
 /// Where a link hands what it reads. Called from the link's threads.
 pub trait Sink: Send + Sync + 'static {
-    /// The link's layer is known and it may be sent on: its output, and
-    /// the layer. Called once, before any message.
-    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<engine::Watch>);
+    /// The link's handshake is done and it may be sent on: its output, its
+    /// layer, and the neighbour it proved (None: a local endpoint's link,
+    /// which has no handshake). Called once, before any message.
+    fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<engine::Watch>, peer: Option<Peer>);
 
     /// A message arrived. False: stop reading.
     fn message(&self, p: Packet) -> bool;
@@ -172,16 +191,29 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()>
     thread::Builder::new().name(name).stack_size(STACK).spawn(f).map(|_| ())
 }
 
+/// How a link proves its end: the node's key, and whether this end asks
+/// for a plaintext link.
+pub struct Credentials {
+    pub key: KeyPair,
+    pub plaintext: bool,
+}
+
 /// Starts a link named `name` that reads `rfd` and writes `wfd` in
-/// `layer` (robust frames tagged `tag`), handing what it reads to `sink`.
+/// `layer` (robust frames tagged `tag`), proving `own` in its handshake
+/// (None: a local endpoint's link, with none) and handing what it reads
+/// to `sink`.
 pub fn start(
     name: &str,
-    rfd: OwnedFd,
-    wfd: OwnedFd,
+    (rfd, wfd): (OwnedFd, OwnedFd),
     layer: Layer,
     tag: u32,
+    own: Option<Credentials>,
     sink: Arc<dyn Sink>,
 ) -> std::io::Result<Link> {
+    let sink = Arc::new(match own {
+        Some(c) => secure::Secure::new(sink, c.key, c.plaintext)?,
+        None => secure::Secure::local(sink),
+    });
     let (waker, wake) = wake_pair()?;
     let received = Arc::new(Received::default());
     let counts = received.clone();
@@ -241,7 +273,7 @@ fn stream_link(
     rfd: OwnedFd,
     wfd: OwnedFd,
     input: Vec<u8>,
-    sink: Arc<dyn Sink>,
+    sink: Arc<secure::Secure>,
     counts: &Received,
     wake: WakeFd,
 ) {

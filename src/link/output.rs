@@ -8,17 +8,23 @@
 //! has not finished, and a sender writes directly only when it is zero, so
 //! bytes never overtake each other.
 //!
+//! Once a link's handshake gives it a key, every message is sealed
+//! (`noise::seal`) here, under the output's lock, so the counters go out
+//! in the order of the bytes.
+//!
 //! A message's data may be held in a pipe (a [`Body`]) instead of its
 //! packet: it follows the packet's bytes, moved by splice(2). Only outputs
 //! on pipes, which a splice can write without blocking, in a framing that
-//! writes messages unchanged, take such messages ([`Output::splices`]).
+//! writes messages unchanged, and not sealed, take such messages
+//! ([`Output::splices`]).
 
 use super::framing::{Framing, Header};
+use crate::noise::seal::Sealer;
 use crate::sys::buffers;
 use crate::sys::fd::{write_all, write_nonblocking, write_now};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
-use crate::wire::Packet;
+use crate::wire::{tunnel, Packet};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -30,6 +36,8 @@ use std::sync::Arc;
 /// (what is left of it).
 pub struct Pending {
     pub packet: Packet,
+    /// A packet-mode tunnel's datagram, which a robust link may drop.
+    pub best_effort: bool,
     header: Header,
     body: Option<Body>,
     /// The message's length: its packet's and its body's.
@@ -80,6 +88,9 @@ pub struct Output {
     splices: bool,
     /// What was sent, counting frames' headers.
     pub sent: Traffic,
+    /// The link's sealing key, once its handshake has one: every message
+    /// from then on is sealed, in the order sent.
+    seal: Option<Sealer>,
 }
 
 /// The writer thread's side.
@@ -105,6 +116,7 @@ pub fn output(fd: OwnedFd, framing: Arc<dyn Framing>) -> (Output, Writer) {
         splices,
         sent: Traffic::default(),
         framing: framing.clone(),
+        seal: None,
     };
     (out, Writer { fd, queue: rx, queued })
 }
@@ -122,6 +134,7 @@ pub fn queue_only() -> (Output, Receiver<Pending>) {
         splices: false,
         sent: Traffic::default(),
         framing: Arc::new(super::raw::Raw { packets: false }),
+        seal: None,
     };
     (out, rx)
 }
@@ -172,12 +185,30 @@ impl Output {
     /// pipe, and the framing writes a message's bytes unchanged, in as
     /// many writes as it takes.
     pub fn splices(&self) -> bool {
-        self.splices
+        self.splices && self.seal.is_none()
+    }
+
+    /// Seals every message sent from now on with `sealer`.
+    pub fn seal_with(&mut self, sealer: Sealer) {
+        self.seal = Some(sealer);
     }
 
     /// Writes `packet`, followed by `body`, now if it can, else queues
     /// what is left of them.
     pub fn send_with(&mut self, packet: Packet, body: Option<Body>) -> Sent {
+        let best_effort = tunnel::best_effort(packet.bytes());
+        let (packet, body) = match &mut self.seal {
+            None => (packet, body),
+            Some(sealer) => {
+                let whole = match body {
+                    Some(b) => b.complete(packet),
+                    None => Ok(packet),
+                };
+                let Ok(mut whole) = whole else { return Sent::Discarded };
+                sealer.seal(&mut whole, best_effort);
+                (whole, None)
+            }
+        };
         let len = packet.len() + body.as_ref().map_or(0, Body::len);
         let (header, packet, mut body) = match self.framing.header(len) {
             Some(h) => (h, packet, body),
@@ -220,7 +251,7 @@ impl Output {
             }
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.queue.send(Pending { packet, header, body, len, done }).is_err() {
+        if self.queue.send(Pending { packet, best_effort, header, body, len, done }).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Sent::Discarded;
         }

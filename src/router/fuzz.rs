@@ -168,7 +168,8 @@ pub fn events(data: &[u8]) {
                 next += 1;
                 open.push(next);
                 let expect = b.byte().filter(|x| x & 8 != 0).map(id);
-                Event::LinkOpened { port: next, expect }
+                let proven = id(b.byte().unwrap_or(3));
+                Event::LinkOpened { port: next, expect, proven }
             }
             1 => {
                 next += 1;

@@ -55,8 +55,9 @@ impl Net {
         let (pa, pb) = (self.port(), self.port());
         self.wires.insert((a, pa), (b, pb));
         self.wires.insert((b, pb), (a, pa));
-        self.queue.push_back((a, Event::LinkOpened { port: pa, expect }));
-        self.queue.push_back((b, Event::LinkOpened { port: pb, expect: None }));
+        let (ida, idb) = (self.routers[a].own(), self.routers[b].own());
+        self.queue.push_back((a, Event::LinkOpened { port: pa, expect, proven: idb }));
+        self.queue.push_back((b, Event::LinkOpened { port: pb, expect: None, proven: ida }));
         self.run();
         (pa, pb)
     }
@@ -306,12 +307,12 @@ fn hello_refusals() {
 fn bad_hello_and_hello_timeout() {
     let mut net = Net::new(1);
     let p = net.port();
-    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None }));
+    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None, proven: id(5) }));
     net.run();
     net.send(0, p, Packet::new(Kind::Hello, id(5), b"r2\x07").bytes());
     assert!(net.closed.last().unwrap().2.as_deref().unwrap().contains("version 7"));
     let q = net.port();
-    net.queue.push_back((0, Event::LinkOpened { port: q, expect: None }));
+    net.queue.push_back((0, Event::LinkOpened { port: q, expect: None, proven: id(5) }));
     net.run();
     net.tick(4_999);
     assert!(net.routers[0].held().0 == 1);
@@ -523,7 +524,7 @@ fn endpoints_may_not_send_paths_over_the_hop_limit() {
 fn a_link_that_ends_before_hello_is_an_error() {
     let mut net = Net::new(1);
     let p = net.port();
-    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None }));
+    net.queue.push_back((0, Event::LinkOpened { port: p, expect: None, proven: id(5) }));
     net.run();
     net.cut(0, p);
     assert!(net.closed.last().unwrap().2.as_deref().unwrap().contains("before the neighbour said Hello"));

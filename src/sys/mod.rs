@@ -1,13 +1,15 @@
 //! Operating-system plumbing shared by the link layer, the daemon and the
 //! clients: where the socket and id file live, passing fds over UNIX
 //! sockets, blocking I/O on fds that a wake pipe can interrupt, reused
-//! message buffers, and data moved between fds by splice.
+//! message buffers, data moved between fds by splice, and the kernel's
+//! randomness.
 
 pub mod buffers;
 pub mod fd;
 pub mod fdpass;
 pub mod held;
 pub mod paths;
+pub mod random;
 pub mod splice;
 
 /// Marks every inherited fd above 2 close-on-exec, so that the programs r2

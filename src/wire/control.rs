@@ -27,8 +27,9 @@ pub enum Request {
     /// neighbour must have. `label`: what the link is, for `r2 ls`.
     /// `layer`: the link layer to speak (`link::Layer::encode`), and `why`.
     /// `returns`: for a link that `r2 connect -r` keeps, how often it has
-    /// come back before this one.
-    Connect { expect: Option<NodeId>, label: String, layer: String, why: String, returns: Option<u64> },
+    /// come back before this one. `plaintext`: this end asks that the link
+    /// not be sealed (it is plaintext only if the neighbour asks too).
+    Connect { expect: Option<NodeId>, label: String, layer: String, why: String, returns: Option<u64>, plaintext: bool },
     /// Host an endpoint for this connection: it speaks link frames.
     Endpoint,
     /// Counters: per link, per tunnel, and the daemon's totals.
@@ -246,13 +247,13 @@ impl Request {
             Request::List => Enc::new(T_LIST).done(),
             Request::Endpoint => Enc::new(T_ENDPOINT).done(),
             Request::Stats => Enc::new(T_STATS).done(),
-            Request::Connect { expect, label, layer, why, returns } => {
+            Request::Connect { expect, label, layer, why, returns, plaintext } => {
                 let e = Enc::new(T_CONNECT);
                 let e = match expect {
                     Some(id) => e.byte(1).id(id),
                     None => e.byte(0),
                 };
-                e.str(label).str(layer).str(why).opt_u64(*returns).done()
+                e.str(label).str(layer).str(why).opt_u64(*returns).byte(*plaintext as u8).done()
             }
             Request::Tunnel { path, packet } => {
                 let mut e = Enc::new(T_TUNNEL).byte(*packet as u8).byte(path.len() as u8);
@@ -279,7 +280,13 @@ impl Request {
                     x => return Err(ControlError(format!("flag {x}"))),
                 };
                 let (label, layer, why) = (d.str()?, d.str()?, d.str()?);
-                Request::Connect { expect, label, layer, why, returns: d.opt_u64()? }
+                let returns = d.opt_u64()?;
+                let plaintext = match d.byte()? {
+                    0 => false,
+                    1 => true,
+                    x => return Err(ControlError(format!("plaintext flag {x}"))),
+                };
+                Request::Connect { expect, label, layer, why, returns, plaintext }
             }
             T_TUNNEL => {
                 let packet = match d.byte()? {
@@ -399,6 +406,7 @@ mod tests {
                 layer: "adapt".into(),
                 why: String::new(),
                 returns: None,
+                plaintext: false,
             },
             Request::Connect {
                 expect: Some(a),
@@ -406,6 +414,7 @@ mod tests {
                 layer: "stream".into(),
                 why: "a TCP socket".into(),
                 returns: Some(7),
+                plaintext: true,
             },
             Request::Tunnel { path: vec![a, a], packet: true },
             Request::Tunnel { path: vec![a], packet: false },

@@ -26,7 +26,7 @@ pub const HEADROOM: usize = 2 * HEADER;
 
 /// Hello magic and the protocol version this build speaks.
 pub const HELLO_MAGIC: &[u8; 2] = b"r2";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// The kind byte of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub enum Kind {
     To = 1,
     From = 2,
     Fail = 3,
+    /// A link's handshake message (`link/handshake.rs`), before any other.
+    Handshake = 4,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             1 => Kind::To,
             2 => Kind::From,
             3 => Kind::Fail,
+            4 => Kind::Handshake,
             _ => return None,
         })
     }
@@ -282,6 +285,21 @@ impl Packet {
         self.make_room(head.len());
         self.start -= head.len();
         self.buf[self.start..self.start + head.len()].copy_from_slice(head);
+    }
+
+    /// The message bytes, to be rewritten in place (sealed or opened).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+
+    /// Keeps the first `len` bytes of the message.
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(self.start + len);
+    }
+
+    /// Appends `tail` to the message.
+    pub fn extend(&mut self, tail: &[u8]) {
+        self.buf.extend_from_slice(tail);
     }
 
     /// Makes sure there are `n` bytes of headroom (copying the message

@@ -14,6 +14,8 @@
 //!                           the receiver grants back the credit of the lost
 //! ```
 
+use super::message::{Kind, HEADER};
+use super::NodeId;
 use std::fmt;
 
 pub const OPEN: u8 = 1;
@@ -102,9 +104,23 @@ impl<'a> TunnelMsg<'a> {
     }
 }
 
+/// Whether `msg` is a best-effort message: a packet-mode tunnel's data
+/// (tag DATAGRAM right after the tunnel node's header, however many
+/// To/From headers are around it).
+pub fn best_effort(mut msg: &[u8]) -> bool {
+    while msg.len() > HEADER && (msg[0] == Kind::To as u8 || msg[0] == Kind::From as u8) {
+        if msg[1..HEADER] == NodeId::TUNNEL.0 {
+            return msg[HEADER] == DATAGRAM;
+        }
+        msg = &msg[HEADER..];
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Packet;
 
     #[test]
     fn round_trip() {
@@ -126,5 +142,19 @@ mod tests {
         }
         let too_big = TunnelMsg::Open { window: MAX_WINDOW + 1 }.encode();
         assert!(TunnelMsg::decode(&too_big).is_err());
+    }
+
+    #[test]
+    fn packet_mode_tunnel_data_is_best_effort_and_nothing_else() {
+        let peer = NodeId([7; 32]);
+        let mut p = Packet::new(Kind::To, NodeId::TUNNEL, &[DATAGRAM, 1, 2, 3]);
+        assert!(best_effort(p.bytes()));
+        p.push_header(Kind::To, peer);
+        p.push_header(Kind::From, peer);
+        assert!(best_effort(p.bytes()));
+        let data = Packet::new(Kind::To, NodeId::TUNNEL, &[DATA, 1]);
+        assert!(!best_effort(data.bytes()));
+        assert!(!best_effort(Packet::hello(peer).bytes()));
+        assert!(!best_effort(Packet::new(Kind::To, peer, &[DATAGRAM]).bytes()));
     }
 }
