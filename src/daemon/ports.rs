@@ -37,8 +37,12 @@ impl Sink for PortSink {
     }
 
     fn message(&self, p: Packet) -> bool {
-        match self.routes.relay(p) {
-            Ok(()) => true,
+        let p = match self.routes.relay(p) {
+            Ok(()) => return true,
+            Err(p) => p,
+        };
+        match self.routes.deliver_whole(p) {
+            Ok(d) => self.inputs.send(Input::TunnelDelivered(d)).is_ok(),
             Err(p) => self.to_loop(p),
         }
     }
@@ -49,10 +53,18 @@ impl Sink for PortSink {
     fn messages(&self, ps: &mut Vec<Packet>) -> bool {
         let mut to_loop = Vec::new();
         for p in ps.drain(..) {
-            if let Err(p) = self.routes.relay(p) {
-                self.routes.pending.handing_over();
-                to_loop.push(p);
-            }
+            let Err(p) = self.routes.relay(p) else { continue };
+            let p = match self.routes.deliver_whole(p) {
+                Ok(d) => {
+                    if self.inputs.send(Input::TunnelDelivered(d)).is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(p) => p,
+            };
+            self.routes.pending.handing_over();
+            to_loop.push(p);
         }
         match to_loop.len() {
             0 => true,

@@ -173,6 +173,31 @@ impl LinkRoutes {
         Ok(Delivered { key, n, done })
     }
 
+    /// The reader read a whole message `p` (a sealed link's, opened):
+    /// delivers its data to a tunnel end's program if a shortcut says
+    /// where, as [`LinkRoutes::deliver`] does a body; else gives it back.
+    pub fn deliver_whole(&self, mut p: Packet) -> Result<Delivered, Packet> {
+        if !self.pending.none() || p.len() <= DELIVERY_KEY {
+            return Err(p);
+        }
+        let out = {
+            let table = lock(&self.deliveries);
+            match table.get(&p.bytes()[..DELIVERY_KEY]) {
+                Some(i) => i.out.upgrade().map(|o| (o, i.key)),
+                None => None,
+            }
+        };
+        let Some((out, key)) = out else { return Err(p) };
+        p.advance(DELIVERY_KEY);
+        let n = p.len();
+        let done = match lock(&out).send(p) {
+            Sent::Queued => false,
+            Sent::Written | Sent::Discarded => true,
+        };
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(Delivered { key, n, done })
+    }
+
     fn forget(&self) {
         lock(&self.relays).clear();
         lock(&self.deliveries).clear();
