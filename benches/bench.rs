@@ -53,6 +53,20 @@
 //! veth's MTU, so each run starts once namespace 2 holds no fragments of
 //! earlier runs' lost datagrams (see `runs`), and the table says how long
 //! that took.
+//!
+//! Section 7 puts sealed r2 links beside OpenSSH, which is what one would
+//! run instead for an encrypted path: `dd | ssh -W 127.0.0.1:SINK` through
+//! an sshd on loopback into `socat tcp-l: /dev/null` (ssh, sshd and socat
+//! in the data path; r2 has its two daemons and `cat`), with aes128-gcm and
+//! chacha20-poly1305; and `ssh -J`, here as the same ssh with `ssh -W` as
+//! its ProxyCommand through the same sshd (two ssh and two sshd, the data
+//! encrypted end to end and again on the first hop; r2 over two links has
+//! three daemons and `cat`, each link sealed on its own). r2's links are
+//! pipelines as in section 1, sealed (the default), and one pair plaintext
+//! (both ends `--plaintext`). Each run's time includes setting up its path:
+//! the table gives that time alone (carrying nothing). Round trips go into
+//! `cat` on the far side (r2) and into `socat tcp-l: exec:cat` (ssh). Needs
+//! root and openssh-server; it says why it skipped otherwise.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -491,6 +505,189 @@ impl Drop for Netns {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Section 7: sealed r2 links beside OpenSSH's `ssh -W` (one hop) and
+/// `ssh -J` (two), with both of its AEADs, on loopback.
+struct SshBench {
+    mib: u64,
+    /// e0–e1–e2 over sealed pipeline links; p0–p1 over a plaintext one.
+    e: Vec<(u32, PathBuf, String)>,
+    p: Vec<(u32, PathBuf, String)>,
+    /// ssh's options (key, port, no host key checks), the sink's and the
+    /// echo server's ports.
+    opts: String,
+    sink: u16,
+    echo: u16,
+    bulk: Vec<(String, Series)>,
+    /// The time to set up a path and carry nothing: r2 tunnel, ssh -W,
+    /// ssh -J (ms); it is part of each bulk run's time.
+    setup: [Series; 3],
+    rtt: Vec<(String, String)>,
+}
+
+const SSH_CIPHERS: [(&str, &str); 2] =
+    [("aes128-gcm", "aes128-gcm@openssh.com"), ("chacha20", "chacha20-poly1305@openssh.com")];
+
+impl SshBench {
+    fn new(env: &mut Env, mib: u64, dispatch: &str) -> Result<SshBench, String> {
+        if !Path::new("/usr/sbin/sshd").exists() {
+            return Err("no /usr/sbin/sshd (openssh-server)".into());
+        }
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        if !root {
+            return Err("not root (sshd)".into());
+        }
+        let base = 47600 + (std::process::id() % 300) as u16 * 3;
+        let (port, sink, echo) = (base, base + 1, base + 2);
+        let d = env.dir.display().to_string();
+        let keys = "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey";
+        if !env.sh(keys).status().map(|s| s.success()).unwrap_or(false) {
+            return Err("ssh-keygen failed".into());
+        }
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/userkey.pub\n\
+             PermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\nLogLevel ERROR\n\
+             Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com\n"
+        );
+        std::fs::write(env.dir.join("sshd_config"), cfg).map_err(|e| e.to_string())?;
+        env.spawn(&format!("exec /usr/sbin/sshd -D -e -f {d}/sshd_config"));
+        env.spawn(&format!("exec socat -b 65536 -u tcp-l:{sink},bind=127.0.0.1,reuseaddr,fork /dev/null"));
+        env.spawn(&format!("exec socat -b 65536 tcp-l:{echo},bind=127.0.0.1,reuseaddr,fork exec:cat"));
+        let opts = format!(
+            "-F none -i {d}/userkey -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o BatchMode=yes -o LogLevel=ERROR"
+        );
+        let listening = |p: u16| {
+            std::fs::read_to_string("/proc/net/tcp")
+                .unwrap_or_default()
+                .contains(&format!("0100007F:{p:04X} 00000000:0000 0A"))
+        };
+        if !until(Duration::from_secs(10), || listening(port) && listening(sink) && listening(echo)) {
+            return Err("sshd or socat did not listen".into());
+        }
+        let e: Vec<_> = (0..3).map(|i| env.daemon(&format!("e{i}"), dispatch)).collect();
+        for i in 0..2 {
+            env.link(&e[i].1, &e[i + 1].1, &e[i + 1].2.clone());
+        }
+        let p: Vec<_> = (0..2).map(|i| env.daemon(&format!("p{i}"), dispatch)).collect();
+        env.spawn(&format!(
+            "exec r2 -s {} connect --plaintext 'R2_SOCKET={} r2 connect --plaintext -'",
+            p[0].1.display(),
+            p[1].1.display()
+        ));
+        let (p0, p1id) = (p[0].1.clone(), p[1].2.clone());
+        env.wait_for("a plaintext link", || {
+            let o = Command::new(bin()).arg("-s").arg(&p0).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(&p1id)
+        });
+        let mut names = vec!["r2 sealed, 1 link".to_string(), "r2 plaintext, 1 link".to_string()];
+        names.extend(SSH_CIPHERS.iter().map(|c| format!("ssh -W {}", c.0)));
+        names.push("r2 sealed, 2 links".into());
+        names.extend(SSH_CIPHERS.iter().map(|c| format!("ssh -J {}", c.0)));
+        let bulk = names.into_iter().map(|n| (n, Series::default())).collect();
+        let setup = [Series::default(), Series::default(), Series::default()];
+        Ok(SshBench { mib, e, p, opts, sink, echo, bulk, setup, rtt: Vec::new() })
+    }
+
+    fn ssh(&self, cipher: &str, jump: bool, to: u16) -> String {
+        let proxy = match jump {
+            true => format!(" -o ProxyCommand='ssh {} -c {cipher} -W %h:%p root@127.0.0.1'", self.opts),
+            false => String::new(),
+        };
+        format!("ssh {} -c {cipher}{proxy} -W 127.0.0.1:{to} root@127.0.0.1", self.opts)
+    }
+
+    fn rep(&mut self, env: &mut Env) {
+        let dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", self.mib * 16);
+        let (e0, p0) = (self.e[0].1.display().to_string(), self.p[0].1.display().to_string());
+        let two = format!("{}/{}", self.e[1].2, self.e[2].2);
+        let mut runs = vec![
+            format!("{{ echo sink; {dd}; }} | r2 -s {e0} tunnel {} -", self.e[1].2),
+            format!("{{ echo sink; {dd}; }} | r2 -s {p0} tunnel {} -", self.p[1].2),
+        ];
+        runs.extend(SSH_CIPHERS.iter().map(|c| format!("{dd} | {}", self.ssh(c.1, false, self.sink))));
+        runs.push(format!("{{ echo sink; {dd}; }} | r2 -s {e0} tunnel {two} -"));
+        runs.extend(SSH_CIPHERS.iter().map(|c| format!("{dd} | {}", self.ssh(c.1, true, self.sink))));
+        for (i, script) in runs.iter().enumerate() {
+            let (_, t) = env.run(script);
+            self.bulk[i].1 .0.push(self.mib as f64 / t.as_secs_f64());
+        }
+        let empty = [
+            format!("echo sink | r2 -s {e0} tunnel {} -", self.e[1].2),
+            format!("{} < /dev/null", self.ssh(SSH_CIPHERS[0].1, false, self.sink)),
+            format!("{} < /dev/null", self.ssh(SSH_CIPHERS[0].1, true, self.sink)),
+        ];
+        for (i, script) in empty.iter().enumerate() {
+            let (_, t) = env.run(script);
+            self.setup[i].0.push(t.as_secs_f64() * 1000.0);
+        }
+    }
+
+    /// One-byte round trips, once: r2 into `cat` over sealed links, ssh -W
+    /// and -J into `socat … exec:cat`.
+    fn round_trips(&mut self, env: &Env, n: u64) {
+        let e0 = self.e[0].1.display().to_string();
+        let pp_r2 = pingpong(env, "pp-ssh-r2.pl", n, 200, "echo\\n");
+        let pp = pingpong(env, "pp-ssh.pl", n, 200, "");
+        for (name, path) in [
+            ("r2 sealed, 1 link", self.e[1].2.clone()),
+            ("r2 sealed, 2 links", format!("{}/{}", self.e[1].2, self.e[2].2)),
+        ] {
+            let (o, _) = env.run(&format!("r2 -s {e0} tunnel {path} '{pp_r2}' 2>&1"));
+            self.rtt.push((name.into(), o));
+        }
+        for jump in [false, true] {
+            for c in SSH_CIPHERS {
+                let ssh = self.ssh(c.1, jump, self.echo);
+                let (o, _) = env.run(&format!(
+                    "rm -f rt.fifo; mkfifo rt.fifo; {pp} < rt.fifo 2> rt.out | {ssh} > rt.fifo; cat rt.out"
+                ));
+                self.rtt.push((format!("ssh -{} {}", if jump { "J" } else { "W" }, c.0), o));
+            }
+        }
+    }
+
+    fn print(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n7. sealed links beside OpenSSH ({} MiB), MiB/s   median (min–max)   ratio to ssh (aes128-gcm, chacha20)",
+            self.mib
+        );
+        let (w, j) = (&self.bulk[2..4], &self.bulk[5..7]);
+        for (i, (name, s)) in self.bulk.iter().enumerate() {
+            let base = if i < 5 { w } else { j };
+            let _ = writeln!(
+                out,
+                "   {name:<24} {:>9.1} ({:.1}–{:.1})   {:.2}, {:.2}",
+                s.median(),
+                s.range().0,
+                s.range().1,
+                s.median() / base[0].1.median(),
+                s.median() / base[1].1.median()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "   setup, carrying nothing (ms, in each run above): r2 tunnel {:.1}, ssh -W {:.1}, ssh -J {:.1}",
+            self.setup[0].median(),
+            self.setup[1].median(),
+            self.setup[2].median()
+        );
+        let _ = writeln!(out, "   one-byte round trips (µs)   median     p99");
+        for (name, o) in &self.rtt {
+            let v: Vec<f64> = o.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.is_empty() {
+                let _ = writeln!(out, "   {name:<24} failed: {}", o.trim());
+                continue;
+            }
+            let _ = writeln!(out, "   {name:<24} {:>9.1} {:>7.1}", percentile(&v, 0.5), percentile(&v, 0.99));
         }
     }
 }
@@ -1026,6 +1223,12 @@ fn main() {
         eprintln!("section 6: {e}");
     }
 
+    // 7. sealed links beside ssh -W and ssh -J.
+    let mut sshb = SshBench::new(&mut env, (mib / 4).max(64), dispatch);
+    if let Err(e) = &sshb {
+        eprintln!("section 7: {e}");
+    }
+
     // Socat chains, set up once per repetition (their listeners take one
     // connection each).
     let mut bulk: Vec<(String, Series)> = ["r2 1 link", "pipes dd|cat|cat|cat", "socat 2 relays"]
@@ -1070,6 +1273,10 @@ fn main() {
         // 6. the impaired path and the VPN between namespaces
         if let Ok(n) = &mut netb {
             n.rep(&mut env);
+        }
+        // 7. sealed links and ssh
+        if let Ok(b) = &mut sshb {
+            b.rep(&mut env);
         }
         // 3. hops
         for (i, h) in [2usize, 4].iter().enumerate() {
@@ -1123,6 +1330,9 @@ fn main() {
         lat.push((format!("socat {} relays", h + 1), o));
     }
     let (ping_out, _) = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", path(1)));
+    if let Ok(b) = &mut sshb {
+        b.round_trips(&env, (rtts / 5).max(500));
+    }
 
     // 5. footprint: 100 idle tunnels between two fresh daemons, so that
     // what the bulk runs left in the heap does not hide their cost
@@ -1247,6 +1457,12 @@ fn main() {
         Ok(n) => n.print(&mut out),
         Err(e) => {
             let _ = writeln!(out, "\n6. between network namespaces: {e}");
+        }
+    }
+    match &sshb {
+        Ok(b) => b.print(&mut out),
+        Err(e) => {
+            let _ = writeln!(out, "\n7. sealed links beside OpenSSH: {e}");
         }
     }
     drop(idle);
