@@ -14,8 +14,6 @@ pub mod seal;
 
 use crate::key::KeyPair;
 use blake2::{Blake2s256, Digest};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use hmac::{Mac, SimpleHmac};
 use std::fmt;
 
@@ -111,10 +109,10 @@ impl fmt::Display for NoiseError {
 }
 
 /// Noise's nonce for ChaChaPoly: 32 bits of zeros, then `n` little-endian.
-pub fn nonce(n: u64) -> Nonce {
+pub fn nonce(n: u64) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_le_bytes());
-    b.into()
+    b
 }
 
 fn hash(parts: &[&[u8]]) -> [u8; HASHLEN] {
@@ -144,7 +142,7 @@ fn hkdf2(ck: &[u8; HASHLEN], ikm: &[u8]) -> ([u8; HASHLEN], [u8; HASHLEN]) {
 
 /// A key and its nonce counter (spec section 5.1).
 struct CipherState {
-    key: Option<ChaCha20Poly1305>,
+    key: Option<r2_aead::Key>,
     n: u64,
 }
 
@@ -175,7 +173,7 @@ impl SymmetricState {
     fn mix_key(&mut self, ikm: &[u8]) {
         let (ck, k) = hkdf2(&self.ck, ikm);
         self.ck = ck;
-        self.cipher = CipherState { key: Some(ChaCha20Poly1305::new(&k.into())), n: 0 };
+        self.cipher = CipherState { key: Some(r2_aead::Key::new(&k)), n: 0 };
     }
 
     /// Appends `plain`, encrypted once there is a key, to `out`.
@@ -183,7 +181,7 @@ impl SymmetricState {
         let start = out.len();
         out.extend_from_slice(plain);
         if let Some(k) = &self.cipher.key {
-            let Ok(tag) = k.encrypt_in_place_detached(&nonce(self.cipher.n), &self.h, &mut out[start..]) else {
+            let Some(tag) = k.seal(&nonce(self.cipher.n), &self.h, &mut out[start..]) else {
                 unreachable!("ChaCha20-Poly1305 encrypts any length under 256 GiB")
             };
             out.extend_from_slice(&tag);
@@ -203,8 +201,9 @@ impl SymmetricState {
                     return Err(NoiseError::Short { len: cipher.len(), need: TAGLEN });
                 };
                 out.extend_from_slice(&cipher[..body]);
-                let tag = Tag::from_slice(&cipher[body..]);
-                if k.decrypt_in_place_detached(&nonce(self.cipher.n), &self.h, &mut out[start..], tag).is_err() {
+                let mut tag = [0u8; TAGLEN];
+                tag.copy_from_slice(&cipher[body..]);
+                if k.open(&nonce(self.cipher.n), &self.h, &mut out[start..], &tag).is_err() {
                     out.truncate(start);
                     return Err(NoiseError::Decrypt);
                 }

@@ -19,8 +19,6 @@
 
 use super::{nonce, TAGLEN};
 use crate::wire::Packet;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Tag};
 use std::fmt;
 
 /// The counter bit of unordered messages.
@@ -32,13 +30,13 @@ pub const WINDOW: u64 = 4096;
 
 /// Seals one direction's messages.
 pub struct Sealer {
-    aead: ChaCha20Poly1305,
+    aead: r2_aead::Key,
     next: [u64; 2],
 }
 
 impl Sealer {
     pub fn new(key: [u8; 32]) -> Sealer {
-        Sealer { aead: ChaCha20Poly1305::new(&key.into()), next: [0, UNORDERED] }
+        Sealer { aead: r2_aead::Key::new(&key), next: [0, UNORDERED] }
     }
 
     /// Seals `p` in place, as an unordered message or the next ordered one.
@@ -48,7 +46,7 @@ impl Sealer {
         // 2^63 messages of either class would take centuries: saturate
         // rather than reuse a nonce (the peer then refuses the repeats).
         self.next[class] = (counter + 1).min(counter | (UNORDERED - 1));
-        let Ok(tag) = self.aead.encrypt_in_place_detached(&nonce(counter), &[], p.bytes_mut()) else {
+        let Some(tag) = self.aead.seal(&nonce(counter), &[], p.bytes_mut()) else {
             unreachable!("ChaCha20-Poly1305 encrypts any length under 256 GiB")
         };
         p.extend(&tag);
@@ -87,14 +85,14 @@ impl fmt::Display for OpenError {
 
 /// Opens the other direction's messages.
 pub struct Opener {
-    aead: ChaCha20Poly1305,
+    aead: r2_aead::Key,
     next_ordered: u64,
     window: Window,
 }
 
 impl Opener {
     pub fn new(key: [u8; 32]) -> Opener {
-        Opener { aead: ChaCha20Poly1305::new(&key.into()), next_ordered: 0, window: Window::default() }
+        Opener { aead: r2_aead::Key::new(&key), next_ordered: 0, window: Window::default() }
     }
 
     /// Opens `p` in place; true if it was unordered. On an error `p` is
@@ -120,7 +118,7 @@ impl Opener {
         let body = &mut p.bytes_mut()[8..len - TAGLEN];
         // The tag is checked before anything is decrypted: a forged
         // message is left as it came.
-        if self.aead.decrypt_in_place_detached(&nonce(counter), &[], body, Tag::from_slice(&tag)).is_err() {
+        if self.aead.open(&nonce(counter), &[], body, &tag).is_err() {
             return Err(OpenError::Forged);
         }
         match unordered {
