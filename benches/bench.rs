@@ -522,9 +522,10 @@ struct SshBench {
     sink: u16,
     echo: u16,
     bulk: Vec<(String, Series)>,
-    /// The time to set up a path and carry nothing: r2 tunnel, ssh -W,
-    /// ssh -J (ms); it is part of each bulk run's time.
-    setup: [Series; 3],
+    /// The time to set up a path and carry nothing: r2 tunnel over one
+    /// link, over two, ssh -W, ssh -J (ms); it is part of each bulk run's
+    /// time.
+    setup: [Series; 4],
     rtt: Vec<(String, String)>,
 }
 
@@ -592,7 +593,7 @@ impl SshBench {
         names.push("r2 sealed, 2 links".into());
         names.extend(SSH_CIPHERS.iter().map(|c| format!("ssh -J {}", c.0)));
         let bulk = names.into_iter().map(|n| (n, Series::default())).collect();
-        let setup = [Series::default(), Series::default(), Series::default()];
+        let setup = [Series::default(), Series::default(), Series::default(), Series::default()];
         Ok(SshBench { mib, e, p, opts, sink, echo, bulk, setup, rtt: Vec::new() })
     }
 
@@ -621,6 +622,7 @@ impl SshBench {
         }
         let empty = [
             format!("echo sink | r2 -s {e0} tunnel {} -", self.e[1].2),
+            format!("echo sink | r2 -s {e0} tunnel {two} -"),
             format!("{} < /dev/null", self.ssh(SSH_CIPHERS[0].1, false, self.sink)),
             format!("{} < /dev/null", self.ssh(SSH_CIPHERS[0].1, true, self.sink)),
         ];
@@ -657,28 +659,43 @@ impl SshBench {
     fn print(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\n7. sealed links beside OpenSSH ({} MiB), MiB/s   median (min–max)   ratio to ssh (aes128-gcm, chacha20)",
+            "\n7. sealed links beside OpenSSH ({} MiB), MiB/s   median (min–max)   ratio to ssh (aes128-gcm, chacha20);\n   \
+             then without each path's setup time: MiB/s, ratio to ssh",
             self.mib
         );
-        let (w, j) = (&self.bulk[2..4], &self.bulk[5..7]);
+        // Each run's path, for its setup time: r2 1 link, 2 links, ssh -W, -J.
+        let setup_of = |i: usize| match i {
+            0 | 1 => self.setup[0].median(),
+            2 | 3 => self.setup[2].median(),
+            4 => self.setup[1].median(),
+            _ => self.setup[3].median(),
+        } / 1000.0;
+        let steady = |i: usize| {
+            let t = self.mib as f64 / self.bulk[i].1.median();
+            self.mib as f64 / (t - setup_of(i)).max(1e-3)
+        };
         for (i, (name, s)) in self.bulk.iter().enumerate() {
-            let base = if i < 5 { w } else { j };
+            let base = if i < 5 { [2, 3] } else { [5, 6] };
             let _ = writeln!(
                 out,
-                "   {name:<24} {:>9.1} ({:.1}–{:.1})   {:.2}, {:.2}",
+                "   {name:<24} {:>9.1} ({:.1}–{:.1})   {:.2}, {:.2}   {:>7.1}   {:.2}, {:.2}",
                 s.median(),
                 s.range().0,
                 s.range().1,
-                s.median() / base[0].1.median(),
-                s.median() / base[1].1.median()
+                s.median() / self.bulk[base[0]].1.median(),
+                s.median() / self.bulk[base[1]].1.median(),
+                steady(i),
+                steady(i) / steady(base[0]),
+                steady(i) / steady(base[1])
             );
         }
         let _ = writeln!(
             out,
-            "   setup, carrying nothing (ms, in each run above): r2 tunnel {:.1}, ssh -W {:.1}, ssh -J {:.1}",
+            "   setup, carrying nothing (ms, in each run above): r2 tunnel {:.1} (2 links {:.1}), ssh -W {:.1}, ssh -J {:.1}",
             self.setup[0].median(),
             self.setup[1].median(),
-            self.setup[2].median()
+            self.setup[2].median(),
+            self.setup[3].median()
         );
         let _ = writeln!(out, "   one-byte round trips (µs)   median     p99");
         for (name, o) in &self.rtt {
