@@ -84,7 +84,8 @@ impl Sink for PortSink {
         match self.routes.deliver(p, body) {
             Ok(d) => self.inputs.send(Input::TunnelDelivered(d)).is_ok(),
             // The table changed meanwhile: the message goes on whole.
-            Err((p, body)) => match body.complete(p) {
+            Err((p, None)) => self.message(p),
+            Err((p, Some(body))) => match body.complete(p) {
                 Ok(p) => self.message(p),
                 Err(e) => {
                     self.ended(Some(LinkError::Read(crate::link::ReadError::Io(e))));

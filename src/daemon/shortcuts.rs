@@ -146,7 +146,23 @@ impl LinkRoutes {
     /// whose rest is in `body`: delivers its data to a tunnel end's
     /// program if a shortcut says where, and says what it did; else gives
     /// them back.
-    pub fn deliver(&self, mut p: Packet, body: Body) -> Result<Delivered, (Packet, Body)> {
+    pub fn deliver(&self, p: Packet, body: Body) -> Result<Delivered, (Packet, Option<Body>)> {
+        self.deliver_with(p, Some(body))
+    }
+
+    /// The reader read a whole message `p` (a sealed link's, opened):
+    /// delivers its data to a tunnel end's program if a shortcut says
+    /// where, as [`LinkRoutes::deliver`] does a body; else gives it back.
+    pub fn deliver_whole(&self, p: Packet) -> Result<Delivered, Packet> {
+        if p.len() <= DELIVERY_KEY {
+            return Err(p);
+        }
+        self.deliver_with(p, None).map_err(|(p, _)| p)
+    }
+
+    /// Delivers `p`'s data, and `body` after it, where the table says;
+    /// a body only to an output that splices.
+    fn deliver_with(&self, mut p: Packet, body: Option<Body>) -> Result<Delivered, (Packet, Option<Body>)> {
         if !self.pending.none() {
             return Err((p, body));
         }
@@ -160,37 +176,12 @@ impl LinkRoutes {
         };
         let Some((out, key)) = out else { return Err((p, body)) };
         let mut out = lock(&out);
-        if !out.splices() {
+        if body.is_some() && !out.splices() {
             return Err((p, body));
         }
         p.advance(DELIVERY_KEY);
-        let n = p.len() + body.len();
-        let done = match out.send_with(p, Some(body)) {
-            Sent::Queued => false,
-            Sent::Written | Sent::Discarded => true,
-        };
-        TAKEN.fetch_add(1, Ordering::Relaxed);
-        Ok(Delivered { key, n, done })
-    }
-
-    /// The reader read a whole message `p` (a sealed link's, opened):
-    /// delivers its data to a tunnel end's program if a shortcut says
-    /// where, as [`LinkRoutes::deliver`] does a body; else gives it back.
-    pub fn deliver_whole(&self, mut p: Packet) -> Result<Delivered, Packet> {
-        if !self.pending.none() || p.len() <= DELIVERY_KEY {
-            return Err(p);
-        }
-        let out = {
-            let table = lock(&self.deliveries);
-            match table.get(&p.bytes()[..DELIVERY_KEY]) {
-                Some(i) => i.out.upgrade().map(|o| (o, i.key)),
-                None => None,
-            }
-        };
-        let Some((out, key)) = out else { return Err(p) };
-        p.advance(DELIVERY_KEY);
-        let n = p.len();
-        let done = match lock(&out).send(p) {
+        let n = p.len() + body.as_ref().map_or(0, Body::len);
+        let done = match out.send_with(p, body) {
             Sent::Queued => false,
             Sent::Written | Sent::Discarded => true,
         };

@@ -196,7 +196,9 @@ impl Output {
     /// Writes `packet`, followed by `body`, now if it can, else queues
     /// what is left of them.
     pub fn send_with(&mut self, packet: Packet, body: Option<Body>) -> Sent {
-        let best_effort = tunnel::best_effort(packet.bytes());
+        // Only a robust link's engine (which queues all) and the sealer
+        // need the class: a plain stream's messages are not looked at.
+        let best_effort = (self.fd.is_none() || self.seal.is_some()) && tunnel::best_effort(packet.bytes());
         let (packet, body) = match &mut self.seal {
             None => (packet, body),
             Some(sealer) => {
