@@ -98,50 +98,67 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 /// How long `r2 connect` looks at a new transport for what it holds.
 const DETECT_WAIT: Duration = Duration::from_millis(500);
 
-/// The layer that what a transport's processes hold calls for, why, and
-/// whether its datagrams are better kept apart by packet pipes (a raw
-/// interface takes only whole frames). None: nothing that tells, yet.
-fn layer_for(held: &[Held]) -> Option<(Layer, String, bool)> {
+/// What a finding of [`layer_for`] says: the layer, why, and whether the
+/// transport's datagrams are better kept apart by packet pipes (a raw
+/// interface takes only whole frames).
+type Found = (Layer, String, bool);
+
+/// The layer that what a transport's processes hold calls for. None:
+/// nothing that tells, yet. A UNIX socket tells less than the others
+/// (`weak`): libraries open them for a moment (name services, logging)
+/// before the program opens what it is run for.
+fn layer_for(held: &[Held]) -> Option<(Found, bool)> {
     let robust = Layer::Robust;
     if let Some(Held::Packet(i)) = held.iter().find(|h| matches!(h, Held::Packet(_))) {
         let mac = crate::sys::held::interface_mac(*i).and_then(|m| crate::link::layer::parse_mac(&m));
-        return Some((robust(Medium::Ethernet(mac)), "the transport holds a raw packet socket".into(), true));
+        return Some(((robust(Medium::Ethernet(mac)), "the transport holds a raw packet socket".into(), true), false));
     }
     if held.contains(&Held::Udp) {
-        return Some((robust(Medium::Datagrams), "the transport holds a UDP socket".into(), true));
+        return Some(((robust(Medium::Datagrams), "the transport holds a UDP socket".into(), true), false));
     }
     if held.contains(&Held::Tcp) {
-        return Some((Layer::Stream, "the transport holds a TCP socket".into(), false));
+        return Some(((Layer::Stream, "the transport holds a TCP socket".into(), false), false));
     }
     if let Some(Held::Tty(t)) = held.iter().find(|h| matches!(h, Held::Tty(_))) {
-        return Some((robust(Medium::Bytes), format!("the transport holds {t}"), false));
+        return Some(((robust(Medium::Bytes), format!("the transport holds {t}"), false), false));
     }
     if held.contains(&Held::UnixDatagram) {
-        return Some((robust(Medium::Datagrams), "the transport holds a UNIX datagram socket".into(), false));
+        return Some(((robust(Medium::Datagrams), "the transport holds a UNIX datagram socket".into(), false), true));
     }
     if held.contains(&Held::UnixStream) {
-        return Some((Layer::Stream, "the transport holds a UNIX stream socket".into(), false));
+        return Some(((Layer::Stream, "the transport holds a UNIX stream socket".into(), false), true));
     }
     None
 }
 
+/// How long a UNIX socket must stay held, with nothing that tells more
+/// beside it, before it decides the layer.
+const WEAK_WAIT: Duration = Duration::from_millis(100);
+
 /// Watches the transport just started for what it holds: the program
 /// itself often (sh execs a lone command), the processes it started
-/// every few looks, until it exits or [`DETECT_WAIT`] passes.
-fn detect(t: &mut Transport) -> Option<(Layer, String, bool)> {
+/// every few looks, until it exits or [`DETECT_WAIT`] passes. A weak
+/// finding counts once it has been seen for [`WEAK_WAIT`].
+fn detect(t: &mut Transport) -> Option<Found> {
     let pid = t.pid()?;
     let deadline = Instant::now() + DETECT_WAIT;
     let mut pause = Duration::from_millis(2);
+    let mut weak_since: Option<Instant> = None;
     for look in 0.. {
-        let pids = if look % 4 == 3 { tree(pid) } else { vec![pid] };
-        if let Some(found) = layer_for(&held(&pids)) {
-            return Some(found);
+        let whole_tree = look % 4 == 3;
+        let pids = if whole_tree { tree(pid) } else { vec![pid] };
+        match layer_for(&held(&pids)) {
+            Some((found, false)) => return Some(found),
+            Some((found, true)) if weak_since.is_some_and(|t| t.elapsed() >= WEAK_WAIT) => return Some(found),
+            Some((_, true)) => weak_since = weak_since.or(Some(Instant::now())),
+            None if whole_tree => weak_since = None,
+            None => {}
         }
         if Instant::now() >= deadline || t.exited() {
-            return layer_for(&held(&tree(pid)));
+            return layer_for(&held(&tree(pid))).map(|(found, _)| found);
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(40));
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
     None
 }

@@ -54,8 +54,28 @@ fn inodes(pid: u32, table: &str, col: usize) -> HashMap<u64, String> {
         .collect()
 }
 
-/// What the processes in `pids` hold beyond their standard fds.
+/// The inode of the socket a /proc/PID/fd link names.
+fn socket_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The sockets this process holds: a transport inherits those that are
+/// not close-on-exec (from whatever started `r2 connect`), and they say
+/// nothing of the transport.
+fn own_sockets() -> HashSet<u64> {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else { return HashSet::new() };
+    dir.flatten().filter_map(|e| socket_inode(&fs::read_link(e.path()).ok()?.to_string_lossy())).collect()
+}
+
+/// What the processes in `pids` hold beyond their standard fds and the
+/// sockets they inherited from this process.
 pub fn held(pids: &[u32]) -> Vec<Held> {
+    held_but(pids, &own_sockets())
+}
+
+/// What the processes in `pids` hold beyond their standard fds and the
+/// sockets in `inherited`.
+fn held_but(pids: &[u32], inherited: &HashSet<u64>) -> Vec<Held> {
     let mut out = Vec::new();
     for &pid in pids {
         let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
@@ -66,8 +86,8 @@ pub fn held(pids: &[u32]) -> Vec<Held> {
             }
             let Ok(target) = fs::read_link(e.path()) else { continue };
             let t = target.to_string_lossy().into_owned();
-            if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                if let Ok(ino) = ino.parse::<u64>() {
+            if let Some(ino) = socket_inode(&t) {
+                if !inherited.contains(&ino) {
                     sockets.insert(ino);
                 }
             } else if is_tty(&t) {
@@ -128,9 +148,33 @@ mod tests {
         let _udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (_a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let h = held(&[std::process::id()]);
+        let h = held_but(&[std::process::id()], &HashSet::new());
         assert!(h.contains(&Held::Udp) && h.contains(&Held::Tcp) && h.contains(&Held::UnixStream), "{h:?}");
         drop(l);
         assert_eq!(tree(std::process::id())[0], std::process::id());
+    }
+
+    /// A socket a child inherited from this process (not close-on-exec)
+    /// does not count as the child's.
+    #[test]
+    fn inherited_sockets_do_not_count() {
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Wait until the child has exec'd sleep and its fds are readable.
+        while fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |e| !e.to_string_lossy().contains("sleep")) {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::yield_now();
+        }
+        let mut seen = held_but(&[pid], &HashSet::new());
+        let h = held(&[pid]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(h.is_empty(), "{h:?}");
+        // Without the exclusion the same socket is seen: the test can fail.
+        seen.retain(|x| *x == Held::UnixDatagram);
+        assert_eq!(seen, vec![Held::UnixDatagram]);
     }
 }
