@@ -87,7 +87,7 @@ fn names_stand_for_ids() {
     }
 
     // --allow NAME: a bad name is a usage error of r2d; a daemon d that
-    // allows callers through relay (b) only, linked to b and to c (home).
+    // allows the node relay (b) only, linked to b and to c (home).
     let mut d = Command::new(s.path("bin/r2d"));
     d.arg("-s").arg(s.path("d.sock")).args(["--allow", "nowhere", "cat"]).env("R2_HOSTS", s.path("hosts"));
     let o = run_bounded(d, SOON);
@@ -108,8 +108,12 @@ fn names_stand_for_ids() {
         t.arg("-s").arg(&from.sock).args(["tunnel", path, "-"]).env("R2_HOSTS", s.path("hosts"));
         run_bounded(t, SOON)
     };
+    let o = tunnel(&b, &d_id);
+    assert!(o.status.success() && stdout_of(&o) == "allowed\n", "from relay: {}", stderr_of(&o));
+    // The caller is a, proven end to end, not the relay it came through.
     let o = tunnel(&a, &format!("relay/{d_id}"));
-    assert!(o.status.success() && stdout_of(&o) == "allowed\n", "through relay: {}", stderr_of(&o));
+    assert_eq!(o.status.code(), Some(1), "from a through relay, not allowed: {}", stderr_of(&o));
+    assert!(stderr_of(&o).contains("not allowed"), "{}", stderr_of(&o));
     let o = tunnel(&c, &d_id);
     assert_eq!(o.status.code(), Some(1), "from home, not allowed: {}", stderr_of(&o));
 }

@@ -70,14 +70,16 @@ fn a_recorded_link_played_back_is_refused() {
 }
 
 /// A marker sent through a tunnel over a relay never appears in either
-/// link's bytes, either way; over links both ends asked to be plaintext
-/// it does (so the check can fail).
+/// link's bytes, either way, over sealed links and over links both ends
+/// asked to be plaintext (the tunnel is sealed end to end); a one-hop
+/// tunnel over a plaintext link relies on the link, and shows it (so the
+/// check can fail).
 #[test]
 fn tunnel_data_never_shows_in_a_sealed_link() {
     for plaintext in [false, true] {
         let s = Scratch::new(if plaintext { "clear" } else { "sealed" });
         let a = Daemon::start(&s, "a", &[]);
-        let r = Daemon::start(&s, "r", &[]);
+        let r = Daemon::start(&s, "r", &["cat"]);
         let b = Daemon::start(&s, "b", &["cat"]);
         let opts: &[&str] = if plaintext { &["--plaintext"] } else { &[] };
         let _ar = recorded(&s, &a, &r, opts, "ar");
@@ -88,15 +90,21 @@ fn tunnel_data_never_shows_in_a_sealed_link() {
         let want = if plaintext { "plaintext (both ends asked) stream" } else { "sealed stream" };
         assert!(layer.contains(want), "{layer}");
         let marker = "MARKER-7d1c9e0b-through-the-tunnel";
-        sh_ok(&s, &format!("echo {marker} > in"));
-        let o = run_bounded(s.sh(&format!("r2 -s {} tunnel {}/{} - < in > out", a.sock.display(), r.id, b.id)), SOON);
-        assert!(o.status.success(), "{}", stderr_of(&o));
-        assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim(), marker, "the tunnel works");
+        let tunnel = |path: &str, marker: &str| {
+            sh_ok(&s, &format!("echo {marker} > in"));
+            let o = run_bounded(s.sh(&format!("r2 -s {} tunnel {path} - < in > out", a.sock.display())), SOON);
+            assert!(o.status.success(), "{}", stderr_of(&o));
+            assert_eq!(std::fs::read_to_string(s.path("out")).unwrap().trim(), marker, "the tunnel works");
+        };
+        tunnel(&format!("{}/{}", r.id, b.id), marker);
         for f in ["ar.a", "ar.b", "rb.a", "rb.b"] {
             let bytes = read(&s, f);
             assert!(!bytes.is_empty(), "{f} recorded");
-            assert_eq!(contains(&bytes, marker.as_bytes()), plaintext, "the marker in {f} (plaintext {plaintext})");
+            assert!(!contains(&bytes, marker.as_bytes()), "the marker in {f} (plaintext links {plaintext})");
         }
+        let one_hop = "MARKER-one-hop-relies-on-the-link";
+        tunnel(&r.id, one_hop);
+        assert_eq!(contains(&read(&s, "ar.a"), one_hop.as_bytes()), plaintext, "one hop, plaintext {plaintext}");
     }
 }
 

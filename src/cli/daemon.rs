@@ -25,8 +25,8 @@ R2_VIA in its environment.
                               $XDG_STATE_HOME/r2)
   -v, --verbose               log more (repeat for more)
   -p, --packet                give CMD packet pipes (O_DIRECT): one write, one message
-      --allow NODE            open tunnels only for callers reaching this node through
-                              neighbour NODE, an id or a name from the hosts file
+      --allow NODE            open tunnels only for callers whose node, proven, is NODE
+                              ($R2_PEER), an id or a name from the hosts file
                               (repeat for more; default: anyone)
       --no-transit            relay nothing between other nodes: serve only this node's
                               own endpoints, ping, ls and tunnel process

@@ -20,6 +20,7 @@
 //! dropping its link (the writer flushes and closes, the reader stops).
 
 mod control;
+pub mod e2e;
 pub mod identity;
 mod input;
 mod listener;
@@ -230,7 +231,7 @@ pub fn run(cfg: Config) -> Result<(), Error> {
     let mut d = Daemon {
         router,
         ports: HashMap::new(),
-        tunnels: Tunnels::new(instances, tx.clone()),
+        tunnels: Tunnels::new(instances, key.clone(), tx.clone()),
         shortcuts: Registry::new(),
         next_port: 0,
         start: Instant::now(),
@@ -542,7 +543,7 @@ impl Daemon {
         };
         debug!("tunnel {id} on port {port} to {path:?}");
         let mut out = Vec::new();
-        if let Err(e) = self.tunnels.open_caller(port, path, rfd, wfd, packet, &mut self.shortcuts, &mut out) {
+        if let Err(e) = self.tunnels.open_caller(port, id, path, rfd, wfd, packet, &mut self.shortcuts, &mut out) {
             return reply(&stream, &Reply::Ended { error: Some(format!("cannot start the tunnel: {e}")) });
         }
         self.ports.insert(port, PortIo::new(None, Some(watcher), Some(stream), String::new()));

@@ -10,17 +10,25 @@
 //! router events that carry its messages, which it hands back to the loop
 //! rather than calling the router itself. It also starts the instances'
 //! processes, ends them (SIGTERM, then SIGKILL) and reaps them.
+//!
+//! A tunnel of more than one hop is sealed end to end (`e2e`): the caller
+//! starts with a Handshake instead of Open, and the far side keeps the
+//! answered handshake until the sealed Open that follows starts an
+//! instance for the caller's proven node id. A one-hop tunnel relies on
+//! its link's protection, and its caller is the neighbour it came from.
 
+use super::e2e::{self, Calling, E2eError, Sealed};
 use super::input::Input;
 use super::session::{Key, Session, Step};
 use super::shortcuts::Registry;
 use super::tunnel::TunnelEnd;
+use crate::key::KeyPair;
 use crate::link::{Sent, SharedOutput};
 use crate::router::{Event, PortId};
 use crate::wire::control::TunnelStats;
 use crate::wire::message::{Kind, HEADER};
 use crate::wire::path::{describe_end, describe_fail, interpret, PathReply};
-use crate::wire::tunnel::{TunnelMsg, DATA, DATAGRAM, DEFAULT_WINDOW};
+use crate::wire::tunnel::{TunnelMsg, DATA, DATAGRAM, DEFAULT_WINDOW, HANDSHAKE, SEALED};
 use crate::wire::{FailCode, NodeId, Packet};
 use crossbeam_channel::Sender;
 use log::{debug, info, warn};
@@ -44,7 +52,7 @@ pub struct Instances {
     pub packet: bool,
     /// The most running at once.
     pub max: usize,
-    /// If not empty: only for callers via these neighbours.
+    /// If not empty: only for callers with these node ids.
     pub allow: Vec<NodeId>,
 }
 
@@ -69,15 +77,42 @@ enum Side {
     Instance { child: Option<Child> },
 }
 
+/// What protects an end's messages.
+enum Guard {
+    /// Its link: a one-hop tunnel.
+    Link,
+    /// The caller's handshake is sent; the answer is due.
+    Calling(Calling),
+    /// Sealed end to end.
+    Sealed(Sealed),
+}
+
+/// The bytes sealing adds before a tunnel message: the Sealed tag and the
+/// counter.
+const SEALED_HEAD: usize = 1 + 8;
+
 struct End {
     io: TunnelEnd,
     side: Side,
+    guard: Guard,
+}
+
+/// A far-side handshake answered, waiting for the caller's sealed Open.
+struct Answered {
+    sealed: Sealed,
+    /// The caller's node id, proven by the handshake.
+    caller: NodeId,
 }
 
 /// Every tunnel end of the daemon.
 pub struct Tunnels {
     instances: Instances,
     ends: HashMap<Key, End>,
+    /// Handshakes answered, by the caller's endpoint id; at most
+    /// `instances.max` with the instances running.
+    answered: HashMap<NodeId, Answered>,
+    /// This node's key, for the end-to-end handshakes.
+    key: KeyPair,
     /// Tunnel processes told to end, with when to stop asking nicely.
     reaping: Vec<(Child, Instant)>,
     totals: Totals,
@@ -105,8 +140,9 @@ fn data_tag(packet: bool) -> u8 {
 }
 
 impl Tunnels {
-    pub fn new(instances: Instances, inputs: Sender<Input>) -> Tunnels {
-        Tunnels { instances, ends: HashMap::new(), reaping: Vec::new(), totals: Totals::default(), inputs }
+    pub fn new(instances: Instances, key: KeyPair, inputs: Sender<Input>) -> Tunnels {
+        let (ends, answered, reaping) = (HashMap::new(), HashMap::new(), Vec::new());
+        Tunnels { instances, ends, answered, key, reaping, totals: Totals::default(), inputs }
     }
 
     pub fn totals(&self) -> Totals {
@@ -134,11 +170,13 @@ impl Tunnels {
     // --- the caller's side ---------------------------------------------
 
     /// Starts the caller's end of a tunnel along `path`, for the endpoint
-    /// on `port`, on the program's fds; then it sends Open.
+    /// `endpoint` on `port`, on the program's fds; then it sends Open, or
+    /// the end-to-end Handshake on a path of more than one hop.
     #[allow(clippy::too_many_arguments)]
     pub fn open_caller(
         &mut self,
         port: PortId,
+        endpoint: NodeId,
         path: Vec<NodeId>,
         rfd: OwnedFd,
         wfd: OwnedFd,
@@ -147,13 +185,21 @@ impl Tunnels {
         out: &mut Vec<Event>,
     ) -> std::io::Result<()> {
         let key = Key::Caller(port);
-        let headroom = (path.len() + 1) * HEADER;
+        let (guard, first) = match path.last() {
+            Some(&far) if path.len() > 1 => {
+                let (calling, msg) = e2e::call(self.key.clone(), endpoint, far, crate::sys::random::bytes32()?)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                (Guard::Calling(calling), msg)
+            }
+            _ => (Guard::Link, TunnelMsg::Open { window: DEFAULT_WINDOW }.encode()),
+        };
+        let headroom = (path.len() + 1) * HEADER + SEALED_HEAD;
         let outbound = shortcuts.open_tunnel(key, caller_key(&path, packet));
         let session = Session::new(true, DEFAULT_WINDOW);
         let io = TunnelEnd::start(key, session, rfd, wfd, headroom, packet, outbound, &self.inputs)?;
-        self.ends.insert(key, End { io, side: Side::Caller { path } });
+        self.ends.insert(key, End { io, side: Side::Caller { path }, guard });
         self.totals.tunnels_opened += 1;
-        self.send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode(), out);
+        self.send(key, &first, out);
         Ok(())
     }
 
@@ -170,11 +216,9 @@ impl Tunnels {
     pub fn caller_receive(&mut self, port: PortId, mut packet: Packet, own: NodeId, out: &mut Vec<Event>) {
         let key = Key::Caller(port);
         let Some(End { side: Side::Caller { path }, .. }) = self.ends.get(&key) else { return };
+        let far = path.last().copied().unwrap_or(NodeId::TUNNEL);
         let offset = match interpret(packet.bytes(), path, NodeId::TUNNEL) {
-            PathReply::Answer(inner) => match TunnelMsg::decode(inner) {
-                Ok(_) => packet.len() - inner.len(),
-                Err(e) => return debug!("tunnel {key:?}: {e}"),
-            },
+            PathReply::Answer(inner) => packet.len() - inner.len(),
             PathReply::Fail { at, about, code, text } => {
                 let why = describe_fail(at, about, code, &text, own);
                 return out.push(Event::Closed { port, error: Some(why) });
@@ -186,8 +230,42 @@ impl Tunnels {
             PathReply::Other => return,
         };
         packet.advance(offset);
-        self.receive(key, packet, out);
+        match self.caller_unseal(key, packet, out) {
+            Ok(Some(p)) => self.receive(key, p, out),
+            Ok(None) => {}
+            Err(e) => {
+                warn!("tunnel {key:?} to {far}: {e}");
+                let why = format!("the tunnel to {far}: {e}");
+                return out.push(Event::Closed { port, error: Some(why) });
+            }
+        }
         self.caller_check_done(port, out);
+    }
+
+    /// The tunnel message that `packet` from the far end holds, opened if
+    /// the tunnel is sealed; the answer to the caller's handshake moves it
+    /// on to sealed and sends the Open.
+    fn caller_unseal(
+        &mut self,
+        key: Key,
+        mut packet: Packet,
+        out: &mut Vec<Event>,
+    ) -> Result<Option<Packet>, E2eError> {
+        let Some(e) = self.ends.get_mut(&key) else { return Ok(None) };
+        let tag = packet.bytes().first().copied().unwrap_or(0);
+        match &mut e.guard {
+            Guard::Link if tag == HANDSHAKE || tag == SEALED => Err(E2eError::Nested(tag)),
+            Guard::Link => Ok(Some(packet)),
+            Guard::Sealed(s) => Ok(s.open(&mut packet)?.then_some(packet)),
+            Guard::Calling(_) if tag != HANDSHAKE => Err(E2eError::Unsealed(tag)),
+            Guard::Calling(_) => {
+                let Guard::Calling(calling) = std::mem::replace(&mut e.guard, Guard::Link) else { return Ok(None) };
+                e.guard = Guard::Sealed(calling.finish(&packet.bytes()[1..])?);
+                debug!("tunnel {key:?}: sealed end to end");
+                self.send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode(), out);
+                Ok(None)
+            }
+        }
     }
 
     /// The caller's side is done when the far side has exited and all its
@@ -247,7 +325,10 @@ impl Tunnels {
     /// as its endpoint's message along the path; for an instance, as node
     /// 0's to the caller.
     fn send_packet(&mut self, key: Key, mut p: Packet, out: &mut Vec<Event>) {
-        let Some(e) = self.ends.get(&key) else { return };
+        let Some(e) = self.ends.get_mut(&key) else { return };
+        if let Guard::Sealed(s) = &mut e.guard {
+            s.seal(&mut p);
+        }
         out.push(match (&e.side, key) {
             (Side::Caller { path }, Key::Caller(port)) => {
                 p.push_header(Kind::To, NodeId::TUNNEL);
@@ -328,8 +409,51 @@ impl Tunnels {
 
     // --- the far side: instances of the tunnel process -----------------
 
-    /// A tunnel message from neighbour `peer`, reached through `via`.
+    /// A tunnel message from neighbour `peer` (the caller's endpoint),
+    /// reached through `via`: a Handshake, a Sealed message of a tunnel
+    /// sealed end to end, or a message of a one-hop tunnel, whose caller is
+    /// `via`.
     pub fn instance_receive(
+        &mut self,
+        peer: NodeId,
+        via: Option<NodeId>,
+        mut packet: Packet,
+        shortcuts: &mut Registry,
+        out: &mut Vec<Event>,
+    ) {
+        let key = Key::Instance(peer);
+        let sealed = self.answered.contains_key(&peer)
+            || self.ends.get(&key).is_some_and(|e| matches!(e.guard, Guard::Sealed(_)));
+        match packet.bytes().first().copied() {
+            Some(HANDSHAKE) if sealed || self.ends.contains_key(&key) => {
+                self.instance_broken(peer, E2eError::Nested(HANDSHAKE), out)
+            }
+            Some(HANDSHAKE) => self.answer(peer, via, &packet.bytes()[1..], out),
+            Some(_) if sealed => {
+                let opened = match self.answered.get_mut(&peer) {
+                    Some(a) => a.sealed.open(&mut packet),
+                    None => match self.ends.get_mut(&key).map(|e| &mut e.guard) {
+                        Some(Guard::Sealed(s)) => s.open(&mut packet),
+                        _ => return,
+                    },
+                };
+                match opened {
+                    Ok(true) => self.instance_message(peer, via, packet, shortcuts, out),
+                    Ok(false) => {}
+                    Err(e) => self.instance_broken(peer, e, out),
+                }
+            }
+            Some(SEALED) => {
+                let text = "a sealed tunnel message before any handshake".to_string();
+                out.push(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text });
+            }
+            _ => self.instance_message(peer, via, packet, shortcuts, out),
+        }
+    }
+
+    /// A tunnel message for the instance of `peer`, in the clear (opened,
+    /// or from a one-hop tunnel).
+    fn instance_message(
         &mut self,
         peer: NodeId,
         via: Option<NodeId>,
@@ -338,7 +462,13 @@ impl Tunnels {
         out: &mut Vec<Event>,
     ) {
         match TunnelMsg::decode(packet.bytes()) {
-            Ok(TunnelMsg::Open { window }) => self.start_instance(peer, via, window, shortcuts, out),
+            Ok(TunnelMsg::Open { window }) => {
+                let (guard, caller) = match self.answered.remove(&peer) {
+                    Some(a) => (Guard::Sealed(a.sealed), a.caller),
+                    None => (Guard::Link, via.unwrap_or(peer)),
+                };
+                self.start_instance(peer, caller, via, window, guard, shortcuts, out)
+            }
             Ok(_) => self.receive(Key::Instance(peer), packet, out),
             Err(e) => {
                 let text = e.to_string();
@@ -347,16 +477,64 @@ impl Tunnels {
         }
     }
 
+    /// Answers the end-to-end handshake that `peer` starts with `noise`.
+    fn answer(&mut self, peer: NodeId, via: Option<NodeId>, noise: &[u8], out: &mut Vec<Event>) {
+        if self.instances.cmd.is_none() {
+            return;
+        }
+        let busy = self.answered.len() + self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
+        if busy >= self.instances.max {
+            let text = format!("{} tunnels already", self.instances.max);
+            warn!("tunnel for {peer} refused: {text}");
+            return self.refuse(peer, FailCode::TooManyTunnels, text, out);
+        }
+        let ephemeral = match crate::sys::random::bytes32() {
+            Ok(e) => e,
+            Err(e) => return self.refuse(peer, FailCode::Refused, format!("no random bytes: {e}"), out),
+        };
+        let (sealed, caller, msg) = match e2e::answer(self.key.clone(), peer, noise, ephemeral) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("tunnel for {peer} via {via:?}: {e}");
+                return self.refuse(peer, FailCode::Refused, e.to_string(), out);
+            }
+        };
+        if !self.allowed(caller) {
+            warn!("tunnel for {peer} from node {caller} refused: not allowed");
+            return self.refuse(peer, FailCode::Refused, "not allowed to open tunnels here".into(), out);
+        }
+        debug!("tunnel for {peer}: handshake from node {caller}");
+        self.answered.insert(peer, Answered { sealed, caller });
+        out.push(Event::FromTunnel { to: peer, packet: Packet::from_bytes(&msg) });
+    }
+
+    /// Whether node `caller` may open tunnels here (r2d --allow).
+    fn allowed(&self, caller: NodeId) -> bool {
+        self.instances.allow.is_empty() || self.instances.allow.contains(&caller)
+    }
+
+    /// A message of `peer`'s sealed tunnel failed: the tunnel is over.
+    fn instance_broken(&mut self, peer: NodeId, e: E2eError, out: &mut Vec<Event>) {
+        warn!("tunnel for {peer}: {e}; ending it");
+        self.answered.remove(&peer);
+        self.end_instance(peer);
+        out.push(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text: e.to_string() });
+    }
+
     fn refuse(&mut self, peer: NodeId, code: FailCode, text: String, out: &mut Vec<Event>) {
         self.totals.instances_refused += 1;
         out.push(Event::TunnelFail { to: peer, code, text });
     }
 
+    /// Starts the instance for endpoint `peer` of node `caller`.
+    #[allow(clippy::too_many_arguments)]
     fn start_instance(
         &mut self,
         peer: NodeId,
+        caller: NodeId,
         via: Option<NodeId>,
         window: u32,
+        guard: Guard,
         shortcuts: &mut Registry,
         out: &mut Vec<Event>,
     ) {
@@ -365,20 +543,19 @@ impl Tunnels {
             return; // one instance per neighbour, ever
         }
         let Some(cmd) = self.instances.cmd.clone() else { return };
-        let allow = &self.instances.allow;
-        if !allow.is_empty() && !via.is_some_and(|v| allow.contains(&v)) {
-            warn!("tunnel for {peer} via {via:?} refused: not allowed");
+        if !self.allowed(caller) {
+            warn!("tunnel for {peer} from node {caller} via {via:?} refused: not allowed");
             return self.refuse(peer, FailCode::Refused, "not allowed to open tunnels here".into(), out);
         }
         let running = self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
-        if running >= self.instances.max {
+        if running >= self.instances.max && matches!(guard, Guard::Link) {
             let text = format!("{} tunnels already", self.instances.max);
             warn!("tunnel for {peer} refused: {text}");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);
         }
-        match self.spawn(peer, via, &cmd, shortcuts) {
+        match self.spawn(peer, caller, via, &cmd, guard, shortcuts) {
             Ok(end) => {
-                info!("tunnel for {peer}: started {cmd:?}");
+                info!("tunnel for {peer} of node {caller}: started {cmd:?}");
                 self.totals.instances_started += 1;
                 end.io.add_credit(window);
                 self.ends.insert(key, end);
@@ -394,8 +571,10 @@ impl Tunnels {
     fn spawn(
         &mut self,
         peer: NodeId,
+        caller: NodeId,
         via: Option<NodeId>,
         cmd: &str,
+        guard: Guard,
         shortcuts: &mut Registry,
     ) -> std::io::Result<End> {
         let key = Key::Instance(peer);
@@ -404,18 +583,19 @@ impl Tunnels {
         let (out_r, out_w) = pipe(packet)?;
         let outbound = shortcuts.open_tunnel(key, vec![data_tag(packet)]);
         let session = Session::new(false, DEFAULT_WINDOW);
-        let io = TunnelEnd::start(key, session, out_r, in_w, 2 * HEADER, packet, outbound, &self.inputs)?;
+        let headroom = 2 * HEADER + SEALED_HEAD;
+        let io = TunnelEnd::start(key, session, out_r, in_w, headroom, packet, outbound, &self.inputs)?;
         // If this fails, dropping `io` stops its threads.
         let child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)
-            .env("R2_PEER", peer.to_string())
+            .env("R2_PEER", caller.to_string())
             .env("R2_VIA", via.map(|v| v.to_string()).unwrap_or_default())
             .stdin(Stdio::from(in_r))
             .stdout(Stdio::from(out_w))
             .process_group(0)
             .spawn()?;
-        Ok(End { io, side: Side::Instance { child: Some(child) } })
+        Ok(End { io, side: Side::Instance { child: Some(child) }, guard })
     }
 
     /// Sends Exit once the instance has exited and its output has ended.
@@ -428,6 +608,7 @@ impl Tunnels {
     /// Neighbour `peer` has ended, or ended its tunnel: so does its
     /// instance.
     pub fn gone(&mut self, peer: NodeId) {
+        self.answered.remove(&peer);
         if self.ends.contains_key(&Key::Instance(peer)) {
             debug!("tunnel for {peer} ended");
             self.end_instance(peer);

@@ -18,9 +18,12 @@ use std::fmt;
 pub const HEADER: usize = 1 + ID_LEN;
 /// The most data one message carries.
 pub const MAX_DATA: usize = 64 * 1024;
-/// The largest message: the data, a tunnel message's tag, and a header for
-/// each hop, the tunnel node and one spare layer.
-pub const MAX_MESSAGE: usize = MAX_DATA + 1 + HEADER * (MAX_HOPS + 2);
+/// What sealing a tunnel message end to end adds to it: the Sealed tag,
+/// the counter and the authentication tag (`daemon::e2e`).
+pub const E2E_OVERHEAD: usize = 1 + 8 + 16;
+/// The largest message: the data, a tunnel message's tag, its end-to-end
+/// sealing, and a header for each hop, the tunnel node and one spare layer.
+pub const MAX_MESSAGE: usize = MAX_DATA + 1 + E2E_OVERHEAD + HEADER * (MAX_HOPS + 2);
 /// Room kept in front of a received message for headers added on the way.
 pub const HEADROOM: usize = 2 * HEADER;
 

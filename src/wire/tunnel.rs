@@ -12,6 +12,11 @@
 //!                           best-effort: a robust link may drop it. offset
 //!                           counts the data of the datagrams sent before, so
 //!                           the receiver grants back the credit of the lost
+//! Handshake = 7 noise       an end-to-end handshake message
+//! Sealed = 8 counter:u64be ciphertext tag
+//!                           one of the messages above, sealed end to end
+//!                           (`daemon::e2e`); the counter's top bit is set
+//!                           for a sealed Datagram
 //! ```
 
 use super::message::{Kind, HEADER};
@@ -24,6 +29,8 @@ pub const EOF: u8 = 3;
 pub const CREDIT: u8 = 4;
 pub const EXIT: u8 = 5;
 pub const DATAGRAM: u8 = 6;
+pub const HANDSHAKE: u8 = 7;
+pub const SEALED: u8 = 8;
 
 /// The bytes before the data of a tunnel message with this tag: the tag,
 /// and a Datagram's offset.
@@ -106,11 +113,13 @@ impl<'a> TunnelMsg<'a> {
 
 /// Whether `msg` is a best-effort message: a packet-mode tunnel's data
 /// (tag DATAGRAM right after the tunnel node's header, however many
-/// To/From headers are around it).
+/// To/From headers are around it, or a Sealed one whose counter has its
+/// top bit set).
 pub fn best_effort(mut msg: &[u8]) -> bool {
     while msg.len() > HEADER && (msg[0] == Kind::To as u8 || msg[0] == Kind::From as u8) {
         if msg[1..HEADER] == NodeId::TUNNEL.0 {
-            return msg[HEADER] == DATAGRAM;
+            return msg[HEADER] == DATAGRAM
+                || (msg[HEADER] == SEALED && msg.get(HEADER + 1).is_some_and(|c| c & 0x80 != 0));
         }
         msg = &msg[HEADER..];
     }
