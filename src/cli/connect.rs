@@ -104,9 +104,10 @@ const DETECT_WAIT: Duration = Duration::from_millis(500);
 type Found = (Layer, String, bool);
 
 /// The layer that what a transport's processes hold calls for. None:
-/// nothing that tells, yet. A UNIX socket tells less than the others
-/// (`weak`): libraries open them for a moment (name services, logging)
-/// before the program opens what it is run for.
+/// nothing that tells, yet. A UNIX datagram socket tells less than the
+/// others (`weak`): libraries open one for a moment (logging, name
+/// services) before the program opens what it is run for, and a UDP
+/// transport taken for one would lose its packet pipes.
 fn layer_for(held: &[Held]) -> Option<(Found, bool)> {
     let robust = Layer::Robust;
     if let Some(Held::Packet(i)) = held.iter().find(|h| matches!(h, Held::Packet(_))) {
@@ -126,13 +127,13 @@ fn layer_for(held: &[Held]) -> Option<(Found, bool)> {
         return Some(((robust(Medium::Datagrams), "the transport holds a UNIX datagram socket".into(), false), true));
     }
     if held.contains(&Held::UnixStream) {
-        return Some(((Layer::Stream, "the transport holds a UNIX stream socket".into(), false), true));
+        return Some(((Layer::Stream, "the transport holds a UNIX stream socket".into(), false), false));
     }
     None
 }
 
-/// How long a UNIX socket must stay held, with nothing that tells more
-/// beside it, before it decides the layer.
+/// How long a UNIX datagram socket must stay held, with nothing that tells
+/// more beside it, before it decides the layer.
 const WEAK_WAIT: Duration = Duration::from_millis(100);
 
 /// Watches the transport just started for what it holds: the program
