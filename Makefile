@@ -145,6 +145,6 @@ clean:
 # are replayed on stable by tests/fuzz_corpus.rs.
 FUZZ_TIME ?= 60
 fuzz:
-	cd fuzz && for t in frames framing robust reliable router hosts handshake; do \
+	cd fuzz && for t in frames framing robust reliable router hosts handshake tunnel_handshake; do \
 		env -u RUSTFLAGS cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
 	done

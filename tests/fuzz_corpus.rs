@@ -82,3 +82,10 @@ fn handshake_corpus_and_random_inputs() {
     random_inputs(0x94D049BB133111EB, 20_000, r2::link::fuzz::handshake);
     eprintln!("replayed {n} saved inputs for handshake");
 }
+
+#[test]
+fn tunnel_handshake_corpus_and_random_inputs() {
+    let n = replay("tunnel_handshake", r2::daemon::fuzz::tunnel_handshake);
+    random_inputs(0xD6E8FEB86659FD93, 20_000, r2::daemon::fuzz::tunnel_handshake);
+    eprintln!("replayed {n} saved inputs for tunnel_handshake");
+}

@@ -21,6 +21,7 @@
 
 mod control;
 pub mod e2e;
+pub mod fuzz;
 pub mod identity;
 mod input;
 mod listener;
