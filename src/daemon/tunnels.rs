@@ -43,6 +43,11 @@ use std::time::{Duration, Instant};
 /// How long a tunnel process has between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
+/// The end-to-end handshakes answered in one second for the callers that
+/// come through one neighbour: each costs four X25519 operations, and a
+/// neighbour must not make this daemon spend its time on them.
+const HANDSHAKES_PER_SECOND: u32 = 100;
+
 /// The far side's tunnel process, as `r2d CMD` was told.
 #[derive(Clone, Debug, Default)]
 pub struct Instances {
@@ -113,6 +118,10 @@ pub struct Tunnels {
     answered: HashMap<NodeId, Answered>,
     /// This node's key, for the end-to-end handshakes.
     key: KeyPair,
+    /// Handshakes answered this second (the second, the count), by the
+    /// neighbour they came through.
+    handshake_budget: HashMap<Option<NodeId>, (u64, u32)>,
+    start: Instant,
     /// Tunnel processes told to end, with when to stop asking nicely.
     reaping: Vec<(Child, Instant)>,
     totals: Totals,
@@ -142,7 +151,8 @@ fn data_tag(packet: bool) -> u8 {
 impl Tunnels {
     pub fn new(instances: Instances, key: KeyPair, inputs: Sender<Input>) -> Tunnels {
         let (ends, answered, reaping) = (HashMap::new(), HashMap::new(), Vec::new());
-        Tunnels { instances, ends, answered, key, reaping, totals: Totals::default(), inputs }
+        let (handshake_budget, start) = (HashMap::new(), Instant::now());
+        Tunnels { instances, ends, answered, key, handshake_budget, start, reaping, totals: Totals::default(), inputs }
     }
 
     pub fn totals(&self) -> Totals {
@@ -482,6 +492,10 @@ impl Tunnels {
         if self.instances.cmd.is_none() {
             return;
         }
+        if !self.handshake_allowed(via) {
+            let text = format!("more than {HANDSHAKES_PER_SECOND} tunnel handshakes a second");
+            return self.refuse(peer, FailCode::TooManyTunnels, text, out);
+        }
         let busy = self.answered.len() + self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
         if busy >= self.instances.max {
             let text = format!("{} tunnels already", self.instances.max);
@@ -506,6 +520,21 @@ impl Tunnels {
         debug!("tunnel for {peer}: handshake from node {caller}");
         self.answered.insert(peer, Answered { sealed, caller });
         out.push(Event::FromTunnel { to: peer, packet: Packet::from_bytes(&msg) });
+    }
+
+    /// Takes one handshake from the budget of this second for callers
+    /// through `via`; false when it is spent.
+    fn handshake_allowed(&mut self, via: Option<NodeId>) -> bool {
+        let second = self.start.elapsed().as_secs();
+        if self.handshake_budget.len() > 4096 {
+            self.handshake_budget.retain(|_, b| b.0 == second);
+        }
+        let b = self.handshake_budget.entry(via).or_insert((second, 0));
+        if b.0 != second {
+            *b = (second, 0);
+        }
+        b.1 += 1;
+        b.1 <= HANDSHAKES_PER_SECOND
     }
 
     /// Whether node `caller` may open tunnels here (r2d --allow).
