@@ -447,9 +447,12 @@ impl Daemon {
             .map(|(&port, _)| port)
             .collect();
         for port in slow {
+            // Tenths by integers: no float formatting in the binary (16 KB).
+            let tenths = wait.as_millis() / 100;
             let error = format!(
-                "no handshake within {:.1} s: the neighbour is not an r2 node of this version, or the transport carries nothing",
-                wait.as_secs_f64()
+                "no handshake within {}.{} s: the neighbour is not an r2 node of this version, or the transport carries nothing",
+                tenths / 10,
+                tenths % 10
             );
             info!("link {port}: {error}");
             self.on_input(Input::Router(Event::Closed { port, error: Some(error) }));
