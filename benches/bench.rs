@@ -675,7 +675,9 @@ impl SshBench {
             self.mib as f64 / (t - setup_of(i)).max(1e-3)
         };
         for (i, (name, s)) in self.bulk.iter().enumerate() {
-            let base = if i < 5 { [2, 3] } else { [5, 6] };
+            // r2 over one link and ssh -W (0..4) beside ssh -W; r2 over
+            // two links and ssh -J (4..) beside ssh -J.
+            let base = if i < 4 { [2, 3] } else { [5, 6] };
             let _ = writeln!(
                 out,
                 "   {name:<24} {:>9.1} ({:.1}–{:.1})   {:.2}, {:.2}   {:>7.1}   {:.2}, {:.2}",
