@@ -48,6 +48,9 @@ const KILL_GRACE: Duration = Duration::from_secs(3);
 /// neighbour must not make this daemon spend its time on them.
 const HANDSHAKES_PER_SECOND: u32 = 100;
 
+/// How long an answered handshake waits for its Open.
+const ANSWERED_WAIT: Duration = Duration::from_secs(30);
+
 /// The far side's tunnel process, as `r2d CMD` was told.
 #[derive(Clone, Debug, Default)]
 pub struct Instances {
@@ -107,6 +110,7 @@ struct Answered {
     sealed: Sealed,
     /// The caller's node id, proven by the handshake.
     caller: NodeId,
+    since: Instant,
 }
 
 /// Every tunnel end of the daemon.
@@ -518,7 +522,7 @@ impl Tunnels {
             return self.refuse(peer, FailCode::Refused, "not allowed to open tunnels here".into(), out);
         }
         debug!("tunnel for {peer}: handshake from node {caller}");
-        self.answered.insert(peer, Answered { sealed, caller });
+        self.answered.insert(peer, Answered { sealed, caller, since: Instant::now() });
         out.push(Event::FromTunnel { to: peer, packet: Packet::from_bytes(&msg) });
     }
 
@@ -659,8 +663,16 @@ impl Tunnels {
         }
     }
 
-    /// Collects exited tunnel processes (on SIGCHLD and every tick).
+    /// Collects exited tunnel processes (on SIGCHLD and every tick), and
+    /// forgets answered handshakes whose Open has not come in time.
     pub fn reap(&mut self, out: &mut Vec<Event>) {
+        self.answered.retain(|peer, a| {
+            let keep = a.since.elapsed() < ANSWERED_WAIT;
+            if !keep {
+                debug!("tunnel for {peer}: no Open within {} s of the handshake", ANSWERED_WAIT.as_secs());
+            }
+            keep
+        });
         let mut exited = Vec::new();
         for (key, e) in self.ends.iter_mut() {
             if let (Side::Instance { child: slot @ Some(_) }, Key::Instance(peer)) = (&mut e.side, key) {
