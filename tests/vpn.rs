@@ -8,15 +8,32 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Writes of every size from 1 to 4096 bytes, echoed by `r2d -p cat`, each
-/// read back whole, in order.
+/// read back whole, in order: over one hop, and over two, where each
+/// Datagram is sealed end to end (as an unordered message).
 #[test]
 fn packet_mode_keeps_every_record_whole() {
+    for hops in [1, 2] {
+        records_whole(hops);
+    }
+}
+
+fn records_whole(hops: usize) {
     need("perl");
-    let s = Scratch::new("rec");
+    let s = Scratch::new(&format!("rec{hops}"));
     let a = Daemon::start(&s, "a", &[]);
     let b = Daemon::start(&s, "b", &["-p", "cat"]);
-    let _l = connect(&s, &a, &[], &format!("R2_SOCKET={} r2 connect -", b.sock.display()), "link");
-    a.wait_neighbours(&s, &[&b.id], SOON);
+    let r = (hops == 2).then(|| Daemon::start(&s, "r", &[]));
+    let first = r.as_ref().unwrap_or(&b);
+    let _l = connect(&s, &a, &[], &format!("R2_SOCKET={} r2 connect -", first.sock.display()), "link");
+    let _rb = r.as_ref().map(|r| connect(&s, r, &[], &format!("R2_SOCKET={} r2 connect -", b.sock.display()), "rb"));
+    a.wait_neighbours(&s, &[&first.id], SOON);
+    if let Some(r) = &r {
+        r.wait_neighbours(&s, &[&a.id, &b.id], SOON);
+    }
+    let path = match &r {
+        Some(r) => format!("{}/{}", r.id, b.id),
+        None => b.id.clone(),
+    };
     let perl = r#"perl -e '
         my $pid = fork();
         if ($pid == 0) {
@@ -40,10 +57,10 @@ fn packet_mode_keeps_every_record_whole() {
         print $f "records ", $want - 1, " bad $bad\n";
     '"#;
     let mut c = Command::new(bin());
-    c.arg("-s").arg(&a.sock).args(["tunnel", "-p", &b.id, perl]).current_dir(&s.dir);
+    c.arg("-s").arg(&a.sock).args(["tunnel", "-p", &path, perl]).current_dir(&s.dir);
     let o = run_bounded(c, Duration::from_secs(60));
-    assert!(o.status.success(), "{}", stderr_of(&o));
-    assert_eq!(std::fs::read_to_string(s.path("result")).unwrap().trim(), "records 4096 bad 0");
+    assert!(o.status.success(), "{hops} hops: {}", stderr_of(&o));
+    assert_eq!(std::fs::read_to_string(s.path("result")).unwrap().trim(), "records 4096 bad 0", "{hops} hops");
 }
 
 /// `(rx_packets, tx_packets)` of a device in a namespace.

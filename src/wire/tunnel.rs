@@ -165,5 +165,12 @@ mod tests {
         assert!(!best_effort(data.bytes()));
         assert!(!best_effort(Packet::hello(peer).bytes()));
         assert!(!best_effort(Packet::new(Kind::To, peer, &[DATAGRAM]).bytes()));
+        // Sealed end to end: best-effort when the counter is unordered.
+        let mut sealed = Packet::new(Kind::To, NodeId::TUNNEL, &[SEALED, 0x80, 0, 0, 0, 0, 0, 0, 5, 9, 9]);
+        sealed.push_header(Kind::To, peer);
+        assert!(best_effort(sealed.bytes()));
+        let ordered = Packet::new(Kind::To, NodeId::TUNNEL, &[SEALED, 0, 0, 0, 0, 0, 0, 0, 5, 9, 9]);
+        assert!(!best_effort(ordered.bytes()));
+        assert!(!best_effort(Packet::new(Kind::To, NodeId::TUNNEL, &[SEALED]).bytes()));
     }
 }
