@@ -176,6 +176,59 @@ fn a_flood_to_unknown_nodes() {
     assert_balanced(&s, &a);
 }
 
+/// A flood of end-to-end tunnel handshakes, each from another caller
+/// endpoint behind one neighbour (a local endpoint of a that relays for
+/// made-up ids): b answers at most 100 a second and refuses the rest
+/// unread, so the flood costs it no more than 100 handshakes' work a
+/// second.
+#[test]
+fn a_flood_of_tunnel_handshakes() {
+    need("perl");
+    let s = Scratch::new("hsflood");
+    let a = Daemon::start(&s, "a", &[]);
+    let b = Daemon::start(&s, "b", &["cat"]);
+    let _l = connect(&s, &a, &[], &format!("R2_SOCKET={} r2 connect -", b.sock.display()), "link");
+    a.wait_neighbours(&s, &[&b.id], SOON);
+    let b_hex: String = r2::wire::NodeId::parse(&b.id).unwrap().0.iter().map(|x| format!("{x:02x}")).collect();
+    // 300 local endpoints of a, each sending b one handshake of garbage:
+    // 300 callers behind the neighbour a.
+    let flood = format!(
+        r#"perl -MIO::Socket::UNIX -e '$| = 1;
+           my $b = pack("H*", "{b_hex}");
+           my @keep;
+           for my $i (1..300) {{
+               my $s = IO::Socket::UNIX->new(Peer => "{sock}") or die "connect: $!";
+               print $s pack("N C", 1, 4);
+               sysread($s, my $reply, 69) == 69 or die "no Endpoint reply";
+               push @keep, $s;
+           }}
+           # All endpoints first, then the handshakes at once.
+           my $body = chr(1) . ("\0" x 32) . chr(7) . ("h" x 96);
+           print $_ pack("N C", 33 + length($body), 1), $b, $body for @keep;
+           sleep 5;'"#,
+        sock = a.sock.display()
+    );
+    let mut flooder = s.sh(&flood);
+    flooder.stdout(std::process::Stdio::null());
+    let flooder = Proc::spawn(flooder, "flood", &s.path("flood.err"));
+    let seen =
+        |c: &std::collections::HashMap<String, u64>| c["tunnel_handshakes"] + c["tunnel_handshakes_rate_limited"];
+    wait_for("b to see all 300 handshakes", SOON, || seen(&counters(&s, &b)) == 300);
+    let c = counters(&s, &b);
+    eprintln!(
+        "300 handshakes: {} answered or failed, {} refused unread",
+        c["tunnel_handshakes"], c["tunnel_handshakes_rate_limited"]
+    );
+    // 100 a second: the flood may span the end of a second, or two.
+    assert!(c["tunnel_handshakes"] >= 100 && c["tunnel_handshakes"] < 300, "{c:?}");
+    assert!(c["tunnel_handshakes_rate_limited"] > 0, "{c:?}");
+    assert_eq!(c["instances_started"], 0);
+    drop(flooder);
+    // b still serves a real tunnel.
+    let o = run_bounded(s.sh(&format!("echo ok | r2 -s {} tunnel {} -", a.sock.display(), b.id)), SOON);
+    assert!(o.status.success() && stdout_of(&o) == "ok\n", "{}", stderr_of(&o));
+}
+
 /// kill -9 of a daemon: its clients exit non-zero with a message, its
 /// neighbour drops it, and a restart with the same id file links at once.
 #[test]

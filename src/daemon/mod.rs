@@ -662,6 +662,8 @@ impl Daemon {
             ("instances_refused", t.instances_refused),
             ("processes_reaped", t.processes_reaped),
             ("datagram_bytes_lost", t.datagram_bytes_lost),
+            ("tunnel_handshakes", t.tunnel_handshakes),
+            ("tunnel_handshakes_rate_limited", t.tunnel_handshakes_rate_limited),
             ("messages_shortcut", self.shortcuts.taken()),
             ("ports_open", self.ports.len() as u64),
             ("tunnels_open", tunnels_open as u64),

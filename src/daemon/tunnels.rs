@@ -75,6 +75,10 @@ pub struct Totals {
     pub processes_reaped: u64,
     /// Datagram bytes that never came (lost on robust links).
     pub datagram_bytes_lost: u64,
+    /// End-to-end handshakes answered (or failed) by node 0.
+    pub tunnel_handshakes: u64,
+    /// End-to-end handshakes refused unread: beyond the rate limit.
+    pub tunnel_handshakes_rate_limited: u64,
 }
 
 /// Which side an end is on.
@@ -497,6 +501,7 @@ impl Tunnels {
             return;
         }
         if !self.handshake_allowed(via) {
+            self.totals.tunnel_handshakes_rate_limited += 1;
             let text = format!("more than {HANDSHAKES_PER_SECOND} tunnel handshakes a second");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);
         }
@@ -506,6 +511,7 @@ impl Tunnels {
             warn!("tunnel for {peer} refused: {text}");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);
         }
+        self.totals.tunnel_handshakes += 1;
         let ephemeral = match crate::sys::random::bytes32() {
             Ok(e) => e,
             Err(e) => return self.refuse(peer, FailCode::Refused, format!("no random bytes: {e}"), out),
