@@ -567,8 +567,11 @@ impl UdpForwarder {
 fn lossy_udp(fork: bool, imp: Impair, len: usize, seed: u64) {
     need("socat");
     let s = Scratch::new(if fork { "lossyf" } else { "lossy1" });
-    let a = Daemon::start(&s, "a", &[]);
-    let b = Daemon::start(&s, "b", &["cat"]);
+    // The link's handshake is five messages in turn (two Hellos, three of
+    // XX), each resent after probe timeouts that back off from 333 ms: at
+    // 15 % loss both ways, 5 s (the default) is sometimes too short.
+    let a = Daemon::start(&s, "a", &["--hello-timeout", "15"]);
+    let b = Daemon::start(&s, "b", &["--hello-timeout", "15", "cat"]);
     let _w = watch(&s, &[&a, &b]);
     let port = udp_port();
     let srv = udp_acceptor(&s, &b, port, fork, "", "srv");
