@@ -210,6 +210,7 @@ fn a_flood_of_tunnel_handshakes() {
     );
     let mut flooder = s.sh(&flood);
     flooder.stdout(std::process::Stdio::null());
+    let t0 = std::time::Instant::now();
     let flooder = Proc::spawn(flooder, "flood", &s.path("flood.err"));
     let seen =
         |c: &std::collections::HashMap<String, u64>| c["tunnel_handshakes"] + c["tunnel_handshakes_rate_limited"];
@@ -219,9 +220,13 @@ fn a_flood_of_tunnel_handshakes() {
         "300 handshakes: {} answered or failed, {} refused unread",
         c["tunnel_handshakes"], c["tunnel_handshakes_rate_limited"]
     );
-    // 100 a second: the flood may span the end of a second, or two.
-    assert!(c["tunnel_handshakes"] >= 100 && c["tunnel_handshakes"] < 300, "{c:?}");
-    assert!(c["tunnel_handshakes_rate_limited"] > 0, "{c:?}");
+    // 100 a second, in each second the flood took (from before the
+    // endpoints were made, so the bound is generous); here it takes one.
+    let seconds = t0.elapsed().as_secs() + 1;
+    assert!(c["tunnel_handshakes"] >= 100 && c["tunnel_handshakes"] <= 100 * (seconds + 1), "{seconds} s: {c:?}");
+    if seconds == 1 {
+        assert!(c["tunnel_handshakes_rate_limited"] >= 100, "{c:?}");
+    }
     assert_eq!(c["instances_started"], 0);
     drop(flooder);
     // b still serves a real tunnel.
