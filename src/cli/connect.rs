@@ -5,7 +5,7 @@ use super::transport::{hand_over_and_wait, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::link::{Layer, Medium};
-use crate::sys::held::{held, tree, Held};
+use crate::sys::held::{held, own_sockets, tree, Held};
 use crate::wire::control::Request;
 use crate::wire::NodeId;
 use lexopt::prelude::*;
@@ -143,12 +143,14 @@ const WEAK_WAIT: Duration = Duration::from_millis(100);
 fn detect(t: &mut Transport) -> Option<Found> {
     let pid = t.pid()?;
     let deadline = Instant::now() + DETECT_WAIT;
+    // What the transport inherited from this process, read once.
+    let inherited = own_sockets();
     let mut pause = Duration::from_millis(2);
     let mut weak_since: Option<Instant> = None;
     for look in 0.. {
         let whole_tree = look % 4 == 3;
         let pids = if whole_tree { tree(pid) } else { vec![pid] };
-        match layer_for(&held(&pids)) {
+        match layer_for(&held(&pids, &inherited)) {
             Some((found, false)) => return Some(found),
             Some((found, true)) if weak_since.is_some_and(|t| t.elapsed() >= WEAK_WAIT) => return Some(found),
             Some((_, true)) => weak_since = weak_since.or(Some(Instant::now())),
@@ -156,7 +158,7 @@ fn detect(t: &mut Transport) -> Option<Found> {
             None => {}
         }
         if Instant::now() >= deadline || t.exited() {
-            return layer_for(&held(&tree(pid))).map(|(found, _)| found);
+            return layer_for(&held(&tree(pid), &inherited)).map(|(found, _)| found);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -439,34 +439,41 @@ impl Tunnels {
         shortcuts: &mut Registry,
         out: &mut Vec<Event>,
     ) {
-        let key = Key::Instance(peer);
-        let sealed = self.answered.contains_key(&peer)
-            || self.ends.get(&key).is_some_and(|e| matches!(e.guard, Guard::Sealed(_)));
-        match packet.bytes().first().copied() {
-            Some(HANDSHAKE) if sealed || self.ends.contains_key(&key) => {
-                self.instance_broken(peer, E2eError::Nested(HANDSHAKE), out)
-            }
-            Some(HANDSHAKE) => self.answer(peer, via, &packet.bytes()[1..], out),
-            Some(_) if sealed => {
-                let opened = match self.answered.get_mut(&peer) {
-                    Some(a) => a.sealed.open(&mut packet),
-                    None => match self.ends.get_mut(&key).map(|e| &mut e.guard) {
-                        Some(Guard::Sealed(s)) => s.open(&mut packet),
-                        _ => return,
-                    },
-                };
-                match opened {
-                    Ok(true) => self.instance_message(peer, via, packet, shortcuts, out),
-                    Ok(false) => {}
-                    Err(e) => self.instance_broken(peer, e, out),
-                }
-            }
-            Some(SEALED) => {
+        let tag = packet.bytes().first().copied();
+        if tag == Some(HANDSHAKE) {
+            return match self.answered.contains_key(&peer) || self.ends.contains_key(&Key::Instance(peer)) {
+                true => self.instance_broken(peer, E2eError::Nested(HANDSHAKE), out),
+                false => self.answer(peer, via, &packet.bytes()[1..], out),
+            };
+        }
+        match self.sealed_of(peer).map(|s| s.open(&mut packet)) {
+            Some(Ok(true)) => self.instance_message(peer, via, packet, shortcuts, out),
+            Some(Ok(false)) => {}
+            Some(Err(e)) => self.instance_broken(peer, e, out),
+            None if tag == Some(SEALED) => {
                 let text = "a sealed tunnel message before any handshake".to_string();
                 out.push(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text });
             }
-            _ => self.instance_message(peer, via, packet, shortcuts, out),
+            None => self.instance_message(peer, via, packet, shortcuts, out),
         }
+    }
+
+    /// The keys of `peer`'s tunnel if it is sealed end to end: its answered
+    /// handshake's, or its instance's.
+    fn sealed_of(&mut self, peer: NodeId) -> Option<&mut Sealed> {
+        if let Some(a) = self.answered.get_mut(&peer) {
+            return Some(&mut a.sealed);
+        }
+        match self.ends.get_mut(&Key::Instance(peer)) {
+            Some(End { guard: Guard::Sealed(s), .. }) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Instances running and handshakes answered: what `--max-tunnels`
+    /// bounds.
+    fn busy(&self) -> usize {
+        self.answered.len() + self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count()
     }
 
     /// A tunnel message for the instance of `peer`, in the clear (opened,
@@ -505,8 +512,7 @@ impl Tunnels {
             let text = format!("more than {HANDSHAKES_PER_SECOND} tunnel handshakes a second");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);
         }
-        let busy = self.answered.len() + self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
-        if busy >= self.instances.max {
+        if self.busy() >= self.instances.max {
             let text = format!("{} tunnels already", self.instances.max);
             warn!("tunnel for {peer} refused: {text}");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);
@@ -586,8 +592,9 @@ impl Tunnels {
             warn!("tunnel for {peer} from node {caller} via {via:?} refused: not allowed");
             return self.refuse(peer, FailCode::Refused, "not allowed to open tunnels here".into(), out);
         }
-        let running = self.ends.keys().filter(|k| matches!(k, Key::Instance(_))).count();
-        if running >= self.instances.max && matches!(guard, Guard::Link) {
+        // A sealed tunnel's answered handshake, which held its place, is
+        // gone by now.
+        if self.busy() >= self.instances.max {
             let text = format!("{} tunnels already", self.instances.max);
             warn!("tunnel for {peer} refused: {text}");
             return self.refuse(peer, FailCode::TooManyTunnels, text, out);

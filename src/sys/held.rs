@@ -62,20 +62,14 @@ fn socket_inode(target: &str) -> Option<u64> {
 /// The sockets this process holds: a transport inherits those that are
 /// not close-on-exec (from whatever started `r2 connect`), and they say
 /// nothing of the transport.
-fn own_sockets() -> HashSet<u64> {
+pub fn own_sockets() -> HashSet<u64> {
     let Ok(dir) = fs::read_dir("/proc/self/fd") else { return HashSet::new() };
     dir.flatten().filter_map(|e| socket_inode(&fs::read_link(e.path()).ok()?.to_string_lossy())).collect()
 }
 
 /// What the processes in `pids` hold beyond their standard fds and the
-/// sockets they inherited from this process.
-pub fn held(pids: &[u32]) -> Vec<Held> {
-    held_but(pids, &own_sockets())
-}
-
-/// What the processes in `pids` hold beyond their standard fds and the
-/// sockets in `inherited`.
-fn held_but(pids: &[u32], inherited: &HashSet<u64>) -> Vec<Held> {
+/// sockets in `inherited` (those of [`own_sockets`], for a transport).
+pub fn held(pids: &[u32], inherited: &HashSet<u64>) -> Vec<Held> {
     let mut out = Vec::new();
     for &pid in pids {
         let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
@@ -148,7 +142,7 @@ mod tests {
         let _udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (_a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let h = held_but(&[std::process::id()], &HashSet::new());
+        let h = held(&[std::process::id()], &HashSet::new());
         assert!(h.contains(&Held::Udp) && h.contains(&Held::Tcp) && h.contains(&Held::UnixStream), "{h:?}");
         drop(l);
         assert_eq!(tree(std::process::id())[0], std::process::id());
@@ -168,8 +162,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "sleep did not start");
             std::thread::yield_now();
         }
-        let mut seen = held_but(&[pid], &HashSet::new());
-        let h = held(&[pid]);
+        let mut seen = held(&[pid], &HashSet::new());
+        let h = held(&[pid], &own_sockets());
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(h.is_empty(), "{h:?}");
