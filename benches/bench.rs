@@ -1,14 +1,52 @@
-//! `make bench`: r2 beside the pipes and socat chains it is made of.
+//! `make bench`: each r2 path beside the path a user would build instead,
+//! with as many processes in the data path and the same transport settings.
 //!
 //! Every configuration runs in the same process run, interleaved
 //! round-robin over the repetitions so that machine noise hits all alike;
 //! the table gives medians, min–max and ratios, and is also written to
-//! `target/bench.txt`. The many-tunnel runs also give the CPU time all
-//! processes took per GiB (from /proc/stat), which moves less than
-//! throughput on a shared machine and says whether the run was CPU-bound,
-//! and the daemons' share of it (from /proc/PID/stat). Needs socat, perl
-//! and dd. Environment: R2_BENCH_REPS (default 5), R2_BENCH_MIB (bulk
-//! size, default 1024), R2_BENCH_RTTS (round trips, default 10000).
+//! `target/bench.txt`. Needs socat, perl and dd (and, for sections 6 and 7,
+//! root, ip, tc, nft, iperf3 and sshd). Environment: R2_BENCH_REPS (default
+//! 5), R2_BENCH_MIB (bulk size, default 1024), R2_BENCH_RTTS (round trips
+//! in all, spread over the repetitions, default 10000), R2_BENCH_ONLY (the
+//! sections to run, as digits: `R2_BENCH_ONLY=14`; default all).
+//!
+//! Why the baselines are fair. An r2 path's data goes through its daemons
+//! and its transports' processes; the baseline has one socat for each of
+//! them, in the same order, joined the same way: over a UNIX socket where
+//! r2 has a pipe or socket pair between processes, over TCP on loopback
+//! where r2's transport is `socat tcp`, with socat's buffer (`-b`) as the
+//! r2 link's socats have it (default 8 KiB, or 64 KiB), and 64 KiB for the
+//! socats that stand for daemons (a daemon reads and writes up to a 64 KiB
+//! message). Both end in `cat` (r2's tunnel process). Bulk is `dd` of 64 KiB
+//! blocks, timed to the end of the sending command; round trips are one
+//! byte, written and read back by a perl client (r2's transport of `r2
+//! tunnel`, socat's `EXEC:`), timed in the client.
+//!
+//! 1. One link over each transport. The pipeline link (`r2 connect 'R2_SOCKET=…
+//!    r2 connect -'`, no process between the daemons): dd → daemon → daemon →
+//!    cat, beside `dd | cat | cat | cat` (bulk: three processes after dd, as
+//!    r2's two daemons and cat) and `socat EXEC:client UNIX` → `socat UNIX-LISTEN
+//!    EXEC:cat` (round trips: two processes and cat). A `socat tcp` link
+//!    (`socat tcp-l: exec:'r2 connect -'`, `r2 connect 'socat tcp: -'`, as
+//!    README shows): daemon, socat, socat, daemon, beside socat → socat —TCP→
+//!    socat → socat, with the same `-b`. A `socat udp` link beside the `socat
+//!    tcp` link (the same processes; UDP has no socat baseline that carries a
+//!    stream). Each is measured plaintext (both ends `--plaintext`), which is
+//!    what the socat paths are and what the targets are for, and sealed (the
+//!    default), whose cost is set beside OpenSSH in section 7.
+//! 2. Hops: 2 and 4 pipeline links (3 and 5 daemons) beside 3 and 5 socats
+//!    over UNIX sockets; a round trip's cost per extra hop, from 1 to 4 links,
+//!    beside a socat relay's. Tunnels of more than one hop are sealed end to
+//!    end, also over plaintext links.
+//! 4. Many tunnels (1, 10, 100) through one plaintext pipeline link, and 100
+//!    through a sealed one, beside as many pipe chains `producer | cat | cat |
+//!    cat` (producer, two daemons, cat against producer and three cats), all
+//!    set up first and released together. They also give the CPU time all
+//!    processes took per GiB (from /proc/stat), which moves less than
+//!    throughput on a shared machine and says whether the run was CPU-bound,
+//!    and the daemons' share of it (from /proc/PID/stat).
+//! 5. Footprint: idle RSS, RSS per idle tunnel, peak RSS during bulk, the
+//!    static binary's size.
 //!
 //! Section 6 runs between two network namespaces that the bench makes
 //! (`r2bench-PID-1`, `-2`, joined by a veth pair) and deletes at the end,
@@ -49,13 +87,24 @@
 //! the two socats of its link. The fair baseline has as many processes in
 //! its data path as r2, three a side: socat TUN, a socat relay and socat
 //! udp, joined by `EXEC:…,socktype=5` (SOCK_SEQPACKET socket pairs, which
-//! keep the packets apart, as r2's tunnel end does). All VPNs' datagrams are larger than the
+//! keep the packets apart, as r2's tunnel end does). On the clean veth
+//! also: r2 over a TCP link (`socat tcp`), and r2 across three hops, a UDP
+//! or a TCP link over the veth to a relay in namespace 2, then two pipeline
+//! links to the VPN's daemon there. socat TUN over TCP is no baseline: a
+//! TCP stream does not keep the packets apart, and socat has no framing of
+//! its own (tried: iperf3 gets nothing through). The links are sealed (the
+//! default, which a VPN would keep). All VPNs' datagrams are larger than the
 //! veth's MTU, so each run starts once namespace 2 holds no fragments of
 //! earlier runs' lost datagrams (see `runs`), and the table says how long
 //! that took.
 //!
-//! Section 7 puts sealed r2 links beside OpenSSH, which is what one would
-//! run instead for an encrypted path: `dd | ssh -W 127.0.0.1:SINK` through
+//! Section 7 first puts r2 linked by ssh (`r2 connect --plaintext 'ssh HOST
+//! r2 connect --plaintext -'`, plaintext as ssh already seals) beside `ssh
+//! -W` with a socat on each side (daemon, ssh, sshd, daemon, cat against
+//! socat, ssh, sshd, socat, cat; both aes128-gcm); each ssh -W run includes
+//! its connection's setup, which the table also takes out. Then it puts
+//! sealed r2 links beside OpenSSH, which is what one would run instead for
+//! an encrypted path: `dd | ssh -W 127.0.0.1:SINK` through
 //! an sshd on loopback into `socat tcp-l: /dev/null` (ssh, sshd and socat
 //! in the data path; r2 has its two daemons and `cat`), with aes128-gcm and
 //! chacha20-poly1305; and `ssh -J`, here as the same ssh with `ssh -W` as
@@ -241,35 +290,6 @@ impl Series {
     }
 }
 
-/// A socat chain of `relays` relay processes over UNIX sockets, from
-/// socket `in0` to a sink command; returns the socket to connect to.
-fn socat_chain(env: &mut Env, tag: &str, relays: usize, sink: &str) -> String {
-    let last = format!("{tag}{relays}");
-    env.spawn(&format!("exec socat -b 65536 -u UNIX-LISTEN:{last} {sink}"));
-    for i in (0..relays).rev() {
-        let (this, next) = (format!("{tag}{i}"), format!("{tag}{}", i + 1));
-        env.wait_for("socat", || env.socket_exists(&next));
-        env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{this} UNIX-CONNECT:{next}"));
-    }
-    let first = format!("{tag}0");
-    env.wait_for("socat", || env.socket_exists(&first));
-    first
-}
-
-/// A socat echo chain: relays in front of `socat … EXEC:cat`.
-fn socat_echo_chain(env: &mut Env, tag: &str, relays: usize) -> String {
-    let last = format!("{tag}{relays}");
-    env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{last} EXEC:cat"));
-    for i in (0..relays).rev() {
-        let (this, next) = (format!("{tag}{i}"), format!("{tag}{}", i + 1));
-        env.wait_for("socat", || env.socket_exists(&next));
-        env.spawn(&format!("exec socat -b 65536 UNIX-LISTEN:{this},fork UNIX-CONNECT:{next}"));
-    }
-    let first = format!("{tag}0");
-    env.wait_for("socat", || env.socket_exists(&first));
-    first
-}
-
 /// Writes the perl ping-pong client to `file`: it sends `preamble`, then
 /// `n` round trips of one byte after `warm` unmeasured ones, and prints the
 /// sorted round trips in microseconds on stderr.
@@ -338,12 +358,24 @@ fn cpu_ticks() -> (u64, u64) {
     (busy, busy + at(3) + at(4) + at(7))
 }
 
+/// What the many-streams runs go through.
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Chain {
+    /// Tunnels through one plaintext pipeline link.
+    #[default]
+    Plain,
+    /// Tunnels through one sealed pipeline link.
+    Sealed,
+    /// Pipe chains of the same processes.
+    Pipes,
+}
+
 /// One configuration of the many-streams runs: `n` tunnels through one
 /// link, or `n` pipe chains.
 #[derive(Default)]
 struct Many {
     n: usize,
-    pipes: bool,
+    chain: Chain,
     agg: Series,
     fair: Series,
     /// CPU seconds of all processes per GiB.
@@ -419,6 +451,14 @@ const VPN_IP: [&str; 2] = ["10.88.1.1", "10.88.1.2"];
 const SOVPN_IP: [&str; 2] = ["10.88.2.1", "10.88.2.2"];
 /// The tun devices of socat's VPN with three processes a side.
 const SO3VPN_IP: [&str; 2] = ["10.88.3.1", "10.88.3.2"];
+/// The tun devices of the VPNs run on the clean veth only: r2 over a TCP
+/// link, r2 across three hops whose first is a UDP link, and the same whose
+/// first is a TCP link.
+const EXTRA_VPN: [(&str, [&str; 2], &str); 3] = [
+    ("r2 -p over tcp", ["10.88.5.1", "10.88.5.2"], "r2vpnt"),
+    ("r2 -p, 3 hops, udp first", ["10.88.6.1", "10.88.6.2"], "r2vpn3u"),
+    ("r2 -p, 3 hops, tcp first", ["10.88.7.1", "10.88.7.2"], "r2vpn3t"),
+];
 /// The shaping of the impaired path, on the sender's end of the veth pair.
 const TBF: &str = "tbf rate 200mbit burst 32kbit latency 50ms";
 
@@ -516,6 +556,9 @@ struct SshBench {
     /// e0–e1–e2 over sealed pipeline links; p0–p1 over a plaintext one.
     e: Vec<(u32, PathBuf, String)>,
     p: Vec<(u32, PathBuf, String)>,
+    /// r2 over ssh, plaintext (o0–o1), beside ssh -W with a socat on each
+    /// side: bulk and round trips.
+    over_ssh: [Row; 2],
     /// ssh's options (key, port, no host key checks), the sink's and the
     /// echo server's ports.
     opts: String,
@@ -544,7 +587,7 @@ impl SshBench {
         if !root {
             return Err("not root (sshd)".into());
         }
-        let base = 47600 + (std::process::id() % 300) as u16 * 3;
+        let base = 47600 + (std::process::id() % 300) as u16 * 5;
         let (port, sink, echo) = (base, base + 1, base + 2);
         let d = env.dir.display().to_string();
         let keys = "ssh-keygen -q -t ed25519 -N '' -f hostkey && ssh-keygen -q -t ed25519 -N '' -f userkey";
@@ -588,13 +631,45 @@ impl SshBench {
             let o = Command::new(bin()).arg("-s").arg(&p0).arg("ls").output().unwrap();
             String::from_utf8_lossy(&o.stdout).contains(&p1id)
         });
+        // r2 linked by ssh, plaintext (ssh already seals), as a user links
+        // to a host; and ssh -W with as many processes: a socat for each
+        // daemon, the far one's in front of `cat` as r2's tunnel process.
+        let o: Vec<_> = (0..2).map(|i| env.daemon(&format!("o{i}"), dispatch)).collect();
+        let aes = SSH_CIPHERS[0].1;
+        env.spawn(&format!(
+            "exec r2 -s {} connect --plaintext 'ssh {opts} -c {aes} root@127.0.0.1 R2_SOCKET={} {d}/bin/r2 connect --plaintext -'",
+            o[0].1.display(),
+            o[1].1.display()
+        ));
+        let (o0, o1id) = (o[0].1.clone(), o[1].2.clone());
+        env.wait_for("a link over ssh", || {
+            let o = Command::new(bin()).arg("-s").arg(&o0).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(&o1id)
+        });
+        let (sink2, echo2) = (base + 3, base + 4);
+        env.spawn(&format!("socat -u -b 65536 tcp-l:{sink2},bind=127.0.0.1,reuseaddr,fork - | cat >/dev/null"));
+        env.spawn(&format!("exec socat -b 65536 tcp-l:{echo2},bind=127.0.0.1,reuseaddr,fork exec:cat"));
+        for (name, port) in [("sshw-sink.sh", sink2), ("sshw-echo.sh", echo2)] {
+            let script = format!("#!/bin/sh\nexec ssh {opts} -c {aes} -W 127.0.0.1:{port} root@127.0.0.1\n");
+            let path = env.dir.join(name);
+            std::fs::write(&path, script).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        if !until(Duration::from_secs(10), || listening(sink2) && listening(echo2)) {
+            return Err("socat did not listen".into());
+        }
+        let over_ssh = [
+            Row::new("ssh -W, a socat each side", Run::Ssh, mib, 0),
+            Row::new("r2 plaintext link over ssh", Run::R2(o[0].1.display().to_string(), o[1].2.clone()), mib, 0),
+        ];
         let mut names = vec!["r2 sealed, 1 link".to_string(), "r2 plaintext, 1 link".to_string()];
         names.extend(SSH_CIPHERS.iter().map(|c| format!("ssh -W {}", c.0)));
         names.push("r2 sealed, 2 links".into());
         names.extend(SSH_CIPHERS.iter().map(|c| format!("ssh -J {}", c.0)));
         let bulk = names.into_iter().map(|n| (n, Series::default())).collect();
         let setup = [Series::default(), Series::default(), Series::default(), Series::default()];
-        Ok(SshBench { mib, e, p, opts, sink, echo, bulk, setup, rtt: Vec::new() })
+        Ok(SshBench { mib, e, p, over_ssh, opts, sink, echo, bulk, setup, rtt: Vec::new() })
     }
 
     fn ssh(&self, cipher: &str, jump: bool, to: u16) -> String {
@@ -605,7 +680,10 @@ impl SshBench {
         format!("ssh {} -c {cipher}{proxy} -W 127.0.0.1:{to} root@127.0.0.1", self.opts)
     }
 
-    fn rep(&mut self, env: &mut Env) {
+    fn rep(&mut self, env: &mut Env, rtts: u64) {
+        for row in &mut self.over_ssh {
+            row.rep(env, rtts);
+        }
         let dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", self.mib * 16);
         let (e0, p0) = (self.e[0].1.display().to_string(), self.p[0].1.display().to_string());
         let two = format!("{}/{}", self.e[1].2, self.e[2].2);
@@ -659,7 +737,23 @@ impl SshBench {
     fn print(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\n7. sealed links beside OpenSSH ({} MiB), MiB/s   median (min–max)   ratio to ssh (aes128-gcm, chacha20);\n   \
+            "\n7. r2 linked by ssh ({} MiB): a plaintext r2 link over ssh (aes128-gcm) beside ssh -W\n   \
+             with a socat on each side (the same processes: two daemons or socats, ssh, sshd, cat)",
+            self.mib
+        );
+        print_rows(out, &self.over_ssh, &[(1, "≥ 1.0 bulk; ≤ 1.0, 1.5 rtt")]);
+        // Each ssh -W run sets up its connection (r2's link is up already).
+        let t = self.mib as f64 / self.over_ssh[0].bulk.median() - self.setup[2].median() / 1000.0;
+        let steady = self.mib as f64 / t.max(1e-3);
+        let _ = writeln!(
+            out,
+            "   ssh -W without its {:.0} ms of setup: {steady:.1} MiB/s; r2 over ssh to it: {:.2}",
+            self.setup[2].median(),
+            self.over_ssh[1].bulk.median() / steady
+        );
+        let _ = writeln!(
+            out,
+            "\n   sealed links beside OpenSSH ({} MiB), MiB/s   median (min–max)   ratio to ssh (aes128-gcm, chacha20);\n   \
              then without each path's setup time: MiB/s, ratio to ssh",
             self.mib
         );
@@ -785,6 +879,8 @@ struct NetBench {
     /// iperf3 Mbit/s: [clean veth, 200 Mbit/s tbf] × [socat, socat with
     /// three processes a side, r2].
     vpn: [[Series; 3]; 2],
+    /// iperf3 Mbit/s of [`EXTRA_VPN`] on the clean veth.
+    extra: [Series; 3],
     /// Packets dropped by the loss rule, and arrived at its veth end,
     /// while it was on; what had arrived when it was turned on.
     dropped: u64,
@@ -834,6 +930,7 @@ impl NetBench {
             tcp: Series::default(),
             r2: Series::default(),
             vpn: Default::default(),
+            extra: Default::default(),
             dropped: 0,
             arrived: 0,
             arrived_before: 0,
@@ -856,12 +953,12 @@ impl NetBench {
         nb.a = a_sock.display().to_string();
         if nb.a_skip.is_none() {
             let (b_sock, b_id) = nb.daemon(env, 1, "nsb", "'cat >/dev/null'")?;
-            nb.link(env, (&a_sock, &a_id), (&b_sock, &b_id), 47001)?;
+            nb.link(env, (&a_sock, &a_id), (&b_sock, &b_id), 47001, false)?;
             nb.b = b_id;
         }
         if nb.b_skip.is_none() {
             let (v_sock, v_id) = nb.daemon(env, 1, "nsv", &format!("-p '{} -'", tun(VPN_IP[1], "r2vpn")))?;
-            nb.link(env, (&a_sock, &a_id), (&v_sock, &v_id), 47002)?;
+            nb.link(env, (&a_sock, &a_id), (&v_sock, &v_id), 47002, false)?;
             nb.v = v_id;
             let (n1, n2) = (nb.net.exec(0), nb.net.exec(1));
             env.spawn(&format!(
@@ -896,7 +993,27 @@ impl NetBench {
                     return Err(format!("the 3-socat VPN's listener never bound: {}", tail(env, "so3vpn1.log", 5)));
                 }
             }
-            for dev in ["r2vpn", "sovpn", "so3vpn"] {
+            // r2 over a TCP link; r2 across three hops (a link over the
+            // veth, then two pipeline links in namespace 2).
+            let [r2t, r23u, r23t] = EXTRA_VPN.map(|v| v.1);
+            let (t_sock, t_id) = nb.daemon(env, 1, "nsvt", &format!("-p '{} -'", tun(r2t[1], "r2vpnt")))?;
+            nb.link(env, (&a_sock, &a_id), (&t_sock, &t_id), 47006, true)?;
+            env.spawn(&format!("exec {n1} r2 -s {} tunnel -p {t_id} '{} -' 2>nsvpnt.log", nb.a, tun(r2t[0], "r2vpnt")));
+            for (tag, port, tcp, ip, dev) in [("u", 47007, false, r23u, "r2vpn3u"), ("t", 47008, true, r23t, "r2vpn3t")]
+            {
+                let (r1, r1id) = nb.daemon(env, 1, &format!("nsr1{tag}"), "")?;
+                let (r2s, r2id) = nb.daemon(env, 1, &format!("nsr2{tag}"), "")?;
+                let (v, vid) = nb.daemon(env, 1, &format!("nsv3{tag}"), &format!("-p '{} -'", tun(ip[1], dev)))?;
+                nb.link(env, (&a_sock, &a_id), (&r1, &r1id), port, tcp)?;
+                env.link(&r1, &r2s, &r2id);
+                env.link(&r2s, &v, &vid);
+                env.spawn(&format!(
+                    "exec {n1} r2 -s {} tunnel -p {r1id}/{r2id}/{vid} '{} -' 2>nsvpn3{tag}.log",
+                    nb.a,
+                    tun(ip[0], dev)
+                ));
+            }
+            for dev in ["r2vpn", "sovpn", "so3vpn", "r2vpnt", "r2vpn3u", "r2vpn3t"] {
                 let up = |i: usize| nb.net.sh(i, &format!("ip link show {dev} >/dev/null")).is_ok();
                 if !until(Duration::from_secs(20), || up(0) && up(1)) {
                     let logs = ["nsvpn.log", "nsv.log", "sovpn1.log", "sovpn2.log", "so3vpn0.log", "so3vpn1.log"]
@@ -927,23 +1044,27 @@ impl NetBench {
         }
     }
 
-    /// Links daemon `x` (namespace 1) to `y` (namespace 2) over UDP as a
-    /// user would: a listener in 2, `r2 connect` in 1; waits until each
-    /// lists the other.
-    fn link(&self, env: &mut Env, x: (&Path, &str), y: (&Path, &str), port: u16) -> Result<(), String> {
+    /// Links daemon `x` (namespace 1) to `y` (namespace 2) over UDP, or
+    /// TCP, as a user would: a listener in 2, `r2 connect` in 1; waits
+    /// until each lists the other.
+    fn link(&self, env: &mut Env, x: (&Path, &str), y: (&Path, &str), port: u16, tcp: bool) -> Result<(), String> {
         let (n1, n2) = (self.net.exec(0), self.net.exec(1));
+        let (proto, listen, ss) = match tcp {
+            true => ("tcp", format!("tcp-l:{port},reuseaddr"), "ss -Hltn"),
+            false => ("udp", format!("udp-l:{port}"), "ss -Hlun"),
+        };
         env.spawn(&format!(
-            "exec {n2} env R2_SOCKET={} socat udp-l:{port} exec:'r2 connect -' 2>link{port}b.log",
+            "exec {n2} env R2_SOCKET={} socat {listen} exec:'r2 connect -' 2>link{port}b.log",
             y.0.display()
         ));
-        if !until(Duration::from_secs(20), || self.net.sh(1, &format!("ss -Hlun | grep -q ':{port} '")).is_ok()) {
+        if !until(Duration::from_secs(20), || self.net.sh(1, &format!("{ss} | grep -q ':{port} '")).is_ok()) {
             return Err(format!(
                 "the listener on udp port {port} never bound: {}",
                 tail(env, &format!("link{port}b.log"), 5)
             ));
         }
         env.spawn(&format!(
-            "exec {n1} r2 -s {} connect -n {} 'socat udp:{}:{port} -' 2>link{port}a.log",
+            "exec {n1} r2 -s {} connect -n {} 'socat {proto}:{}:{port} -' 2>link{port}a.log",
             x.0.display(),
             y.1,
             NET_IP[1]
@@ -956,7 +1077,7 @@ impl NetBench {
             Ok(())
         } else {
             let logs = [format!("link{port}a.log"), format!("link{port}b.log")].map(|f| tail(env, &f, 5)).join("; ");
-            Err(format!("the UDP link on port {port} never came up on both sides: {logs}"))
+            Err(format!("the {proto} link on port {port} never came up on both sides: {logs}"))
         }
     }
 
@@ -1030,7 +1151,9 @@ impl NetBench {
         if self.b_skip.is_none() {
             for (k, shaped) in [false, true].into_iter().enumerate() {
                 self.shape(shaped)?;
-                for (j, ip) in [SOVPN_IP, SO3VPN_IP, VPN_IP].iter().enumerate() {
+                let extra = if shaped { &EXTRA_VPN[..0] } else { &EXTRA_VPN[..] };
+                let ips = [SOVPN_IP, SO3VPN_IP, VPN_IP].into_iter().chain(extra.iter().map(|v| v.1));
+                for (j, ip) in ips.enumerate() {
                     // Datagrams that lost a fragment on the way (r2's of up
                     // to 8 KiB, in A; socat's of 1528 bytes, over the tbf)
                     // leave the rest in the receiver's reassembly memory
@@ -1056,7 +1179,10 @@ impl NetBench {
                     if bps <= 0.0 {
                         return Err(format!("iperf3 moved nothing through {}: {}", ip[1], json.trim()));
                     }
-                    self.vpn[k][j].0.push(bps / 1e6);
+                    match j {
+                        0..3 => self.vpn[k][j].0.push(bps / 1e6),
+                        _ => self.extra[j - 3].0.push(bps / 1e6),
+                    }
                     if !until(Duration::from_secs(20), || srv.try_wait().unwrap().is_some()) {
                         return Err("the iperf3 server never ended".into());
                     }
@@ -1129,6 +1255,17 @@ impl NetBench {
                         );
                     }
                 }
+                for (i, s) in self.extra.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "   {:<30} {}   {:<5}   {:<5}{}",
+                        format!("clean veth: {}", EXTRA_VPN[i].0),
+                        r(s),
+                        ratio(s, &self.vpn[0][0]),
+                        ratio(s, &self.vpn[0][1]),
+                        if i > 0 { "   target ≥ 0.8 (ratio)" } else { "" }
+                    );
+                }
                 let _ = writeln!(
                     out,
                     "   (each run waited for the receiver's reassembly memory to empty: at most {:.1} s, from {} KiB)",
@@ -1162,11 +1299,236 @@ fn tail(env: &Env, file: &str, n: usize) -> String {
     format!("{file}: {}", lines[lines.len().saturating_sub(n)..].join(" | "))
 }
 
+/// A leg of a socat baseline between two of its processes.
+#[derive(Clone, Copy)]
+enum Leg {
+    Unix,
+    /// TCP on loopback, with the buffer size (`-b`) of the two socats
+    /// at its ends (None: socat's default, 8192).
+    Tcp(Option<u32>),
+}
+
+/// Ports for the bench's TCP and UDP listeners, each used once.
+static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+fn port() -> u16 {
+    let base = 30000 + (std::process::id() % 100) as u16 * 100;
+    base + PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100
+}
+
+/// Whether a TCP listener is on `port` of 127.0.0.1 (or any address).
+fn tcp_listening(port: u16) -> bool {
+    let t = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    t.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[3] == "0A" && f[1].ends_with(&format!(":{port:04X}"))
+    })
+}
+
+/// A socat baseline: processes joined by `legs`, each process standing
+/// for one of r2's (a daemon, or a transport's socat). Its listeners take
+/// one connection each, so it is made again for every run.
+fn socat_path(env: &mut Env, legs: &[Leg], rtt: bool, first: &str) -> String {
+    let n = legs.len() + 1;
+    let addr: Vec<(String, String)> = legs
+        .iter()
+        .map(|leg| match leg {
+            Leg::Unix => {
+                let name = format!("sp{}", port());
+                (format!("UNIX-LISTEN:{name}"), format!("UNIX-CONNECT:{name}"))
+            }
+            Leg::Tcp(_) => {
+                let p = port();
+                (format!("TCP-L:{p},bind=127.0.0.1,reuseaddr"), format!("TCP:127.0.0.1:{p}"))
+            }
+        })
+        .collect();
+    // A process next to a TCP leg is a transport's socat, with its buffer
+    // size; the others stand for daemons, which read and write up to 64 KiB.
+    let b = |i: usize| {
+        let near = [i.checked_sub(1).map(|j| legs[j]), legs.get(i).copied()];
+        let tcp = near.iter().flatten().find_map(|l| match l {
+            Leg::Tcp(b) => Some(*b),
+            Leg::Unix => None,
+        });
+        match tcp {
+            Some(Some(b)) => format!("-b {b}"),
+            Some(None) => String::new(),
+            None => "-b 65536".into(),
+        }
+    };
+    let u = if rtt { "" } else { "-u " };
+    for i in (1..n).rev() {
+        let listen = &addr[i - 1].0;
+        let script = if i == n - 1 {
+            match rtt {
+                true => format!("exec socat {} {listen} EXEC:cat", b(i)),
+                false => format!("socat -u {} {listen} - | cat >/dev/null", b(i)),
+            }
+        } else {
+            format!("exec socat {u}{} {listen} {}", b(i), addr[i].1)
+        };
+        env.spawn(&script);
+        let up = || match legs[i - 1] {
+            Leg::Unix => env.socket_exists(addr[i - 1].0.trim_start_matches("UNIX-LISTEN:")),
+            Leg::Tcp(_) => {
+                let p: u16 = addr[i - 1].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                tcp_listening(p)
+            }
+        };
+        env.wait_for("a socat listener", up);
+    }
+    format!("socat {u}{} {first} {}", b(0), addr[0].1)
+}
+
+/// How two daemons of section 1 are linked.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// `r2 connect 'R2_SOCKET=… r2 connect -'`: no process between them.
+    Pipeline,
+    /// `socat tcp-l:… exec:'r2 connect -'` and `r2 connect 'socat tcp:… -'`.
+    Tcp(Option<u32>),
+    /// `socat udp-l:… exec:'r2 connect -'` and `r2 connect 'socat udp:… -'`.
+    Udp,
+}
+
+impl Env {
+    /// Links daemon `x` to `y` as a user would over `via`, sealed or
+    /// plaintext (both ends ask); waits until it is up.
+    fn link_via(&mut self, x: &(u32, PathBuf, String), y: &(u32, PathBuf, String), via: Via, plaintext: bool) {
+        let pt = if plaintext { " --plaintext" } else { "" };
+        let (xs, ys) = (x.1.display().to_string(), y.1.display().to_string());
+        let b = |b: Option<u32>| b.map(|b| format!("-b {b} ")).unwrap_or_default();
+        match via {
+            Via::Pipeline => {
+                self.spawn(&format!("exec r2 -s {xs} connect{pt} 'R2_SOCKET={ys} r2 connect{pt} -'"));
+            }
+            Via::Tcp(buf) => {
+                let p = port();
+                self.spawn(&format!(
+                    "R2_SOCKET={ys} exec socat {}tcp-l:{p},bind=127.0.0.1,reuseaddr exec:'r2 connect{pt} -'",
+                    b(buf)
+                ));
+                self.wait_for("a tcp listener", || tcp_listening(p));
+                self.spawn(&format!("exec r2 -s {xs} connect{pt} -n {} 'socat {}tcp:127.0.0.1:{p} -'", y.2, b(buf)));
+            }
+            Via::Udp => {
+                let p = port();
+                self.spawn(&format!("R2_SOCKET={ys} exec socat udp-l:{p},bind=127.0.0.1 exec:'r2 connect{pt} -'"));
+                self.wait_for("a udp listener", || {
+                    std::fs::read_to_string("/proc/net/udp")
+                        .unwrap_or_default()
+                        .contains(&format!("0100007F:{p:04X} 00000000:0000"))
+                });
+                self.spawn(&format!("exec r2 -s {xs} connect{pt} -n {} 'socat udp:127.0.0.1:{p} -'", y.2));
+            }
+        }
+        let yid = y.2.clone();
+        self.wait_for("a link", || {
+            let o = Command::new(bin()).arg("-s").arg(&x.1).arg("ls").output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains(&yid)
+        });
+    }
+}
+
+/// What a row of sections 1 and 2 runs.
+enum Run {
+    /// A tunnel from the daemon with socket .0 along path .1, into the far
+    /// side's `cat`.
+    R2(String, String),
+    /// A socat path of these legs (bulk and round trips).
+    Socat(Vec<Leg>),
+    /// `dd | cat | cat | cat` for bulk, and a socat path for round trips.
+    Pipes(Vec<Leg>),
+    /// socat into `ssh -W` (scripts `sshw-sink.sh`, `sshw-echo.sh`), to a
+    /// socat in front of `cat`.
+    Ssh,
+}
+
+/// A row of sections 1 and 2: bulk MiB/s and one-byte round trips (µs)
+/// over one path, beside the row `base`.
+struct Row {
+    name: String,
+    run: Run,
+    mib: u64,
+    base: usize,
+    bulk: Series,
+    rtt: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: &str, run: Run, mib: u64, base: usize) -> Row {
+        Row { name: name.into(), run, mib, base, bulk: Series::default(), rtt: Vec::new() }
+    }
+
+    /// One bulk run and `n` round trips.
+    fn rep(&mut self, env: &mut Env, n: u64) {
+        let dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", self.mib * 16);
+        let script = match &self.run {
+            Run::R2(s, path) => format!("{{ echo sink; {dd}; }} | r2 -s {s} tunnel {path} -"),
+            Run::Socat(legs) => format!("{dd} | {}", socat_path(env, legs, false, "-")),
+            Run::Pipes(_) => format!("{dd} | cat | cat | cat >/dev/null"),
+            Run::Ssh => format!("{dd} | socat -u -b 65536 - EXEC:./sshw-sink.sh"),
+        };
+        let (_, t) = env.run(&script);
+        self.bulk.0.push(self.mib as f64 / t.as_secs_f64());
+        let script = match &self.run {
+            Run::R2(s, path) => {
+                let pp = pingpong(env, "pp-r2.pl", n, 200, "echo\\n");
+                format!("r2 -s {s} tunnel {path} '{pp}' 2>&1")
+            }
+            Run::Socat(legs) | Run::Pipes(legs) => {
+                let pp = pingpong(env, "pp.pl", n, 200, "");
+                format!("{} 2>&1", socat_path(env, legs, true, &format!("'EXEC:{pp}'")))
+            }
+            Run::Ssh => {
+                let pp = pingpong(env, "pp.pl", n, 200, "");
+                format!("socat -b 65536 'EXEC:{pp}' EXEC:./sshw-echo.sh 2>&1")
+            }
+        };
+        let (o, _) = env.run(&script);
+        let got: Vec<f64> = o.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        assert!(got.len() as u64 == n, "{}: the round trips failed: {o}", self.name);
+        self.rtt.extend(got);
+    }
+}
+
+/// Prints rows with their ratios to their bases, and each row's target.
+fn print_rows(out: &mut String, rows: &[Row], targets: &[(usize, &str)]) {
+    let _ = writeln!(
+        out,
+        "   {:<34} {:>22} {:>6}   {:>7} {:>7} {:>11}   target",
+        "MiB/s, µs", "bulk (min–max)", "ratio", "rtt p50", "p99", "ratios"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let mut v = row.rtt.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let mut b = rows[row.base].rtt.clone();
+        b.sort_by(|a, b| a.total_cmp(b));
+        let (lo, hi) = row.bulk.range();
+        let target = targets.iter().find(|t| t.0 == i).map_or("", |t| t.1);
+        let _ = writeln!(
+            out,
+            "   {:<34} {:>8.1} ({:>5.0}–{:<5.0}) {:>6.2}   {:>7.1} {:>7.1} {:>5.2}, {:<5.2}  {target}",
+            row.name,
+            row.bulk.median(),
+            lo,
+            hi,
+            row.bulk.median() / rows[row.base].bulk.median(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            percentile(&v, 0.5) / percentile(&b, 0.5),
+            percentile(&v, 0.99) / percentile(&b, 0.99),
+        );
+    }
+}
+
 fn main() {
     let reps = env_num("R2_BENCH_REPS", 5);
     let mib = env_num("R2_BENCH_MIB", 1024);
     let rtts = env_num("R2_BENCH_RTTS", 10_000);
-    let count = mib * 16; // 64 KiB blocks
+    let only = std::env::var("R2_BENCH_ONLY").unwrap_or_default();
+    let want = |section: char| only.is_empty() || only.contains(section);
     let mut out = String::new();
     let machine = format!(
         "{} cores, {}",
@@ -1182,8 +1544,10 @@ fn main() {
     let _ = writeln!(out, "r2 bench — {machine}; {reps} repetitions interleaved; bulk {mib} MiB; {rtts} round trips");
     let mut env = Env::new();
 
-    // Daemons: a chain d0–d1–d2–d3–d4 (4 links), each end with a tunnel
-    // process that swallows or echoes: the first line says which.
+    // Daemons: chains d0–…–d4 over sealed pipeline links and q0–…–q4 over
+    // plaintext ones, then pairs linked over socat tcp (default buffers and
+    // 64 KiB) and socat udp, sealed and plaintext. Each end's tunnel
+    // process swallows or echoes: the first line says which.
     let dispatch = "'read m; if [ \"$m\" = sink ]; then exec cat >/dev/null; else exec cat; fi'";
     let producer = producer(&env, "producer.pl");
     let mut ds = Vec::new();
@@ -1197,97 +1561,92 @@ fn main() {
     let idle_rss = status_kib(ds[0].0, "VmRSS:");
     let idle_anon = status_kib(ds[0].0, "RssAnon:");
     let idle_threads = threads(ds[0].0);
+    let qs: Vec<(u32, PathBuf, String)> = (0..5).map(|i| env.daemon(&format!("q{i}"), dispatch)).collect();
     for i in 0..4 {
-        let (a, b) = (ds[i].1.clone(), ds[i + 1].1.clone());
-        env.link(&a, &b, &ds[i + 1].2.clone());
+        env.link_via(&ds[i].clone(), &ds[i + 1].clone(), Via::Pipeline, false);
+        env.link_via(&qs[i].clone(), &qs[i + 1].clone(), Via::Pipeline, true);
     }
-    let path = |hops: usize| ds[1..=hops].iter().map(|d| d.2.as_str()).collect::<Vec<_>>().join("/");
-
-    // Links over transports: two more pairs of daemons, one linked by
-    // socat over TCP (the stream layer) and one by socat over UDP (the
-    // robust layer), as README shows; each pair the same processes in the
-    // data path (2 daemons, 2 socats) and socat's default buffers.
-    let mut transports: Vec<(String, Series)> =
-        ["r2 over socat tcp", "r2 over socat udp"].iter().map(|s| (s.to_string(), Series::default())).collect();
-    let mut pairs = Vec::new();
-    for (i, kind) in ["tcp", "udp"].iter().enumerate() {
-        let (x, y) = (env.daemon(&format!("{kind}0"), dispatch), env.daemon(&format!("{kind}1"), dispatch));
-        let port = 47300 + i as u16 + (std::process::id() % 500) as u16 * 2;
-        let listen = match *kind {
-            "tcp" => format!("tcp-l:{port},reuseaddr"),
-            _ => format!("udp-l:{port}"),
-        };
-        env.spawn(&format!("R2_SOCKET={} exec socat {listen} exec:'r2 connect -'", y.1.display()));
-        std::thread::sleep(Duration::from_millis(200));
-        let far = match *kind {
-            "tcp" => format!("socat tcp:127.0.0.1:{port},retry=20,interval=0.1 -"),
-            _ => format!("socat udp:127.0.0.1:{port} -"),
-        };
-        env.spawn(&format!("exec r2 -s {} connect -n {} '{far}'", x.1.display(), y.2));
-        let (xs, yid) = (x.1.clone(), y.2.clone());
-        env.wait_for("a transport link", || {
-            let o = Command::new(bin()).arg("-s").arg(&xs).arg("ls").output().unwrap();
-            String::from_utf8_lossy(&o.stdout).contains(&yid)
-        });
-        pairs.push((x, y));
-    }
+    let path = |chain: &[(u32, PathBuf, String)], hops: usize| {
+        let ids = chain[1..=hops].iter().map(|d| d.2.as_str()).collect::<Vec<_>>().join("/");
+        Run::R2(chain[0].1.display().to_string(), ids)
+    };
+    let pair = |env: &mut Env, name: &str, via: Via, plaintext: bool| {
+        let x = env.daemon(&format!("{name}x"), dispatch);
+        let y = env.daemon(&format!("{name}y"), dispatch);
+        env.link_via(&x, &y, via, plaintext);
+        Run::R2(x.1.display().to_string(), y.2)
+    };
     let tr_mib = (mib / 4).max(64);
-    let tr_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", tr_mib * 16);
+    let k64 = Some(65536);
+    let mut links = vec![
+        Row::new("pipes dd|cat|cat|cat; socat 2", Run::Pipes(vec![Leg::Unix]), mib, 0),
+        Row::new("r2 pipeline link, plaintext", path(&qs, 1), mib, 0),
+        Row::new("r2 pipeline link, sealed", path(&ds, 1), mib, 0),
+        Row::new("socat 4, tcp in the middle", Run::Socat(vec![Leg::Unix, Leg::Tcp(None), Leg::Unix]), mib, 3),
+        Row::new("r2 socat tcp link, plaintext", pair(&mut env, "t", Via::Tcp(None), true), mib, 3),
+        Row::new("r2 socat tcp link, sealed", pair(&mut env, "ts", Via::Tcp(None), false), mib, 3),
+        Row::new("socat 4 -b 65536, tcp", Run::Socat(vec![Leg::Unix, Leg::Tcp(k64), Leg::Unix]), mib, 6),
+        Row::new("r2 socat -b 65536 tcp, plaintext", pair(&mut env, "b", Via::Tcp(k64), true), mib, 6),
+        Row::new("r2 socat -b 65536 tcp, sealed", pair(&mut env, "bs", Via::Tcp(k64), false), mib, 6),
+        Row::new("r2 socat udp link, plaintext", pair(&mut env, "u", Via::Udp, true), tr_mib, 4),
+        Row::new("r2 socat udp link, sealed", pair(&mut env, "us", Via::Udp, false), tr_mib, 5),
+    ];
+    let link_targets = [
+        (1, "≥ 0.8 bulk; ≤ 1.0, 1.5 rtt"),
+        (4, "≥ 1.0 bulk; ≤ 1.0, 1.5 rtt"),
+        (7, "≥ 1.0 bulk; ≤ 1.0, 1.5 rtt"),
+        (9, "≥ 0.8 bulk"),
+    ];
+    let hop_mib = (mib / 4).max(64);
+    let mut hops = vec![
+        Row::new("socat 3 processes", Run::Socat(vec![Leg::Unix; 2]), hop_mib, 0),
+        Row::new("r2 2 links, plaintext", path(&qs, 2), hop_mib, 0),
+        Row::new("r2 2 links, sealed", path(&ds, 2), hop_mib, 0),
+        Row::new("socat 5 processes", Run::Socat(vec![Leg::Unix; 4]), hop_mib, 3),
+        Row::new("r2 4 links, plaintext", path(&qs, 4), hop_mib, 3),
+        Row::new("r2 4 links, sealed", path(&ds, 4), hop_mib, 3),
+    ];
     let a = ds[0].1.display().to_string();
+    let q = qs[0].1.display().to_string();
 
     // 6. between network namespaces: the impaired path and the VPN.
     let net_mib = (mib / 4).clamp(32, 128);
-    let mut netb = NetBench::new(&mut env, net_mib);
+    let mut netb = match want('6') {
+        true => NetBench::new(&mut env, net_mib),
+        false => Err("not asked for (R2_BENCH_ONLY)".into()),
+    };
     if let Err(e) = &netb {
         eprintln!("section 6: {e}");
     }
 
     // 7. sealed links beside ssh -W and ssh -J.
-    let mut sshb = SshBench::new(&mut env, (mib / 4).max(64), dispatch);
+    let mut sshb = match want('7') {
+        true => SshBench::new(&mut env, (mib / 4).max(64), dispatch),
+        false => Err("not asked for (R2_BENCH_ONLY)".into()),
+    };
     if let Err(e) = &sshb {
         eprintln!("section 7: {e}");
     }
 
-    // Socat chains, set up once per repetition (their listeners take one
-    // connection each).
-    let mut bulk: Vec<(String, Series)> = ["r2 1 link", "pipes dd|cat|cat|cat", "socat 2 relays"]
-        .iter()
-        .map(|s| (s.to_string(), Series::default()))
-        .collect();
-    let mut hops_tp: Vec<(String, Series)> = Vec::new();
-    for h in [2usize, 4] {
-        hops_tp.push((format!("r2 {h} links"), Series::default()));
-        hops_tp.push((format!("socat {} relays", h + 1), Series::default()));
-    }
-    let mut many: Vec<Many> = [(1, false), (10, false), (100, false), (1, true), (100, true)]
+    let mut many: Vec<Many> = [(1, Chain::Plain), (10, Chain::Plain), (100, Chain::Plain), (100, Chain::Sealed)]
         .into_iter()
-        .map(|(n, pipes)| Many { n, pipes, ..Many::default() })
+        .chain([1, 10, 100].map(|n| (n, Chain::Pipes)))
+        .map(|(n, chain)| Many { n, chain, ..Many::default() })
         .collect();
     let mut peak = (0u64, 0u64);
-    let dd = format!("dd if=/dev/zero bs=64k count={count} 2>/dev/null");
-    let hop_mib = (mib / 4).max(64);
-    let hop_dd = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", hop_mib * 16);
+    let rtt_each = (rtts / reps).max(100);
     for rep in 0..reps {
         eprintln!("repetition {}/{reps}", rep + 1);
-        // 1. bulk, one link; the peak RSS is of the first transfer, by
-        // daemons that have done nothing else yet
+        // 1. one link over each transport; the peak RSS is of the first
+        // transfer, by daemons that have done nothing else yet
         for d in &ds[..2] {
             let _ = std::fs::write(format!("/proc/{}/clear_refs", d.0), "5");
         }
-        let (_, t) = env.run(&format!("{{ echo sink; {dd}; }} | r2 -s {a} tunnel {} -", path(1)));
-        bulk[0].1 .0.push(mib as f64 / t.as_secs_f64());
-        if rep == 0 {
-            peak = (status_kib(ds[0].0, "VmHWM:"), status_kib(ds[1].0, "VmHWM:"));
-        }
-        let (_, t) = env.run(&format!("{dd} | cat | cat | cat > /dev/null"));
-        bulk[1].1 .0.push(mib as f64 / t.as_secs_f64());
-        let first = socat_chain(&mut env, &format!("s{rep}x"), 2, "/dev/null");
-        let (_, t) = env.run(&format!("{dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
-        bulk[2].1 .0.push(mib as f64 / t.as_secs_f64());
-        // 1b. links over transports
-        for (i, (x, y)) in pairs.iter().enumerate() {
-            let (_, t) = env.run(&format!("{{ echo sink; {tr_dd}; }} | r2 -s {} tunnel {} -", x.1.display(), y.2));
-            transports[i].1 .0.push(tr_mib as f64 / t.as_secs_f64());
+        for (i, row) in links.iter_mut().enumerate().filter(|_| want('1')) {
+            row.rep(&mut env, rtt_each);
+            if rep == 0 && i == 2 {
+                peak = (status_kib(ds[0].0, "VmHWM:"), status_kib(ds[1].0, "VmHWM:"));
+            }
         }
         // 6. the impaired path and the VPN between namespaces
         if let Ok(n) = &mut netb {
@@ -1295,37 +1654,41 @@ fn main() {
         }
         // 7. sealed links and ssh
         if let Ok(b) = &mut sshb {
-            b.rep(&mut env);
+            b.rep(&mut env, rtt_each);
         }
-        // 3. hops
-        for (i, h) in [2usize, 4].iter().enumerate() {
-            let (_, t) = env.run(&format!("{{ echo sink; {hop_dd}; }} | r2 -s {a} tunnel {} -", path(*h)));
-            hops_tp[2 * i].1 .0.push(hop_mib as f64 / t.as_secs_f64());
-            let first = socat_chain(&mut env, &format!("h{rep}h{h}x"), h + 1, "/dev/null");
-            let (_, t) = env.run(&format!("{hop_dd} | socat -b 65536 -u - UNIX-CONNECT:{first}"));
-            hops_tp[2 * i + 1].1 .0.push(hop_mib as f64 / t.as_secs_f64());
+        // 2. hops
+        for row in hops.iter_mut().filter(|_| want('2')) {
+            row.rep(&mut env, rtt_each);
         }
         // 4. many tunnels, and as many pipe chains of the same shape, all
         // set up first with their producers ready, then released together
         // by one line each on a FIFO; timed from the release to each end
-        for m in many.iter_mut() {
+        for m in many.iter_mut().filter(|_| want('4')) {
             let each = (mib / m.n as u64).max(8);
+            let (s, far) = match m.chain {
+                Chain::Sealed => (&a, &ds[1]),
+                _ => (&q, &qs[1]),
+            };
             let commands: Vec<Command> = (0..m.n)
                 .map(|i| {
                     let produce = format!("{producer} {i} {}", each * 16);
-                    if m.pipes {
+                    if m.chain == Chain::Pipes {
                         let mut c = env.command("/bin/sh");
                         c.arg("-c").arg(format!("{produce} | cat | cat | cat >/dev/null"));
                         c
                     } else {
                         let mut c = env.command("r2");
-                        c.args(["-s", &a, "tunnel", &path(1), &produce]);
+                        c.args(["-s", s, "tunnel", &far.2, &produce]);
                         c
                     }
                 })
                 .collect();
-            let far_cats = || m.pipes || children_named(ds[1].0, "cat") == m.n;
-            let pids: Vec<u32> = if m.pipes { Vec::new() } else { ds.iter().map(|d| d.0).collect() };
+            let far_cats = || m.chain == Chain::Pipes || children_named(far.0, "cat") == m.n;
+            let pids: Vec<u32> = match m.chain {
+                Chain::Pipes => Vec::new(),
+                Chain::Sealed => ds[..2].iter().map(|d| d.0).collect(),
+                Chain::Plain => qs[..2].iter().map(|d| d.0).collect(),
+            };
             let (times, cpu) = release_together(&env, commands, far_cats, &pids);
             let (min, max) = times.iter().fold((f64::MAX, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
             let gib = (each * m.n as u64) as f64 / 1024.0;
@@ -1336,19 +1699,8 @@ fn main() {
             m.daemons.0.push(cpu.2 / gib);
         }
     }
-
-    // 2. latency: 1 link, then chains
-    let mut lat = Vec::new();
-    for h in [1usize, 2, 4] {
-        let pp = pingpong(&env, "pp-r2.pl", rtts, 1000, "echo\\n");
-        let (o, _) = env.run(&format!("r2 -s {a} tunnel {} '{pp}' 2>&1", path(h)));
-        lat.push((format!("r2 {h} link{}", if h == 1 { "" } else { "s" }), o));
-        let first = socat_echo_chain(&mut env, &format!("e{h}x"), h + 1);
-        let pp = pingpong(&env, "pp.pl", rtts, 1000, "");
-        let (o, _) = env.run(&format!("socat -b 65536 'EXEC:{pp}' UNIX-CONNECT:{first} 2>&1"));
-        lat.push((format!("socat {} relays", h + 1), o));
-    }
-    let (ping_out, _) = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", path(1)));
+    let ping_out = env.run(&format!("r2 -s {q} ping -c 1000 -i 0 {}", qs[1].2)).0;
+    let ping_sealed = env.run(&format!("r2 -s {a} ping -c 1000 -i 0 {}", ds[1].2)).0;
     if let Ok(b) = &mut sshb {
         b.round_trips(&env, (rtts / 5).max(500));
     }
@@ -1372,66 +1724,81 @@ fn main() {
 
     // The table.
     let r = |s: &Series| format!("{:>9.1} ({:.1}–{:.1})", s.median(), s.range().0, s.range().1);
-    let _ = writeln!(out, "\n1. bulk throughput, one link, MiB/s       median (min–max)   ratio to socat");
-    let socat = bulk[2].1.median();
-    for (name, s) in &bulk {
-        let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / socat);
-    }
-    let _ = writeln!(out, "   r2 / pipe chain: {:.2}", bulk[0].1.median() / bulk[1].1.median());
-    let _ =
-        writeln!(out, "\n1b. bulk over links made with socat ({tr_mib} MiB), MiB/s   median (min–max)   ratio to tcp");
-    for (name, s) in &transports {
-        let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / transports[0].1.median());
-    }
-    let _ = writeln!(out, "\n2. latency, one-byte round trips (µs)      median     p90     p99   ratio (median, p99)");
-    let parsed: Vec<(String, Vec<f64>)> =
-        lat.iter().map(|(n, o)| (n.clone(), o.split_whitespace().filter_map(|x| x.parse().ok()).collect())).collect();
-    for pair in parsed.chunks(2) {
-        let (r2n, r2v) = &pair[0];
-        let (sn, sv) = &pair[1];
-        for (n, v) in [(r2n, r2v), (sn, sv)] {
-            let _ = writeln!(
-                out,
-                "   {n:<24} {:>9.1} {:>7.1} {:>7.1}   {:.2}, {:.2}",
-                percentile(v, 0.5),
-                percentile(v, 0.9),
-                percentile(v, 0.99),
-                percentile(v, 0.5) / percentile(sv, 0.5),
-                percentile(v, 0.99) / percentile(sv, 0.99)
-            );
-        }
-    }
-    let ping_line = ping_out.lines().find(|l| l.starts_with("rtt")).unwrap_or("").to_string();
-    let _ = writeln!(out, "   r2 ping -c 1000 -i 0: {ping_line}");
-    let _ = writeln!(out, "\n3. hops: throughput MiB/s ({hop_mib} MiB)   median (min–max)   ratio");
-    let _ = writeln!(out, "   r2 1 link                {}   {:.2}", r(&bulk[0].1), bulk[0].1.median() / socat);
-    for pair in hops_tp.chunks(2) {
-        for (name, s) in pair {
-            let _ = writeln!(out, "   {name:<24} {}   {:.2}", r(s), s.median() / pair[1].1.median());
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n4. many tunnels through one link, and as many pipe chains producer|cat|cat|cat:\n   \
-         aggregate MiB/s (ratio to one), slowest/fastest, CPU time of all processes\n   \
-         per GiB (ratio to one), share of the machine's CPU time that was busy, and\n   \
-         the daemons' CPU time per GiB"
-    );
-    for m in &many {
-        let one = many.iter().find(|o| o.n == 1 && o.pipes == m.pipes).unwrap_or(m);
-        let what = if m.pipes { "pipe chains" } else { "tunnels" };
+    if want('1') {
         let _ = writeln!(
             out,
-            "   {:>3} {what:<11} {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB ({:.2})  busy {:.0}%{}",
-            m.n,
-            r(&m.agg),
-            m.agg.median() / one.agg.median(),
-            m.fair.median(),
-            m.cpu.median(),
-            m.cpu.median() / one.cpu.median(),
-            m.busy.median() * 100.0,
-            if m.pipes { String::new() } else { format!("  daemons {:.2}", m.daemons.median()) }
+            "\n1. one link over each transport: bulk ({mib} MiB; udp {tr_mib}) into cat, and one-byte\n   \
+             round trips into cat; ratios to the socat path with as many processes (header), for\n   \
+             udp to the tcp link; the targets are for plaintext links (sealed ones: section 7)"
         );
+        print_rows(&mut out, &links, &link_targets);
+        let ping_line = |o: &str| o.lines().find(|l| l.starts_with("rtt")).unwrap_or("").to_string();
+        let _ = writeln!(
+            out,
+            "   r2 ping -c 1000 -i 0: plaintext {}; sealed {}",
+            ping_line(&ping_out),
+            ping_line(&ping_sealed)
+        );
+    }
+    if want('2') {
+        let _ = writeln!(
+            out,
+            "\n2. hops over pipeline links ({hop_mib} MiB): each hop one more daemon, and one more socat"
+        );
+        print_rows(&mut out, &hops, &[(1, "≤ 1 relay per hop (below)"), (4, "≤ 1 relay per hop (below)")]);
+        let p50 = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(|a, b| a.total_cmp(b));
+            percentile(&v, 0.5)
+        };
+        if want('1') {
+            let relay = (p50(&hops[3].rtt) - p50(&links[0].rtt)) / 3.0;
+            for (name, one, four) in [("plaintext", &links[1], &hops[4]), ("sealed", &links[2], &hops[5])] {
+                let hop = (p50(&four.rtt) - p50(&one.rtt)) / 3.0;
+                let _ = writeln!(
+                    out,
+                    "   round trip per extra hop, 1 to 4 links, {name}: r2 {hop:.1} µs, a socat relay {relay:.1} µs: {:.2}",
+                    hop / relay
+                );
+            }
+        }
+    }
+    if want('4') {
+        let _ = writeln!(
+            out,
+            "\n4. many tunnels through one link, and as many pipe chains producer|cat|cat|cat (the same\n   \
+             processes: producer, two daemons, cat): aggregate MiB/s and ratio to as many pipe chains\n   \
+             (target ≥ 0.9 at 100), slowest/fastest (≥ 0.5), CPU time of all processes per GiB, share\n   \
+             of the machine's CPU time that was busy, the daemons' CPU time per GiB and its ratio to\n   \
+             one tunnel's (≤ 1.5 at 100)"
+        );
+        for m in &many {
+            let pipes = many.iter().find(|o| o.n == m.n && o.chain == Chain::Pipes).unwrap_or(m);
+            let one = many.iter().find(|o| o.n == 1 && o.chain == m.chain).unwrap_or(m);
+            let what = match m.chain {
+                Chain::Plain => "tunnels",
+                Chain::Sealed => "sealed",
+                Chain::Pipes => "pipe chains",
+            };
+            let _ = writeln!(
+                out,
+                "   {:>3} {what:<11} {}  {:.2}   fairness {:.2}   cpu {:.2} s/GiB  busy {:.0}%{}",
+                m.n,
+                r(&m.agg),
+                m.agg.median() / pipes.agg.median(),
+                m.fair.median(),
+                m.cpu.median(),
+                m.busy.median() * 100.0,
+                match m.chain {
+                    Chain::Pipes => String::new(),
+                    _ => format!(
+                        "  daemons {:.2} ({:.2})",
+                        m.daemons.median(),
+                        m.daemons.median() / one.daemons.median()
+                    ),
+                }
+            );
+        }
     }
     let static_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/r2");
     let size = std::fs::metadata(&static_bin)
