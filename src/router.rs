@@ -13,7 +13,7 @@
 use crate::wire::id::MAX_HOPS;
 use crate::wire::list;
 use crate::wire::message::{Kind, Msg, Packet, HEADER, MAX_MESSAGE};
-use crate::wire::tunnel::{DATA, DATAGRAM};
+use crate::wire::tunnel::{DATA, DATAGRAM, SEALED};
 use crate::wire::{FailCode, NodeId};
 use log::{debug, info, warn};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -196,9 +196,10 @@ pub fn relay_key(msg: &[u8]) -> Option<&[u8]> {
 }
 
 /// Whether a tunnel message with this tag is data, which goes by
-/// shortcut: Data, or a packet-mode Datagram.
-pub fn is_data(tag: u8) -> bool {
-    tag == DATA || tag == DATAGRAM
+/// shortcut: Data, a packet-mode Datagram, or a Sealed message (of a tunnel
+/// sealed end to end, mostly its data).
+pub fn is_shortcut_tag(tag: u8) -> bool {
+    tag == DATA || tag == DATAGRAM || tag == SEALED
 }
 
 /// The length of a [`delivery_key`].
@@ -206,14 +207,15 @@ pub const DELIVERY_KEY: usize = 2 * HEADER + 1;
 
 /// The first bytes of a message read on a link that decide where the Data
 /// of a far-side tunnel end goes: `From(n0, To(0, Data …` up to the Data
-/// tag. None for anything else, or Data without data. What a link's
-/// reader looks up among its delivery shortcuts.
+/// tag, or the Sealed tag of a tunnel sealed end to end. None for anything
+/// else, or a tag alone. What a link's reader looks up among its delivery
+/// shortcuts.
 pub fn delivery_key(msg: &[u8]) -> Option<&[u8]> {
     let ok = msg.len() > DELIVERY_KEY
         && msg[0] == Kind::From as u8
         && msg[HEADER] == Kind::To as u8
         && msg[HEADER + 1..2 * HEADER] == NodeId::TUNNEL.0
-        && msg[2 * HEADER] == DATA;
+        && (msg[2 * HEADER] == DATA || msg[2 * HEADER] == SEALED);
     ok.then(|| &msg[..DELIVERY_KEY])
 }
 
@@ -230,7 +232,7 @@ pub fn tunnel_data_key(msg: &[u8]) -> Option<&[u8]> {
         }
         at += HEADER;
         if m.id == NodeId::TUNNEL {
-            let ok = msg.len() > at + 1 && is_data(msg[at]);
+            let ok = msg.len() > at + 1 && is_shortcut_tag(msg[at]);
             return ok.then(|| &msg[..at + 1]);
         }
     }
@@ -405,7 +407,7 @@ impl Router {
             Event::Closed { port, error } => self.close(port, error, out),
             Event::FromTunnel { to, mut packet } => {
                 if self.nodes.get(&to).is_some_and(|n| n.conns.contains(&NodeId::TUNNEL)) {
-                    let tag = packet.bytes().first().copied().filter(|&t| is_data(t) && packet.len() > 1);
+                    let tag = packet.bytes().first().copied().filter(|&t| is_shortcut_tag(t) && packet.len() > 1);
                     let origin = tag.map(|t| Origin { lane: Lane::Tunnel(to), key: vec![t], rest: packet.len() - 1 });
                     packet.push_header(Kind::From, NodeId::TUNNEL);
                     let sent = out.len() + 1;

@@ -22,6 +22,7 @@ use crate::noise::{Handshake, NoiseError, IK};
 use crate::wire::tunnel::{DATAGRAM, HANDSHAKE, SEALED};
 use crate::wire::{NodeId, Packet};
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// What the prologue starts with, before the endpoint's id and the far id.
 const PROLOGUE: &[u8] = b"r2 tunnel";
@@ -103,35 +104,57 @@ pub fn answer(
     Ok((Sealed::of(&hs)?, caller, msg))
 }
 
-/// Both directions' keys of a finished handshake.
+/// Both directions' keys of a finished handshake. Clones share them: a
+/// tunnel end's reader seals what it sends by shortcut, and a link's reader
+/// opens what it delivers by one, with the same counters as the loop.
+#[derive(Clone)]
 pub struct Sealed {
-    sealer: Sealer,
-    opener: Opener,
+    sealer: Arc<Mutex<Sealer>>,
+    opener: Arc<Mutex<Opener>>,
+}
+
+/// The sealing of one tunnel end's messages, held: while it is, nobody
+/// else seals one, so messages leave in the order of their counters if
+/// each is sent before the hold ends (or the senders agree on who sends).
+pub struct SealHold<'a>(MutexGuard<'a, Sealer>);
+
+impl SealHold<'_> {
+    /// Turns the tunnel message in `p` into a Sealed one, in place.
+    pub fn seal(&mut self, p: &mut Packet) {
+        let unordered = p.bytes().first() == Some(&DATAGRAM);
+        self.0.seal(p, unordered);
+        p.prepend(&[SEALED]);
+    }
 }
 
 impl Sealed {
     fn of(hs: &Handshake) -> Result<Sealed, E2eError> {
         let k = hs.keys()?;
-        Ok(Sealed { sealer: Sealer::new(k.send), opener: Opener::new(k.recv) })
+        let (sealer, opener) = (Sealer::new(k.send), Opener::new(k.recv));
+        Ok(Sealed { sealer: Arc::new(Mutex::new(sealer)), opener: Arc::new(Mutex::new(opener)) })
+    }
+
+    /// Holds the sealing (see [`SealHold`]).
+    pub fn hold(&self) -> SealHold<'_> {
+        SealHold(self.sealer.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Turns the tunnel message in `p` into a Sealed one, in place.
-    pub fn seal(&mut self, p: &mut Packet) {
-        let unordered = p.bytes().first() == Some(&DATAGRAM);
-        self.sealer.seal(p, unordered);
-        p.prepend(&[SEALED]);
+    pub fn seal(&self, p: &mut Packet) {
+        self.hold().seal(p);
     }
 
     /// Turns the Sealed message in `p` back into the tunnel message it
     /// holds, in place. Ok(false): a Datagram seen already or too old, to
     /// be dropped.
-    pub fn open(&mut self, p: &mut Packet) -> Result<bool, E2eError> {
+    pub fn open(&self, p: &mut Packet) -> Result<bool, E2eError> {
         match p.bytes().first() {
             Some(&SEALED) => {}
             t => return Err(E2eError::Unsealed(t.copied().unwrap_or(0))),
         }
         p.advance(1);
-        match self.opener.open(p) {
+        let opened = self.opener.lock().unwrap_or_else(PoisonError::into_inner).open(p);
+        match opened {
             Ok(_) => {}
             Err(OpenError::Replayed(_)) => return Ok(false),
             Err(e) => return Err(E2eError::Open(e)),
@@ -141,6 +164,17 @@ impl Sealed {
             _ => Ok(true),
         }
     }
+}
+
+/// Both ends of a finished handshake between two made-up keys: the
+/// caller's keys and the far end's.
+#[cfg(test)]
+pub fn test_pair() -> (Sealed, Sealed) {
+    let kp = |n: u8| KeyPair::from_secret([n; 32]);
+    let endpoint = NodeId([7; 32]);
+    let (calling, m1) = call(kp(1), endpoint, kp(2).id, [3; 32]).expect("call");
+    let (far, _, m2) = answer(kp(2), endpoint, &m1[1..], [4; 32]).expect("answer");
+    (calling.finish(&m2[1..]).expect("finish"), far)
 }
 
 #[cfg(test)]
@@ -164,7 +198,7 @@ mod tests {
         (calling.finish(&m2[1..]).unwrap(), far)
     }
 
-    fn sealed(s: &mut Sealed, m: TunnelMsg) -> Packet {
+    fn sealed(s: &Sealed, m: TunnelMsg) -> Packet {
         let mut p = Packet::from_parts(m.encode(), 0);
         s.seal(&mut p);
         p
@@ -172,21 +206,21 @@ mod tests {
 
     #[test]
     fn messages_go_both_ways_sealed() {
-        let (mut a, mut b) = pair();
-        let mut p = sealed(&mut a, TunnelMsg::Data(b"marker-xyz"));
+        let (a, b) = pair();
+        let mut p = sealed(&a, TunnelMsg::Data(b"marker-xyz"));
         assert_eq!(p.bytes()[0], SEALED);
         assert!(!p.bytes().windows(6).any(|w| w == b"marker"), "data in the clear");
         assert_eq!(b.open(&mut p), Ok(true));
         assert_eq!(TunnelMsg::decode(p.bytes()), Ok(TunnelMsg::Data(b"marker-xyz")));
-        let mut q = sealed(&mut b, TunnelMsg::Exit(3));
+        let mut q = sealed(&b, TunnelMsg::Exit(3));
         assert_eq!(a.open(&mut q), Ok(true));
         assert_eq!(TunnelMsg::decode(q.bytes()), Ok(TunnelMsg::Exit(3)));
     }
 
     #[test]
     fn a_flipped_bit_or_a_clear_message_is_refused() {
-        let (mut a, mut b) = pair();
-        let mut p = sealed(&mut a, TunnelMsg::Data(b"abc"));
+        let (a, b) = pair();
+        let mut p = sealed(&a, TunnelMsg::Data(b"abc"));
         p.bytes_mut()[10] ^= 1;
         assert_eq!(b.open(&mut p), Err(E2eError::Open(OpenError::Forged)));
         let mut clear = Packet::from_parts(TunnelMsg::Data(b"abc").encode(), 0);
@@ -195,9 +229,9 @@ mod tests {
 
     #[test]
     fn ordered_messages_cannot_be_dropped_or_repeated() {
-        let (mut a, mut b) = pair();
-        let first = sealed(&mut a, TunnelMsg::Data(b"1"));
-        let mut second = sealed(&mut a, TunnelMsg::Data(b"2"));
+        let (a, b) = pair();
+        let first = sealed(&a, TunnelMsg::Data(b"1"));
+        let mut second = sealed(&a, TunnelMsg::Data(b"2"));
         // The first is taken out on the way: the second does not open.
         assert!(matches!(b.open(&mut second), Err(E2eError::Open(OpenError::OutOfOrder { .. }))));
         let mut again = first.clone();
@@ -208,17 +242,17 @@ mod tests {
 
     #[test]
     fn datagrams_may_be_lost_or_late_but_not_repeated() {
-        let (mut a, mut b) = pair();
+        let (a, b) = pair();
         let d = |o| TunnelMsg::Datagram { offset: o, data: b"pkt" };
-        let mut d0 = sealed(&mut a, d(0));
-        let _lost = sealed(&mut a, d(3));
-        let mut d2 = sealed(&mut a, d(6));
+        let mut d0 = sealed(&a, d(0));
+        let _lost = sealed(&a, d(3));
+        let mut d2 = sealed(&a, d(6));
         let repeat = d2.clone();
         assert_eq!(b.open(&mut d2), Ok(true));
         assert_eq!(b.open(&mut d0), Ok(true), "late is taken");
         assert_eq!(b.open(&mut repeat.clone()), Ok(false), "a repeat is dropped");
         // One was lost: an ordered message after the datagrams still opens.
-        let mut e = sealed(&mut a, TunnelMsg::Eof);
+        let mut e = sealed(&a, TunnelMsg::Eof);
         assert_eq!(b.open(&mut e), Ok(true));
     }
 
@@ -244,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_sealed_handshake_inside_is_refused() {
-        let (mut a, mut b) = pair();
+        let (a, b) = pair();
         let mut p = Packet::from_parts(vec![HANDSHAKE, 1, 2, 3], 0);
         a.seal(&mut p);
         assert_eq!(b.open(&mut p), Err(E2eError::Nested(HANDSHAKE)));

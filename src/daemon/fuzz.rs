@@ -57,7 +57,7 @@ pub fn tunnel_handshake(data: &[u8]) {
             assert!(calling.finish(&m2[1..]).is_err(), "an altered answer was taken");
         }
         _ => {
-            let Some((mut a, mut b)) = pair() else { panic!("a real handshake failed") };
+            let Some((a, b)) = pair() else { panic!("a real handshake failed") };
             let mut rest = rest;
             let mut sent = 0u32;
             // Each input a length byte and that many bytes; a zero length

@@ -77,6 +77,14 @@ pub enum Input {
     },
     /// A link's reader gave data to a tunnel program itself.
     TunnelDelivered(Delivered),
+    /// A link's reader opened a sealed tunnel message for the instance of
+    /// `peer` to deliver it, and it was no Data: it is the loop's, in the
+    /// clear. The reader takes no shortcut until the loop has handled it.
+    TunnelOpened {
+        port: PortId,
+        peer: NodeId,
+        packet: Packet,
+    },
     /// A tunnel program's input is closed (or failed).
     TunnelWriterDone {
         key: Key,

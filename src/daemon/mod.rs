@@ -239,6 +239,7 @@ pub fn run(cfg: Config) -> Result<(), Error> {
         urandom: File::open("/dev/urandom").map_err(|e| Error::System(format!("/dev/urandom: {e}")))?,
         inputs: tx,
         actions: Vec::new(),
+        depth: 0,
         key,
         handshake_wait: Duration::from_millis(cfg.timers.hello),
     };
@@ -294,6 +295,8 @@ struct Daemon {
     urandom: File,
     inputs: Sender<Input>,
     actions: Vec<Action>,
+    /// How deep in [`Daemon::router_events`] the loop is.
+    depth: usize,
     /// The node's key, which its links' handshakes prove.
     key: KeyPair,
     /// How long a link may take from its start to the end of its
@@ -429,6 +432,12 @@ impl Daemon {
             }
             Input::TunnelWritten { key, n } => self.tunnels.written(key, n, &mut out),
             Input::TunnelDelivered(d) => self.tunnels.delivered(d.key, d.n, d.done, &mut out),
+            Input::TunnelOpened { port, peer, packet } => {
+                self.tunnels.instance_opened(peer, packet, &mut self.shortcuts, &mut out);
+                self.router_events(out);
+                self.shortcuts.handled(port);
+                return;
+            }
             Input::TunnelWriterDone { key, error } => self.tunnels.writer_done(key, error, &mut out),
             Input::Signal(_) => {}
         }
@@ -556,8 +565,15 @@ impl Daemon {
     }
 
     fn router_events(&mut self, events: Vec<Event>) {
+        self.depth += 1;
         for ev in events {
             self.router_event(ev);
+        }
+        self.depth -= 1;
+        // All that tunnel ends sealed is sent on: their readers may seal
+        // and send by shortcut again.
+        if self.depth == 0 {
+            self.tunnels.release_held();
         }
     }
 
@@ -601,7 +617,7 @@ impl Daemon {
             Action::Shortcut(s) => {
                 let (ports, tunnels) = (&self.ports, &self.tunnels);
                 let output = |p: PortId| ports.get(&p).and_then(|io| io.output.clone());
-                self.shortcuts.learn(s, output, |key: Key| tunnels.program_input(key));
+                self.shortcuts.learn(s, output, |key: Key| tunnels.delivery(key));
             }
             Action::ForgetShortcuts => self.shortcuts.forget(),
             Action::TunnelGone { peer } => self.tunnels.gone(peer),

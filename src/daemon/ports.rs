@@ -4,7 +4,8 @@
 //! that client goes away.
 
 use super::input::Input;
-use super::shortcuts::LinkRoutes;
+use super::session::Key;
+use super::shortcuts::{Delivery, LinkRoutes};
 use crate::link::engine::Watch;
 use crate::link::{Layer, LinkError, Peer, SharedOutput, Sink};
 use crate::router::{Event, PortId, DELIVERY_KEY};
@@ -29,6 +30,20 @@ impl PortSink {
         self.routes.pending.handing_over();
         self.inputs.send(Input::Router(Event::Received { port: self.port, packet })).is_ok()
     }
+
+    /// Tells the loop what a delivery shortcut did.
+    fn delivered(&self, d: Delivery) -> bool {
+        let input = match d {
+            Delivery::Data(d) => Input::TunnelDelivered(d),
+            Delivery::Opened { key: Key::Instance(peer), packet } => {
+                self.routes.pending.handing_over();
+                Input::TunnelOpened { port: self.port, peer, packet }
+            }
+            // Deliveries are to far-side ends only.
+            Delivery::Opened { key: Key::Caller(_), .. } => return true,
+        };
+        self.inputs.send(input).is_ok()
+    }
 }
 
 impl Sink for PortSink {
@@ -42,7 +57,7 @@ impl Sink for PortSink {
             Err(p) => p,
         };
         match self.routes.deliver_whole(p) {
-            Ok(d) => self.inputs.send(Input::TunnelDelivered(d)).is_ok(),
+            Ok(d) => self.delivered(d),
             Err(p) => self.to_loop(p),
         }
     }
@@ -55,8 +70,10 @@ impl Sink for PortSink {
         for p in ps.drain(..) {
             let Err(p) = self.routes.relay(p) else { continue };
             let p = match self.routes.deliver_whole(p) {
+                // None went to the loop before: a reader delivers only
+                // while none of its messages waits there.
                 Ok(d) => {
-                    if self.inputs.send(Input::TunnelDelivered(d)).is_err() {
+                    if !self.delivered(d) {
                         return false;
                     }
                     continue;

@@ -11,6 +11,15 @@
 //! straight to the link it leaves by ([`Outbound`]). So a message costs one
 //! thread hand-over per hop instead of two.
 //!
+//! The ends of a tunnel sealed end to end take these shortcuts with the
+//! tunnel's keys ([`Sealed`], shared with the loop): a tunnel's reader
+//! seals its Data as it sends it, and a link's reader opens the ordered
+//! Sealed messages it delivers, handing the loop, opened, any that holds
+//! another message ([`Delivery::Opened`]). The loop marks the messages it
+//! seals itself as pending for that end's reader, under the same hold,
+//! until they are sent on ([`Outbound::hold_for_loop`]), so counters leave
+//! in order.
+//!
 //! Two rules keep this the router's decision: a reader takes a shortcut
 //! only while none of its earlier messages waits for the loop (so nothing
 //! overtakes), and every ending of a neighbour or a connection empties all
@@ -21,17 +30,19 @@
 //! [`Action::Shortcut`]: crate::router::Action::Shortcut
 //! [`Action::ForgetShortcuts`]: crate::router::Action::ForgetShortcuts
 
+use super::e2e::{SealHold, Sealed};
 use super::session::Key;
 use crate::link::{lock, Output, Sent, SharedOutput};
+use crate::noise::seal::{OVERHEAD, UNORDERED};
 use crate::router::{relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
-use crate::wire::tunnel::data_head;
+use crate::wire::tunnel::{data_head, DATA, SEALED};
 use crate::wire::Packet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// The most shortcuts one link keeps; past it, messages take the long way.
 const MAX_ROUTES: usize = 4096;
@@ -71,6 +82,22 @@ impl Route {
         TAKEN.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Seals the tunnel message `p` under `hold` and sends it after the
+    /// head (which ends in the Sealed tag), if that is within the cap and
+    /// the output is still there; else gives it back unsealed.
+    fn send_sealed(&self, mut p: Packet, hold: &mut SealHold<'_>) -> Result<(), Packet> {
+        if self.head.len() + p.len() + OVERHEAD > MAX_MESSAGE {
+            return Err(p);
+        }
+        let Some(out) = self.out.upgrade() else { return Err(p) };
+        hold.seal(&mut p);
+        p.advance(1);
+        p.prepend(&self.head);
+        lock(&out).send_with(p, None);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The messages a reader has handed to the loop that the loop has not yet
@@ -93,10 +120,23 @@ impl Pending {
 }
 
 /// Where a link's reader delivers the Data messages of one far-side tunnel
-/// end itself: that end's program input.
+/// end itself: that end's program input; and for a tunnel sealed end to
+/// end, its keys, to open the Sealed messages the Data is in.
 struct Inbound {
     out: Weak<Mutex<Output>>,
     key: Key,
+    sealed: Option<Sealed>,
+}
+
+/// What a link's reader did with a whole message by a delivery shortcut.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Gave its data to a tunnel end's program.
+    Data(Delivered),
+    /// Opened it (a tunnel sealed end to end) and found another tunnel
+    /// message than Data, for the loop: it goes there in the clear, and
+    /// before the reader takes another shortcut.
+    Opened { key: Key, packet: Packet },
 }
 
 /// What a link's reader gave a tunnel end's program itself: `n` bytes of
@@ -139,7 +179,7 @@ impl LinkRoutes {
     /// first [`DELIVERY_KEY`] bytes) itself, so may splice its data: the
     /// table says where, and none of its messages waits for the loop.
     pub fn delivers(&self, key: &[u8]) -> bool {
-        self.pending.none() && lock(&self.deliveries).contains_key(key)
+        self.pending.none() && lock(&self.deliveries).get(key).is_some_and(|i| i.sealed.is_none())
     }
 
     /// The reader read a large message whose first bytes are `p` and
@@ -153,11 +193,57 @@ impl LinkRoutes {
     /// The reader read a whole message `p` (a sealed link's, opened):
     /// delivers its data to a tunnel end's program if a shortcut says
     /// where, as [`LinkRoutes::deliver`] does a body; else gives it back.
-    pub fn deliver_whole(&self, p: Packet) -> Result<Delivered, Packet> {
+    pub fn deliver_whole(&self, p: Packet) -> Result<Delivery, Packet> {
         if p.len() <= DELIVERY_KEY {
             return Err(p);
         }
-        self.deliver_with(p, None).map_err(|(p, _)| p)
+        if p.bytes()[DELIVERY_KEY - 1] == SEALED {
+            return self.deliver_sealed(p);
+        }
+        self.deliver_with(p, None).map(Delivery::Data).map_err(|(p, _)| p)
+    }
+
+    /// Opens the Sealed message `p` of a tunnel sealed end to end, if a
+    /// shortcut says where it goes, and delivers the Data it holds; else
+    /// gives it back as it was. Only ordered messages: a Datagram (an
+    /// unordered one) goes to the loop, which keeps count of the lost.
+    fn deliver_sealed(&self, mut p: Packet) -> Result<Delivery, Packet> {
+        let counter = p.bytes().get(DELIVERY_KEY..DELIVERY_KEY + 8).and_then(|c| c.try_into().ok());
+        if !self.pending.none() || !counter.is_some_and(|c| u64::from_be_bytes(c) & UNORDERED == 0) {
+            return Err(p);
+        }
+        let (out, key, sealed) = {
+            let table = lock(&self.deliveries);
+            match table.get(&p.bytes()[..DELIVERY_KEY]) {
+                Some(Inbound { out, key, sealed: Some(s) }) => match out.upgrade() {
+                    Some(o) => (o, *key, s.clone()),
+                    None => return Err(p),
+                },
+                _ => return Err(p),
+            }
+        };
+        let head = p.bytes()[..DELIVERY_KEY].to_vec();
+        p.advance(DELIVERY_KEY - 1);
+        match sealed.open(&mut p) {
+            Ok(true) => {}
+            // An ordered message opens or fails, and a failed one is as it
+            // was: the loop finds it fails, and ends the tunnel.
+            Ok(false) | Err(_) => {
+                p.prepend(&head);
+                return Err(p);
+            }
+        }
+        if p.len() < 2 || p.bytes()[0] != DATA {
+            return Ok(Delivery::Opened { key, packet: p });
+        }
+        p.advance(1);
+        let n = p.len();
+        let done = match lock(&out).send_with(p, None) {
+            Sent::Queued => false,
+            Sent::Written | Sent::Discarded => true,
+        };
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+        Ok(Delivery::Data(Delivered { key, n, done }))
     }
 
     /// Delivers `p`'s data, and `body` after it, where the table says;
@@ -170,8 +256,8 @@ impl LinkRoutes {
             let table = lock(&self.deliveries);
             // The packet may hold no more than the key: the rest is in the body.
             match p.bytes().get(..DELIVERY_KEY).and_then(|k| table.get(k)) {
-                Some(i) => i.out.upgrade().map(|o| (o, i.key)),
-                None => None,
+                Some(i) if i.sealed.is_none() => i.out.upgrade().map(|o| (o, i.key)),
+                _ => None,
             }
         };
         let Some((out, key)) = out else { return Err((p, body)) };
@@ -205,9 +291,17 @@ impl LinkRoutes {
 pub struct Outbound {
     pub pending: Pending,
     /// The first bytes of the end's Data messages (Datagrams in packet
-    /// mode) as the router sees them: the key of the shortcuts for it.
+    /// mode) as the router sees them: the key of the shortcuts for it. For
+    /// a tunnel sealed end to end it ends in the Sealed tag that they are
+    /// sent in.
     key: Vec<u8>,
     route: Mutex<Option<Route>>,
+    /// The end's keys, once its tunnel is sealed end to end: the reader
+    /// seals what it sends by the shortcut, holding the sealing while it
+    /// sees that none of its messages waits for the loop and sends; the
+    /// loop marks its own sealed messages pending under the same hold
+    /// until they are sent ([`Outbound::hold_for_loop`]).
+    sealed: OnceLock<Sealed>,
     /// Data read from the program (not counting the Data tag).
     read_bytes: AtomicU64,
     read_frames: AtomicU64,
@@ -217,8 +311,30 @@ impl Outbound {
     /// The way out of a tunnel end whose Data messages start with `key`
     /// (up to the Data tag) when the router gets them.
     pub fn new(key: Vec<u8>) -> Arc<Outbound> {
-        let (pending, route) = (Pending::default(), Mutex::new(None));
-        Arc::new(Outbound { pending, key, route, read_bytes: AtomicU64::new(0), read_frames: AtomicU64::new(0) })
+        let (pending, route, sealed) = (Pending::default(), Mutex::new(None), OnceLock::new());
+        let (read_bytes, read_frames) = (AtomicU64::new(0), AtomicU64::new(0));
+        Arc::new(Outbound { pending, key, route, sealed, read_bytes, read_frames })
+    }
+
+    /// Whether the end's messages are sealed end to end: its key ends in
+    /// the Sealed tag.
+    fn sealed_key(&self) -> bool {
+        self.key.last() == Some(&SEALED)
+    }
+
+    /// The end's tunnel is sealed end to end with `sealed`.
+    pub fn seal_with(&self, sealed: Sealed) {
+        let _ = self.sealed.set(sealed);
+    }
+
+    /// The loop seals a message of this end, `p`: under the sealing's
+    /// hold, so that the reader cannot seal a later one and send it first,
+    /// it counts as pending until the caller calls [`Pending::handled`]
+    /// once it is sent.
+    pub fn hold_for_loop(&self, sealed: &Sealed, p: &mut Packet) {
+        let mut hold = sealed.hold();
+        self.pending.handing_over();
+        hold.seal(p);
     }
 
     /// The reader read the Data (or Datagram) message `p`: sends it if it
@@ -235,6 +351,17 @@ impl Outbound {
         let head = p.bytes().first().map_or(1, |&t| data_head(t));
         self.read_bytes.fetch_add(len.saturating_sub(head) as u64, Ordering::Relaxed);
         self.read_frames.fetch_add(1, Ordering::Relaxed);
+        if self.sealed_key() {
+            let Some(sealed) = self.sealed.get().filter(|_| body.is_none()) else { return Err((p, body)) };
+            let mut hold = sealed.hold();
+            if !self.pending.none() {
+                return Err((p, None));
+            }
+            return match lock(&self.route).as_ref() {
+                Some(r) => r.send_sealed(p, &mut hold).map_err(|p| (p, None)),
+                None => Err((p, None)),
+            };
+        }
         if !self.pending.none() {
             return Err((p, body));
         }
@@ -253,7 +380,7 @@ impl Outbound {
 
     /// Whether the way out is known and takes messages with a body.
     pub fn splices(&self) -> bool {
-        lock(&self.route).as_ref().is_some_and(|r| r.splices)
+        !self.sealed_key() && lock(&self.route).as_ref().is_some_and(|r| r.splices)
     }
 
     /// Data messages go to `out`, after `head`.
@@ -322,7 +449,7 @@ impl Registry {
         &mut self,
         s: Shortcut,
         output: impl Fn(PortId) -> Option<SharedOutput>,
-        input: impl Fn(Key) -> Option<SharedOutput>,
+        input: impl Fn(Key) -> Option<(SharedOutput, Option<Sealed>)>,
     ) {
         let end = match s.from {
             Lane::Link(from) => {
@@ -337,10 +464,19 @@ impl Registry {
                     }
                     Exit::Tunnel(peer) => {
                         let key = Key::Instance(peer);
-                        let Some(out) = input(key).filter(|o| lock(o).splices()) else { return };
+                        let Some((out, sealed)) = input(key) else { return };
+                        // Data in Sealed messages for an end sealed end to
+                        // end, whole; in the clear for one that is not, spliced.
+                        let fits = match &sealed {
+                            Some(_) => s.key.last() == Some(&SEALED),
+                            None => s.key.last() == Some(&DATA) && lock(&out).splices(),
+                        };
+                        if !fits {
+                            return;
+                        }
                         let mut table = lock(&table.deliveries);
                         if table.len() < MAX_ROUTES && !table.contains_key(&s.key) {
-                            table.insert(s.key, Inbound { out: Arc::downgrade(&out), key });
+                            table.insert(s.key, Inbound { out: Arc::downgrade(&out), key, sealed });
                         }
                     }
                 }
@@ -352,7 +488,8 @@ impl Registry {
         };
         let Exit::Port(to) = s.to else { return };
         let Some(t) = self.tunnels.iter().find(|(k, _)| *k == end).and_then(|(_, t)| t.upgrade()) else { return };
-        // The head ends in the tag the key ends in (Data, or Datagram).
+        // The head ends in the tag the key ends in (Data, Datagram, or
+        // Sealed).
         if t.key != s.key || s.head.last() != s.key.last() {
             return;
         }
@@ -504,5 +641,110 @@ mod tests {
         let mut got = vec![0; want.len()];
         std::io::Read::read_exact(&mut std::fs::File::from(r), &mut got).unwrap();
         assert_eq!(got, want);
+    }
+
+    /// The messages a stream output wrote to its pipe, whatever their
+    /// size (4-byte length prefixes), read to the end.
+    fn frames(r: std::os::fd::OwnedFd, n: usize) -> Vec<Packet> {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut all).unwrap();
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < all.len() {
+            let len = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+            got.push(Packet::from_bytes(&all[at + 4..at + 4 + len]));
+            at += 4 + len;
+        }
+        assert_eq!(got.len(), n);
+        got
+    }
+
+    /// A tunnel sealed end to end: its reader seals what it sends by the
+    /// shortcut, and the loop's sealed messages keep it from sending until
+    /// they are sent, so that the far end opens them all, in order.
+    #[test]
+    fn a_sealed_end_seals_what_it_sends_in_order_with_the_loop() {
+        use crate::wire::tunnel::TunnelMsg;
+        let (r, out, writer) = output_on_pipe();
+        let (caller, far) = super::super::e2e::test_pair();
+        let mut reg = Registry::new();
+        let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, SEALED]);
+        let s = Shortcut { from: Lane::Endpoint(7), key: vec![1, 2, SEALED], to: Exit::Port(2), head: vec![9, SEALED] };
+        reg.learn(s, |_| Some(out.clone()), |_| None);
+        assert!(end.known() && !end.splices(), "sealed data is read, to be sealed");
+        let data = |d: &[u8]| Packet::from_bytes(&TunnelMsg::Data(d).encode());
+        assert!(end.send(data(b"too early")).is_err(), "no keys yet: the loop's");
+        end.seal_with(caller.clone());
+        end.send(data(b"one")).unwrap();
+        // The loop seals a Credit: until it is sent, the reader waits.
+        let mut credit = Packet::from_bytes(&TunnelMsg::Credit(5).encode());
+        end.hold_for_loop(&caller, &mut credit);
+        let back = end.send(data(b"behind the loop's")).unwrap_err();
+        assert_eq!(back.bytes(), &TunnelMsg::Data(b"behind the loop's").encode()[..], "given back unsealed");
+        credit.advance(1);
+        credit.prepend(&[9, SEALED]);
+        lock(&out).send(credit);
+        end.pending.handled();
+        end.send(data(b"two")).unwrap();
+        drop((out, writer));
+        let want = [TunnelMsg::Data(b"one"), TunnelMsg::Credit(5), TunnelMsg::Data(b"two")];
+        for (mut p, want) in frames(r, 3).into_iter().zip(want) {
+            assert_eq!(p.bytes()[..2], [9, SEALED]);
+            assert!(!p.bytes().windows(3).any(|w| w == b"one" || w == b"two"), "in the clear");
+            p.advance(1);
+            assert_eq!(far.open(&mut p), Ok(true));
+            assert_eq!(TunnelMsg::decode(p.bytes()), Ok(want));
+        }
+    }
+
+    /// A link's reader opens the Sealed messages of a far-side end sealed
+    /// end to end and delivers their Data; another message goes to the
+    /// loop opened; one that does not open, a datagram, or any while one
+    /// waits for the loop, goes there as it came.
+    #[test]
+    fn a_link_reader_opens_and_delivers_a_sealed_tunnels_data() {
+        use crate::wire::tunnel::TunnelMsg;
+        let (r, out, writer) = output_on_pipe();
+        let (caller, far) = super::super::e2e::test_pair();
+        let peer = NodeId([5; 32]);
+        let mut reg = Registry::new();
+        let routes = reg.open_link(1);
+        let sealed = |m: TunnelMsg| {
+            let mut p = Packet::from_bytes(&m.encode());
+            caller.seal(&mut p);
+            p.push_header(Kind::To, NodeId::TUNNEL);
+            p.push_header(Kind::From, peer);
+            p
+        };
+        let first = sealed(TunnelMsg::Data(b"first"));
+        let key = first.bytes()[..DELIVERY_KEY].to_vec();
+        let s = Shortcut { from: Lane::Link(1), key: key.clone(), to: Exit::Tunnel(peer), head: vec![DATA] };
+        reg.learn(s, |_| None, |_| Some((out.clone(), Some(far.clone()))));
+        assert!(!routes.delivers(&key), "no body: the message is read whole, to be opened");
+        assert!(matches!(routes.deliver_whole(first), Ok(Delivery::Data(Delivered { n: 5, done: true, .. }))));
+        match routes.deliver_whole(sealed(TunnelMsg::Eof)) {
+            Ok(Delivery::Opened { key: Key::Instance(p), packet }) => {
+                assert_eq!((p, packet.bytes()), (peer, &TunnelMsg::Eof.encode()[..]));
+            }
+            other => panic!("Eof: {other:?}"),
+        }
+        let dg = sealed(TunnelMsg::Datagram { offset: 0, data: b"pkt" });
+        assert!(routes.deliver_whole(dg).is_err(), "a datagram is the loop's");
+        let second = sealed(TunnelMsg::Data(b"second"));
+        let copy = second.bytes().to_vec();
+        routes.pending.handing_over();
+        let second = routes.deliver_whole(second).unwrap_err();
+        assert_eq!(second.bytes(), &copy[..], "behind one in the loop: as it came");
+        routes.pending.handled();
+        assert!(matches!(routes.deliver_whole(second), Ok(Delivery::Data(Delivered { n: 6, .. }))));
+        let mut forged = sealed(TunnelMsg::Data(b"third"));
+        let at = forged.len() - 3;
+        forged.bytes_mut()[at] ^= 1;
+        let copy = forged.bytes().to_vec();
+        let back = routes.deliver_whole(forged).unwrap_err();
+        assert_eq!(back.bytes(), &copy[..], "one that does not open comes back as it was, for the loop to fail");
+        drop((out, writer));
+        let got = frames(r, 2);
+        assert_eq!((got[0].bytes(), got[1].bytes()), (&b"first"[..], &b"second"[..]));
     }
 }

@@ -105,6 +105,11 @@ impl TunnelEnd {
         self.outbound.pending.handled();
     }
 
+    /// The reader's way out.
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
+    }
+
     /// How long the end has been up (ms), the data given to the program,
     /// and the data its program produced.
     pub fn traffic(&self) -> (u64, Traffic, Traffic) {

@@ -16,11 +16,15 @@
 //! answered handshake until the sealed Open that follows starts an
 //! instance for the caller's proven node id. A one-hop tunnel relies on
 //! its link's protection, and its caller is the neighbour it came from.
+//! A sealed end's keys are shared with its reader and with the link reader
+//! that delivers to it (`shortcuts`); what this room seals stays pending
+//! for the end's reader until the router has sent it on
+//! ([`Tunnels::release_held`]).
 
 use super::e2e::{self, Calling, E2eError, Sealed};
 use super::input::Input;
 use super::session::{Key, Session, Step};
-use super::shortcuts::Registry;
+use super::shortcuts::{Outbound, Registry};
 use super::tunnel::TunnelEnd;
 use crate::key::KeyPair;
 use crate::link::{Sent, SharedOutput};
@@ -38,6 +42,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a tunnel process has between SIGTERM and SIGKILL.
@@ -134,12 +139,18 @@ pub struct Tunnels {
     reaping: Vec<(Child, Instant)>,
     totals: Totals,
     inputs: Sender<Input>,
+    /// The ends whose messages the loop sealed since the router last sent
+    /// everything on: their readers take no shortcut until then
+    /// ([`Tunnels::release_held`]).
+    held: Vec<Arc<Outbound>>,
 }
 
 /// The first bytes of a Data message of the caller's end on `path`, as the
-/// router gets it: the path's `To` headers, node 0's, and the Data tag.
-fn caller_key(path: &[NodeId], packet: bool) -> Vec<u8> {
-    let mut p = Packet::from_bytes(&[data_tag(packet)]);
+/// router gets it: the path's `To` headers, node 0's, and the Data tag (the
+/// Sealed tag of a tunnel sealed end to end).
+fn caller_key(path: &[NodeId], packet: bool, sealed: bool) -> Vec<u8> {
+    let tag = if sealed { SEALED } else { data_tag(packet) };
+    let mut p = Packet::from_bytes(&[tag]);
     p.push_header(Kind::To, NodeId::TUNNEL);
     for h in path.iter().rev() {
         p.push_header(Kind::To, *h);
@@ -160,7 +171,8 @@ impl Tunnels {
     pub fn new(instances: Instances, key: KeyPair, inputs: Sender<Input>) -> Tunnels {
         let (ends, answered, reaping) = (HashMap::new(), HashMap::new(), Vec::new());
         let (handshake_budget, start) = (HashMap::new(), Instant::now());
-        Tunnels { instances, ends, answered, key, handshake_budget, start, reaping, totals: Totals::default(), inputs }
+        let (totals, held) = (Totals::default(), Vec::new());
+        Tunnels { instances, ends, answered, key, handshake_budget, start, reaping, totals, inputs, held }
     }
 
     pub fn totals(&self) -> Totals {
@@ -172,9 +184,24 @@ impl Tunnels {
         (self.ends.len(), self.reaping.len())
     }
 
-    /// The program input of end `key`, while it takes data.
-    pub fn program_input(&self, key: Key) -> Option<SharedOutput> {
-        self.ends.get(&key).and_then(|e| e.io.program_input().cloned())
+    /// The program input of end `key`, while it takes data, and the end's
+    /// keys if it is sealed end to end: where a link's reader may deliver
+    /// its Data.
+    pub fn delivery(&self, key: Key) -> Option<(SharedOutput, Option<Sealed>)> {
+        let e = self.ends.get(&key)?;
+        let sealed = match &e.guard {
+            Guard::Sealed(s) => Some(s.clone()),
+            _ => None,
+        };
+        Some((e.io.program_input()?.clone(), sealed))
+    }
+
+    /// Everything the loop sealed is sent on (the router has acted on all
+    /// it was given): the readers of those ends may take shortcuts again.
+    pub fn release_held(&mut self) {
+        for o in self.held.drain(..) {
+            o.pending.handled();
+        }
     }
 
     /// The loop has acted on a read of end `key`'s reader: the reader may
@@ -212,7 +239,8 @@ impl Tunnels {
             _ => (Guard::Link, TunnelMsg::Open { window: DEFAULT_WINDOW }.encode()),
         };
         let headroom = (path.len() + 1) * HEADER + SEALED_HEAD;
-        let outbound = shortcuts.open_tunnel(key, caller_key(&path, packet));
+        let sealed = matches!(guard, Guard::Calling(_));
+        let outbound = shortcuts.open_tunnel(key, caller_key(&path, packet, sealed));
         let session = Session::new(true, DEFAULT_WINDOW);
         let io = TunnelEnd::start(key, session, rfd, wfd, headroom, packet, outbound, &self.inputs)?;
         self.ends.insert(key, End { io, side: Side::Caller { path }, guard });
@@ -278,7 +306,9 @@ impl Tunnels {
             Guard::Calling(_) if tag != HANDSHAKE => Err(E2eError::Unsealed(tag)),
             Guard::Calling(_) => {
                 let Guard::Calling(calling) = std::mem::replace(&mut e.guard, Guard::Link) else { return Ok(None) };
-                e.guard = Guard::Sealed(calling.finish(&packet.bytes()[1..])?);
+                let sealed = calling.finish(&packet.bytes()[1..])?;
+                e.io.outbound().seal_with(sealed.clone());
+                e.guard = Guard::Sealed(sealed);
                 debug!("tunnel {key:?}: sealed end to end");
                 self.send(key, &TunnelMsg::Open { window: DEFAULT_WINDOW }.encode(), out);
                 Ok(None)
@@ -344,8 +374,11 @@ impl Tunnels {
     /// 0's to the caller.
     fn send_packet(&mut self, key: Key, mut p: Packet, out: &mut Vec<Event>) {
         let Some(e) = self.ends.get_mut(&key) else { return };
-        if let Guard::Sealed(s) = &mut e.guard {
-            s.seal(&mut p);
+        if let Guard::Sealed(s) = &e.guard {
+            // Its reader may seal and send by shortcut: not before this
+            // one is sent.
+            e.io.outbound().hold_for_loop(s, &mut p);
+            self.held.push(e.io.outbound().clone());
         }
         out.push(match (&e.side, key) {
             (Side::Caller { path }, Key::Caller(port)) => {
@@ -455,6 +488,15 @@ impl Tunnels {
                 out.push(Event::TunnelFail { to: peer, code: FailCode::BadMessage, text });
             }
             None => self.instance_message(peer, via, packet, shortcuts, out),
+        }
+    }
+
+    /// A tunnel message for the instance of `peer` that a link's reader
+    /// opened (its tunnel is sealed end to end) and handed over, being no
+    /// Data.
+    pub fn instance_opened(&mut self, peer: NodeId, packet: Packet, shortcuts: &mut Registry, out: &mut Vec<Event>) {
+        if self.ends.contains_key(&Key::Instance(peer)) {
+            self.instance_message(peer, None, packet, shortcuts, out);
         }
     }
 
@@ -627,7 +669,14 @@ impl Tunnels {
         let packet = self.instances.packet;
         let (in_r, in_w) = pipe(packet)?;
         let (out_r, out_w) = pipe(packet)?;
-        let outbound = shortcuts.open_tunnel(key, vec![data_tag(packet)]);
+        let outbound = match &guard {
+            Guard::Sealed(s) => {
+                let o = shortcuts.open_tunnel(key, vec![SEALED]);
+                o.seal_with(s.clone());
+                o
+            }
+            _ => shortcuts.open_tunnel(key, vec![data_tag(packet)]),
+        };
         let session = Session::new(false, DEFAULT_WINDOW);
         let headroom = 2 * HEADER + SEALED_HEAD;
         let io = TunnelEnd::start(key, session, out_r, in_w, headroom, packet, outbound, &self.inputs)?;

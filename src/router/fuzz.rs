@@ -6,7 +6,8 @@
 //! and once every port has closed the router holds nothing.
 
 use super::{
-    delivery_key, is_data, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut, Timers,
+    delivery_key, is_shortcut_tag, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut,
+    Timers,
 };
 use crate::wire::message::{Kind, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId, Packet};
@@ -47,7 +48,7 @@ impl ShortcutModel {
             }
             Event::FromTunnel { to, packet } => {
                 let b = packet.bytes();
-                let data = b.first().is_some_and(|&t| is_data(t)) && b.len() > 1;
+                let data = b.first().is_some_and(|&t| is_shortcut_tag(t)) && b.len() > 1;
                 (Lane::Tunnel(*to), data.then(|| &b[..1])?, b)
             }
             _ => return None,
