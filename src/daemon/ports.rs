@@ -48,6 +48,7 @@ impl PortSink {
 
 impl Sink for PortSink {
     fn ready(&self, output: SharedOutput, layer: Layer, watch: Option<Watch>, peer: Option<Peer>) {
+        self.routes.set_link_sealed(peer.as_ref().is_some_and(|p| p.sealed));
         let _ = self.inputs.send(Input::LinkReady { port: self.port, output, layer, watch, peer });
     }
 
