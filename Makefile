@@ -117,8 +117,9 @@ test:
 stress:
 	$(CARGO) test --release --test faults --test tunnels --test flow --test transports --test kept -- --ignored --test-threads=1
 
-# Throughput, latency, hops, many tunnels and footprint beside pipes and
-# socat; prints a table and writes target/bench.txt. See benches/bench.rs.
+# Each r2 path beside the path a user would build instead, with as many
+# processes and the same transport settings (pipes, socat, ssh, socat TUN);
+# prints a table and writes target/bench.txt. See benches/bench.rs.
 bench: release
 	-RUSTFLAGS="$(STATIC_RUSTFLAGS)" $(CARGO) build --release --target $(MUSL) 2>/dev/null
 	$(CARGO) bench --bench bench
