@@ -621,31 +621,14 @@ impl SshBench {
             env.link(&e[i].1, &e[i + 1].1, &e[i + 1].2.clone());
         }
         let p: Vec<_> = (0..2).map(|i| env.daemon(&format!("p{i}"), dispatch)).collect();
-        env.spawn(&format!(
-            "exec r2 -s {} connect --plaintext 'R2_SOCKET={} r2 connect --plaintext -'",
-            p[0].1.display(),
-            p[1].1.display()
-        ));
-        let (p0, p1id) = (p[0].1.clone(), p[1].2.clone());
-        env.wait_for("a plaintext link", || {
-            let o = Command::new(bin()).arg("-s").arg(&p0).arg("ls").output().unwrap();
-            String::from_utf8_lossy(&o.stdout).contains(&p1id)
-        });
+        env.link_via(&p[0], &p[1], Via::Pipeline, true);
         // r2 linked by ssh, plaintext (ssh already seals), as a user links
         // to a host; and ssh -W with as many processes: a socat for each
         // daemon, the far one's in front of `cat` as r2's tunnel process.
         let o: Vec<_> = (0..2).map(|i| env.daemon(&format!("o{i}"), dispatch)).collect();
         let aes = SSH_CIPHERS[0].1;
-        env.spawn(&format!(
-            "exec r2 -s {} connect --plaintext 'ssh {opts} -c {aes} root@127.0.0.1 R2_SOCKET={} {d}/bin/r2 connect --plaintext -'",
-            o[0].1.display(),
-            o[1].1.display()
-        ));
-        let (o0, o1id) = (o[0].1.clone(), o[1].2.clone());
-        env.wait_for("a link over ssh", || {
-            let o = Command::new(bin()).arg("-s").arg(&o0).arg("ls").output().unwrap();
-            String::from_utf8_lossy(&o.stdout).contains(&o1id)
-        });
+        let remote = format!("R2_SOCKET={} {d}/bin/r2 connect --plaintext -", o[1].1.display());
+        env.connect(&o[0], &o[1], &format!("--plaintext 'ssh {opts} -c {aes} root@127.0.0.1 {remote}'"));
         let (sink2, echo2) = (base + 3, base + 4);
         env.spawn(&format!("socat -u -b 65536 tcp-l:{sink2},bind=127.0.0.1,reuseaddr,fork - | cat >/dev/null"));
         env.spawn(&format!("exec socat -b 65536 tcp-l:{echo2},bind=127.0.0.1,reuseaddr,fork exec:cat"));
@@ -1397,12 +1380,10 @@ impl Env {
     /// plaintext (both ends ask); waits until it is up.
     fn link_via(&mut self, x: &(u32, PathBuf, String), y: &(u32, PathBuf, String), via: Via, plaintext: bool) {
         let pt = if plaintext { " --plaintext" } else { "" };
-        let (xs, ys) = (x.1.display().to_string(), y.1.display().to_string());
+        let ys = y.1.display().to_string();
         let b = |b: Option<u32>| b.map(|b| format!("-b {b} ")).unwrap_or_default();
         match via {
-            Via::Pipeline => {
-                self.spawn(&format!("exec r2 -s {xs} connect{pt} 'R2_SOCKET={ys} r2 connect{pt} -'"));
-            }
+            Via::Pipeline => self.connect(x, y, &format!("{pt} 'R2_SOCKET={ys} r2 connect{pt} -'")),
             Via::Tcp(buf) => {
                 let p = port();
                 self.spawn(&format!(
@@ -1410,7 +1391,7 @@ impl Env {
                     b(buf)
                 ));
                 self.wait_for("a tcp listener", || tcp_listening(p));
-                self.spawn(&format!("exec r2 -s {xs} connect{pt} -n {} 'socat {}tcp:127.0.0.1:{p} -'", y.2, b(buf)));
+                self.connect(x, y, &format!("{pt} -n {} 'socat {}tcp:127.0.0.1:{p} -'", y.2, b(buf)));
             }
             Via::Udp => {
                 let p = port();
@@ -1420,13 +1401,17 @@ impl Env {
                         .unwrap_or_default()
                         .contains(&format!("0100007F:{p:04X} 00000000:0000"))
                 });
-                self.spawn(&format!("exec r2 -s {xs} connect{pt} -n {} 'socat udp:127.0.0.1:{p} -'", y.2));
+                self.connect(x, y, &format!("{pt} -n {} 'socat udp:127.0.0.1:{p} -'", y.2));
             }
         }
-        let yid = y.2.clone();
+    }
+
+    /// Runs `r2 connect ARGS` for daemon `x` and waits until it lists `y`.
+    fn connect(&mut self, x: &(u32, PathBuf, String), y: &(u32, PathBuf, String), args: &str) {
+        self.spawn(&format!("exec r2 -s {} connect {args}", x.1.display()));
         self.wait_for("a link", || {
             let o = Command::new(bin()).arg("-s").arg(&x.1).arg("ls").output().unwrap();
-            String::from_utf8_lossy(&o.stdout).contains(&yid)
+            String::from_utf8_lossy(&o.stdout).contains(&y.2)
         });
     }
 }

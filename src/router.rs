@@ -146,6 +146,12 @@ pub enum Action {
     Shortcut(Shortcut),
     /// A neighbour or a connection has ended: every shortcut is void.
     ForgetShortcuts,
+    /// Virtual neighbour `n`, or its connection to the tunnel node, has
+    /// ended: the shortcuts whose key or head names it, or that lead to or
+    /// from its tunnel end, are void. The others stay: nothing they depend
+    /// on changed (a virtual neighbour is a leaf, reached through its
+    /// carrier, and all that goes to or from it names it).
+    ForgetShortcutsOf(NodeId),
 }
 
 /// A way for a reader to send messages on without the router, as the
@@ -686,7 +692,10 @@ impl Router {
         if m.body.is_empty() {
             if let Some(n) = self.nodes.get_mut(&from) {
                 if n.conns.remove(&NodeId::TUNNEL) {
-                    out.push(Action::ForgetShortcuts);
+                    out.push(match n.via {
+                        Via::Virtual(_) => Action::ForgetShortcutsOf(from),
+                        _ => Action::ForgetShortcuts,
+                    });
                     out.push(Action::TunnelGone { peer: from });
                 }
             }
@@ -798,7 +807,10 @@ impl Router {
     /// Frees neighbour `n` and tells everyone it was connected with.
     fn end_node(&mut self, n: NodeId, out: &mut Vec<Action>) {
         let Some(node) = self.nodes.remove(&n) else { return };
-        out.push(Action::ForgetShortcuts);
+        out.push(match node.via {
+            Via::Virtual(_) => Action::ForgetShortcutsOf(n),
+            _ => Action::ForgetShortcuts,
+        });
         match node.via {
             Via::Link(_) => self.counters.links_down += 1,
             Via::Endpoint(_) => self.counters.endpoints_closed += 1,

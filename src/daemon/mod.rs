@@ -620,6 +620,7 @@ impl Daemon {
                 self.shortcuts.learn(s, output, |key: Key| tunnels.delivery(key));
             }
             Action::ForgetShortcuts => self.shortcuts.forget(),
+            Action::ForgetShortcutsOf(n) => self.shortcuts.forget_of(n),
             Action::TunnelGone { peer } => self.tunnels.gone(peer),
         }
     }

@@ -22,8 +22,10 @@
 //!
 //! Two rules keep this the router's decision: a reader takes a shortcut
 //! only while none of its earlier messages waits for the loop (so nothing
-//! overtakes), and every ending of a neighbour or a connection empties all
-//! tables ([`Action::ForgetShortcuts`], [`Registry::forget`]) before the
+//! overtakes), and every ending of a neighbour or a connection empties the
+//! tables of what it may change ([`Action::ForgetShortcuts`],
+//! [`Registry::forget`]: all; for a virtual neighbour or its tunnel,
+//! `ForgetShortcutsOf`, [`Registry::forget_of`]: what names it) before the
 //! loop lets that reader go on (so no shortcut outlives the state it came
 //! from).
 //!
@@ -39,7 +41,7 @@ use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
 use crate::wire::tunnel::{data_head, DATA, SEALED};
-use crate::wire::Packet;
+use crate::wire::{NodeId, Packet};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -299,6 +301,13 @@ impl LinkRoutes {
         lock(&self.deliveries).clear();
     }
 
+    /// Forgets the shortcuts that `names` says name a node, and the
+    /// deliveries to tunnel end `end`.
+    fn forget_naming(&self, names: &impl Fn(&[u8]) -> bool, end: Key) {
+        lock(&self.relays).retain(|k, r| !names(k) && !names(&r.head));
+        lock(&self.deliveries).retain(|k, i| !names(k) && i.key != end);
+    }
+
     /// Messages relayed by shortcut so far.
     pub fn relayed(&self) -> u64 {
         self.relayed.load(Ordering::Relaxed)
@@ -409,6 +418,12 @@ impl Outbound {
 
     fn forget(&self) {
         *lock(&self.route) = None;
+    }
+
+    /// Whether its key or its way out's head is one that `names` says
+    /// names a node.
+    fn naming(&self, names: &impl Fn(&[u8]) -> bool) -> bool {
+        names(&self.key) || lock(&self.route).as_ref().is_some_and(|r| names(&r.head))
     }
 
     /// What the reader has read from the program.
@@ -533,6 +548,27 @@ impl Registry {
         self.tunnels.retain(|(_, t)| match t.upgrade() {
             Some(t) => {
                 t.forget();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Voids, now, the shortcuts that name node `n` (in their key or
+    /// head) and those of its tunnel end (`Action::ForgetShortcutsOf`):
+    /// once this returns, no reader sends by one of them. A false match of
+    /// 32 bytes only forgets one more.
+    pub fn forget_of(&mut self, n: NodeId) {
+        let names = |b: &[u8]| b.windows(n.0.len()).any(|w| w == n.0);
+        let end = Key::Instance(n);
+        for t in self.links.values() {
+            t.forget_naming(&names, end);
+        }
+        self.tunnels.retain(|(k, t)| match t.upgrade() {
+            Some(t) => {
+                if *k == end || t.naming(&names) {
+                    t.forget();
+                }
                 true
             }
             None => false,
@@ -773,5 +809,46 @@ mod tests {
         let got = frames(r, 3);
         assert_eq!((got[0].bytes(), got[2].bytes()), (&b"first"[..], &b"second"[..]));
         assert_eq!(got[1].bytes(), &[7; OPEN_IN_READER][..]);
+    }
+
+    /// A virtual neighbour's end voids the shortcuts that name it and its
+    /// tunnel end's, and no other.
+    #[test]
+    fn forgetting_one_node_keeps_the_others_shortcuts() {
+        let (_r, out, _writer) = output_on_pipe();
+        let (e1, e2) = (NodeId([1; 32]), NodeId([2; 32]));
+        let mut reg = Registry::new();
+        let routes = reg.open_link(1);
+        let key = |e: NodeId| {
+            let mut p = Packet::from_bytes(&[DATA]);
+            p.push_header(Kind::To, NodeId::TUNNEL);
+            p.push_header(Kind::From, e);
+            p.bytes().to_vec()
+        };
+        for e in [e1, e2] {
+            let s = Shortcut { from: Lane::Link(1), key: key(e), to: Exit::Tunnel(e), head: vec![DATA] };
+            reg.learn(s, |_| None, |_| Some((out.clone(), None)));
+            let s = Shortcut {
+                from: Lane::Link(1),
+                key: to(e.0[0], b"").bytes().to_vec(),
+                to: Exit::Port(2),
+                head: vec![9],
+            };
+            reg.learn(s, |p| (p == 2).then(|| out.clone()), |_| None);
+        }
+        let ends = [e1, e2].map(|e| {
+            let end = reg.open_tunnel(Key::Instance(e), vec![DATA]);
+            let s = Shortcut { from: Lane::Tunnel(e), key: vec![DATA], to: Exit::Port(2), head: vec![7, DATA] };
+            reg.learn(s, |_| Some(out.clone()), |_| None);
+            end
+        });
+        assert!(ends.iter().all(|e| e.known()) && routes.delivers(&key(e1)) && routes.delivers(&key(e2)));
+        reg.forget_of(e1);
+        assert!(!routes.delivers(&key(e1)) && routes.delivers(&key(e2)));
+        assert!(!ends[0].known() && ends[1].known());
+        assert!(routes.relay(to(1, b"x")).is_err(), "a relay to e1");
+        assert!(routes.relay(to(2, b"x")).is_ok(), "a relay to e2");
+        reg.forget();
+        assert!(!routes.delivers(&key(e2)) && !ends[1].known());
     }
 }

@@ -97,6 +97,13 @@ impl ShortcutModel {
                     self.tables.entry(*from).or_default().insert(key.clone(), (*to, head.clone()));
                 }
                 Action::ForgetShortcuts => self.tables.clear(),
+                Action::ForgetShortcutsOf(n) => {
+                    let names = |b: &[u8]| b.windows(n.0.len()).any(|w| w == n.0);
+                    self.tables.remove(&Lane::Tunnel(*n));
+                    for t in self.tables.values_mut() {
+                        t.retain(|k, (to, head)| !names(k) && !names(head) && *to != Exit::Tunnel(*n));
+                    }
+                }
                 _ => {}
             }
         }

@@ -109,7 +109,7 @@ impl Net {
                         self.tunnel_msgs.push((r, peer, via, packet.bytes().to_vec()))
                     }
                     Action::TunnelGone { peer } => self.tunnels_gone.push((r, peer)),
-                    Action::Shortcut(_) | Action::ForgetShortcuts => {}
+                    Action::Shortcut(_) | Action::ForgetShortcuts | Action::ForgetShortcutsOf(_) => {}
                     Action::Close { port, error } => {
                         if let Some(far) = self.wires.remove(&(r, port)) {
                             self.wires.remove(&far);
