@@ -22,6 +22,9 @@ struct Net {
     now: Millis,
     /// Each router's shortcuts, checked against what it does.
     shortcuts: Vec<fuzz::ShortcutModel>,
+    /// Each router's forgetting of shortcuts: all (None), or those naming
+    /// a node.
+    forgets: Vec<(usize, Option<NodeId>)>,
 }
 
 impl Net {
@@ -38,6 +41,7 @@ impl Net {
             next_port: 100,
             now: 1_000,
             shortcuts: (1..=n).map(|_| fuzz::ShortcutModel::default()).collect(),
+            forgets: Vec::new(),
         }
     }
 
@@ -109,7 +113,9 @@ impl Net {
                         self.tunnel_msgs.push((r, peer, via, packet.bytes().to_vec()))
                     }
                     Action::TunnelGone { peer } => self.tunnels_gone.push((r, peer)),
-                    Action::Shortcut(_) | Action::ForgetShortcuts | Action::ForgetShortcutsOf(_) => {}
+                    Action::Shortcut(_) => {}
+                    Action::ForgetShortcuts => self.forgets.push((r, None)),
+                    Action::ForgetShortcutsOf(n) => self.forgets.push((r, Some(n))),
                     Action::Close { port, error } => {
                         if let Some(far) = self.wires.remove(&(r, port)) {
                             self.wires.remove(&far);
@@ -275,6 +281,21 @@ fn endpoint_end_reaches_the_far_node() {
     net.cut(0, ep);
     assert_eq!(net.routers[2].held(), (1, 1));
     assert_eq!(net.routers[1].held(), (2, 2));
+}
+
+/// The end of a local endpoint forgets every shortcut where it was; where
+/// it was a virtual neighbour, only those that name it.
+#[test]
+fn a_virtual_neighbours_end_forgets_only_what_names_it() {
+    let (mut net, _) = chain(3);
+    let x = id(91);
+    let ep = net.endpoint(0, x);
+    net.send(0, ep, &nest_to(&[id(2), id(3), x], b"p"));
+    net.forgets.clear();
+    net.cut(0, ep);
+    assert!(net.forgets.contains(&(0, None)), "{:?}", net.forgets);
+    assert!(net.forgets.contains(&(2, Some(x))), "{:?}", net.forgets);
+    assert!(!net.forgets.contains(&(2, None)), "{:?}", net.forgets);
 }
 
 #[test]
