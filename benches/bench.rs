@@ -1313,16 +1313,18 @@ fn tcp_listening(port: u16) -> bool {
 /// one connection each, so it is made again for every run.
 fn socat_path(env: &mut Env, legs: &[Leg], rtt: bool, first: &str) -> String {
     let n = legs.len() + 1;
-    let addr: Vec<(String, String)> = legs
+    // Each leg's listening address, connecting address, and the socket
+    // name or port that shows its listener is up.
+    let addr: Vec<(String, String, Result<String, u16>)> = legs
         .iter()
         .map(|leg| match leg {
             Leg::Unix => {
                 let name = format!("sp{}", port());
-                (format!("UNIX-LISTEN:{name}"), format!("UNIX-CONNECT:{name}"))
+                (format!("UNIX-LISTEN:{name}"), format!("UNIX-CONNECT:{name}"), Ok(name))
             }
             Leg::Tcp(_) => {
                 let p = port();
-                (format!("TCP-L:{p},bind=127.0.0.1,reuseaddr"), format!("TCP:127.0.0.1:{p}"))
+                (format!("TCP-L:{p},bind=127.0.0.1,reuseaddr"), format!("TCP:127.0.0.1:{p}"), Err(p))
             }
         })
         .collect();
@@ -1352,12 +1354,9 @@ fn socat_path(env: &mut Env, legs: &[Leg], rtt: bool, first: &str) -> String {
             format!("exec socat {u}{} {listen} {}", b(i), addr[i].1)
         };
         env.spawn(&script);
-        let up = || match legs[i - 1] {
-            Leg::Unix => env.socket_exists(addr[i - 1].0.trim_start_matches("UNIX-LISTEN:")),
-            Leg::Tcp(_) => {
-                let p: u16 = addr[i - 1].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                tcp_listening(p)
-            }
+        let up = || match &addr[i - 1].2 {
+            Ok(name) => env.socket_exists(name),
+            Err(port) => tcp_listening(*port),
         };
         env.wait_for("a socat listener", up);
     }

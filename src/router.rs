@@ -208,6 +208,21 @@ pub fn is_shortcut_tag(tag: u8) -> bool {
     tag == DATA || tag == DATAGRAM || tag == SEALED
 }
 
+/// Whether shortcut bytes (a key or a head) name node `n`: what
+/// [`Action::ForgetShortcutsOf`] voids. A false match only voids one more.
+pub fn names(bytes: &[u8], n: NodeId) -> bool {
+    bytes.windows(n.0.len()).any(|w| w == n.0)
+}
+
+/// What an ending of neighbour `n` (reached by `via`), or of its tunnel,
+/// voids: the shortcuts that name it if it is virtual, else all.
+fn forget_for(n: NodeId, via: Via) -> Action {
+    match via {
+        Via::Virtual(_) => Action::ForgetShortcutsOf(n),
+        _ => Action::ForgetShortcuts,
+    }
+}
+
 /// The length of a [`delivery_key`].
 pub const DELIVERY_KEY: usize = 2 * HEADER + 1;
 
@@ -692,10 +707,7 @@ impl Router {
         if m.body.is_empty() {
             if let Some(n) = self.nodes.get_mut(&from) {
                 if n.conns.remove(&NodeId::TUNNEL) {
-                    out.push(match n.via {
-                        Via::Virtual(_) => Action::ForgetShortcutsOf(from),
-                        _ => Action::ForgetShortcuts,
-                    });
+                    out.push(forget_for(from, n.via));
                     out.push(Action::TunnelGone { peer: from });
                 }
             }
@@ -807,10 +819,7 @@ impl Router {
     /// Frees neighbour `n` and tells everyone it was connected with.
     fn end_node(&mut self, n: NodeId, out: &mut Vec<Action>) {
         let Some(node) = self.nodes.remove(&n) else { return };
-        out.push(match node.via {
-            Via::Virtual(_) => Action::ForgetShortcutsOf(n),
-            _ => Action::ForgetShortcuts,
-        });
+        out.push(forget_for(n, node.via));
         match node.via {
             Via::Link(_) => self.counters.links_down += 1,
             Via::Endpoint(_) => self.counters.endpoints_closed += 1,

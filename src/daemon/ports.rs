@@ -4,7 +4,6 @@
 //! that client goes away.
 
 use super::input::Input;
-use super::session::Key;
 use super::shortcuts::{Delivery, LinkRoutes};
 use crate::link::engine::Watch;
 use crate::link::{Layer, LinkError, Peer, SharedOutput, Sink};
@@ -35,12 +34,10 @@ impl PortSink {
     fn delivered(&self, d: Delivery) -> bool {
         let input = match d {
             Delivery::Data(d) => Input::TunnelDelivered(d),
-            Delivery::Opened { key: Key::Instance(peer), packet } => {
+            Delivery::Opened { peer, packet } => {
                 self.routes.pending.handing_over();
                 Input::TunnelOpened { port: self.port, peer, packet }
             }
-            // Deliveries are to far-side ends only.
-            Delivery::Opened { key: Key::Caller(_), .. } => return true,
         };
         self.inputs.send(input).is_ok()
     }

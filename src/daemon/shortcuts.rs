@@ -36,7 +36,7 @@ use super::e2e::{SealHold, Sealed};
 use super::session::Key;
 use crate::link::{lock, Output, Sent, SharedOutput};
 use crate::noise::seal::{OVERHEAD, UNORDERED};
-use crate::router::{relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
+use crate::router::{names, relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
@@ -136,9 +136,10 @@ pub enum Delivery {
     /// Gave its data to a tunnel end's program.
     Data(Delivered),
     /// Opened it (a tunnel sealed end to end) and found another tunnel
-    /// message than Data, for the loop: it goes there in the clear, and
-    /// before the reader takes another shortcut.
-    Opened { key: Key, packet: Packet },
+    /// message than Data, for the loop and the far-side end of `peer`: it
+    /// goes there in the clear, and before the reader takes another
+    /// shortcut.
+    Opened { peer: NodeId, packet: Packet },
 }
 
 /// What a link's reader gave a tunnel end's program itself: `n` bytes of
@@ -171,6 +172,18 @@ pub struct LinkRoutes {
 /// moved about 10 % less with both in the reader); a round trip's small
 /// ones save the hand-over.
 const OPEN_IN_READER: usize = crate::sys::buffers::SMALL;
+
+/// Gives tunnel end `key`'s program the data `p` and `body`, through its
+/// input `out`: what the loop is told.
+fn hand_over(out: &mut Output, key: Key, p: Packet, body: Option<Body>) -> Delivered {
+    let n = p.len() + body.as_ref().map_or(0, Body::len);
+    let done = match out.send_with(p, body) {
+        Sent::Queued => false,
+        Sent::Written | Sent::Discarded => true,
+    };
+    TAKEN.fetch_add(1, Ordering::Relaxed);
+    Delivered { key, n, done }
+}
 
 impl LinkRoutes {
     /// The link's messages are sealed (its handshake is done).
@@ -233,38 +246,33 @@ impl LinkRoutes {
         if p.len() > OPEN_IN_READER && self.link_sealed.load(Ordering::Relaxed) {
             return Err(p);
         }
-        let (out, key, sealed) = {
+        let (out, peer, sealed) = {
             let table = lock(&self.deliveries);
             match table.get(&p.bytes()[..DELIVERY_KEY]) {
-                Some(Inbound { out, key, sealed: Some(s) }) => match out.upgrade() {
-                    Some(o) => (o, *key, s.clone()),
+                Some(Inbound { out, key: Key::Instance(peer), sealed: Some(s) }) => match out.upgrade() {
+                    Some(o) => (o, *peer, s.clone()),
                     None => return Err(p),
                 },
                 _ => return Err(p),
             }
         };
-        let head = p.bytes()[..DELIVERY_KEY].to_vec();
         p.advance(DELIVERY_KEY - 1);
         match sealed.open(&mut p) {
             Ok(true) => {}
-            // An ordered message opens or fails, and a failed one is as it
-            // was: the loop finds it fails, and ends the tunnel.
+            // An ordered message opens or fails, and a failed one is left
+            // as it came (behind the key, which is still in front): the
+            // loop finds it fails, and ends the tunnel.
             Ok(false) | Err(_) => {
-                p.prepend(&head);
+                p.unadvance(DELIVERY_KEY);
                 return Err(p);
             }
         }
         if p.len() < 2 || p.bytes()[0] != DATA {
-            return Ok(Delivery::Opened { key, packet: p });
+            return Ok(Delivery::Opened { peer, packet: p });
         }
         p.advance(1);
-        let n = p.len();
-        let done = match lock(&out).send_with(p, None) {
-            Sent::Queued => false,
-            Sent::Written | Sent::Discarded => true,
-        };
-        TAKEN.fetch_add(1, Ordering::Relaxed);
-        Ok(Delivery::Data(Delivered { key, n, done }))
+        let mut out = lock(&out);
+        Ok(Delivery::Data(hand_over(&mut out, Key::Instance(peer), p, None)))
     }
 
     /// Delivers `p`'s data, and `body` after it, where the table says;
@@ -287,13 +295,7 @@ impl LinkRoutes {
             return Err((p, body));
         }
         p.advance(DELIVERY_KEY);
-        let n = p.len() + body.as_ref().map_or(0, Body::len);
-        let done = match out.send_with(p, body) {
-            Sent::Queued => false,
-            Sent::Written | Sent::Discarded => true,
-        };
-        TAKEN.fetch_add(1, Ordering::Relaxed);
-        Ok(Delivered { key, n, done })
+        Ok(hand_over(&mut out, key, p, body))
     }
 
     fn forget(&self) {
@@ -559,7 +561,7 @@ impl Registry {
     /// once this returns, no reader sends by one of them. A false match of
     /// 32 bytes only forgets one more.
     pub fn forget_of(&mut self, n: NodeId) {
-        let names = |b: &[u8]| b.windows(n.0.len()).any(|w| w == n.0);
+        let names = |b: &[u8]| names(b, n);
         let end = Key::Instance(n);
         for t in self.links.values() {
             t.forget_naming(&names, end);
@@ -785,7 +787,7 @@ mod tests {
         let n = OPEN_IN_READER;
         assert!(matches!(routes.deliver_whole(large), Ok(Delivery::Data(Delivered { n: m, .. })) if m == n));
         match routes.deliver_whole(sealed(TunnelMsg::Eof)) {
-            Ok(Delivery::Opened { key: Key::Instance(p), packet }) => {
+            Ok(Delivery::Opened { peer: p, packet }) => {
                 assert_eq!((p, packet.bytes()), (peer, &TunnelMsg::Eof.encode()[..]));
             }
             other => panic!("Eof: {other:?}"),

@@ -6,8 +6,8 @@
 //! and once every port has closed the router holds nothing.
 
 use super::{
-    delivery_key, is_shortcut_tag, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router, Shortcut,
-    Timers,
+    delivery_key, is_shortcut_tag, names, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router,
+    Shortcut, Timers,
 };
 use crate::wire::message::{Kind, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId, Packet};
@@ -98,10 +98,9 @@ impl ShortcutModel {
                 }
                 Action::ForgetShortcuts => self.tables.clear(),
                 Action::ForgetShortcutsOf(n) => {
-                    let names = |b: &[u8]| b.windows(n.0.len()).any(|w| w == n.0);
                     self.tables.remove(&Lane::Tunnel(*n));
                     for t in self.tables.values_mut() {
-                        t.retain(|k, (to, head)| !names(k) && !names(head) && *to != Exit::Tunnel(*n));
+                        t.retain(|k, (to, head)| !names(k, *n) && !names(head, *n) && *to != Exit::Tunnel(*n));
                     }
                 }
                 _ => {}

@@ -271,6 +271,9 @@ fn a_cut_reaches_both_ends_and_frees_everything() {
     }
 }
 
+/// A local endpoint's end frees it at the far node, and forgets every
+/// shortcut where it was a local endpoint; where it was a virtual
+/// neighbour, only those that name it.
 #[test]
 fn endpoint_end_reaches_the_far_node() {
     let (mut net, _) = chain(3);
@@ -278,21 +281,10 @@ fn endpoint_end_reaches_the_far_node() {
     let ep = net.endpoint(0, x);
     net.send(0, ep, &nest_to(&[id(2), id(3), x], b"p"));
     assert_eq!(net.routers[2].held(), (1, 2)); // link to 2, and X
+    net.forgets.clear();
     net.cut(0, ep);
     assert_eq!(net.routers[2].held(), (1, 1));
     assert_eq!(net.routers[1].held(), (2, 2));
-}
-
-/// The end of a local endpoint forgets every shortcut where it was; where
-/// it was a virtual neighbour, only those that name it.
-#[test]
-fn a_virtual_neighbours_end_forgets_only_what_names_it() {
-    let (mut net, _) = chain(3);
-    let x = id(91);
-    let ep = net.endpoint(0, x);
-    net.send(0, ep, &nest_to(&[id(2), id(3), x], b"p"));
-    net.forgets.clear();
-    net.cut(0, ep);
     assert!(net.forgets.contains(&(0, None)), "{:?}", net.forgets);
     assert!(net.forgets.contains(&(2, Some(x))), "{:?}", net.forgets);
     assert!(!net.forgets.contains(&(2, None)), "{:?}", net.forgets);

@@ -225,6 +225,13 @@ impl Packet {
         self.start = (self.start + n).min(self.buf.len());
     }
 
+    /// Takes back the last `n` bytes that [`Packet::advance`] dropped: they
+    /// are still in the buffer as they were, if nothing was put in front
+    /// of the message since.
+    pub fn unadvance(&mut self, n: usize) {
+        self.start = self.start.saturating_sub(n);
+    }
+
     /// `Hello(own)`.
     pub fn hello(own: NodeId) -> Packet {
         let mut body = HELLO_MAGIC.to_vec();
