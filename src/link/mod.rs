@@ -24,7 +24,6 @@
 //! splicing are the link's business; the loop and the router see
 //! messages only. [`raw`] is a tunnel program's pipe.
 
-pub mod crc32c;
 pub mod engine;
 pub mod ethernet;
 pub mod framing;

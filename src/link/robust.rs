@@ -18,12 +18,11 @@
 //! outgoing frames), and once the link knows its peer's tag, a frame with
 //! any other (a stale peer, a second forked child) is not this link's.
 
-use super::crc32c::{crc32c, Crc32c};
 use crate::wire::message::MAX_MESSAGE;
+use r2_codec::cobs::{self, first_not, first_zero, ZERO};
+use r2_codec::crc32c::{crc32c, Crc32c};
 use std::ops::Range;
 
-/// The delimiter.
-const ZERO: u8 = 0;
 /// The tag and the checksum around a packet.
 const OVERHEAD: usize = 4 + 4;
 /// The largest packet a frame carries: any message in one piece.
@@ -81,110 +80,11 @@ impl Robust {
     }
 }
 
-/// Where the first zero of `b` is: eight bytes at a time.
-fn first_zero(b: &[u8]) -> Option<usize> {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = b.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(w);
-        if w.wrapping_sub(LOW) & !w & HIGH != 0 {
-            break;
-        }
-        at += 8;
-    }
-    b[at..].iter().position(|&x| x == ZERO).map(|i| at + i)
-}
-
-/// Appends bytes COBS-encoded to a buffer, a piece at a time: no zero
-/// byte in what it appends. A block is a code byte, then up to 254 bytes
-/// that are not zero; the code is their number plus one, and a block of
-/// fewer than 254 stands for them and a zero.
-struct CobsWriter<'a> {
-    out: &'a mut Vec<u8>,
-    code_at: usize,
-}
-
-impl<'a> CobsWriter<'a> {
-    fn new(out: &'a mut Vec<u8>) -> CobsWriter<'a> {
-        let code_at = out.len();
-        out.push(1);
-        CobsWriter { out, code_at }
-    }
-
-    fn write(&mut self, data: &[u8]) {
-        // Room for the worst case: a code byte for every 254 bytes, and
-        // one for the block this piece may fill; cut back at the end.
-        let mut w = self.out.len();
-        self.out.resize(w + data.len() + data.len() / 254 + 1, 0);
-        let out = &mut self.out[..];
-        let (mut code_at, mut i) = (self.code_at, 0);
-        while i < data.len() {
-            if data[i] == ZERO {
-                // Each zero ends a block, and the next starts after it:
-                // k zeros are k blocks of code 1, the last one open.
-                let k = data[i..].iter().position(|&b| b != ZERO).unwrap_or(data.len() - i);
-                out[w..w + k].fill(1);
-                code_at = w + k - 1;
-                (w, i) = (w + k, i + k);
-                continue;
-            }
-            let room = 0xff - out[code_at] as usize;
-            let end = data.len().min(i + room);
-            let n = first_zero(&data[i..end]).unwrap_or(end - i);
-            out[w..w + n].copy_from_slice(&data[i..i + n]);
-            out[code_at] += n as u8;
-            (w, i) = (w + n, i + n);
-            if out[code_at] == 0xff {
-                (code_at, out[w]) = (w, 1);
-                w += 1;
-            }
-        }
-        self.out.truncate(w);
-        self.code_at = code_at;
-    }
-}
-
-/// Decodes the COBS bytes `b` (no zero among them) in place; the decoded
-/// length, or None if they are not COBS.
-fn cobs_decode(b: &mut [u8]) -> Option<usize> {
-    let (mut r, mut w) = (0, 0);
-    while r < b.len() {
-        if b[r] == 1 {
-            // A run of empty blocks: each stands for a zero, but for a
-            // last one at the very end.
-            let k = b[r..].iter().position(|&c| c != 1).unwrap_or(b.len() - r);
-            r += k;
-            let zeros = if r < b.len() { k } else { k - 1 };
-            b[w..w + zeros].fill(ZERO);
-            w += zeros;
-            continue;
-        }
-        let code = b[r] as usize;
-        if code == 0 || r + code > b.len() {
-            return None;
-        }
-        if code > 1 {
-            b.copy_within(r + 1..r + code, w);
-            w += code - 1;
-        }
-        r += code;
-        if code < 0xff && r < b.len() {
-            b[w] = ZERO;
-            w += 1;
-        }
-    }
-    Some(w)
-}
-
 impl Robust {
     /// Decodes the first frame of `input` in place: a frame whose checksum
     /// holds and that is not this end's own echo, or bytes to skip.
     pub fn decode(&self, input: &mut [u8]) -> Found {
-        let start = input.iter().position(|&b| b != ZERO).unwrap_or(input.len());
+        let start = first_not(input, ZERO).unwrap_or(input.len());
         if start > 0 {
             return Found::Skip(start);
         }
@@ -199,7 +99,7 @@ impl Robust {
         if end > MAX_ENCODED {
             return Found::Skip(used);
         }
-        let Some(n) = cobs_decode(&mut input[..end]) else { return Found::Skip(used) };
+        let Some(n) = cobs::decode(&mut input[..end]) else { return Found::Skip(used) };
         if !(OVERHEAD + MIN_PACKET..=OVERHEAD + MAX_PACKET).contains(&n) {
             return Found::Skip(used);
         }
@@ -221,7 +121,7 @@ impl Robust {
         let crc = Crc32c::new().take(&tag).take(packet).value().to_be_bytes();
         out.reserve(frame_len(packet.len()));
         out.push(ZERO);
-        let mut cobs = CobsWriter::new(out);
+        let mut cobs = cobs::Writer::new(out);
         cobs.write(&tag);
         cobs.write(packet);
         cobs.write(&crc);
@@ -272,78 +172,6 @@ mod tests {
                 out
             })
             .collect()
-    }
-
-    /// COBS a byte at a time, as the paper gives it: what the encoder,
-    /// which copies runs, must write byte for byte.
-    fn cobs_by_bytes(data: &[u8], out: &mut Vec<u8>) {
-        let mut code_at = out.len();
-        out.push(1);
-        for &b in data {
-            if b != ZERO {
-                out.push(b);
-                out[code_at] += 1;
-            }
-            if b == ZERO || out[code_at] == 0xff {
-                code_at = out.len();
-                out.push(1);
-            }
-        }
-    }
-
-    fn cobs_encode(data: &[u8], out: &mut Vec<u8>) {
-        CobsWriter::new(out).write(data);
-    }
-
-    #[test]
-    fn cobs_in_pieces_is_cobs_by_bytes() {
-        let mut seed = 1u32;
-        for n in (0..2000).step_by(7) {
-            // Zeros often, or only now and then: full blocks across pieces.
-            let often = n % 2 == 0;
-            let data: Vec<u8> = (0..n)
-                .map(|i| {
-                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    match often {
-                        true => [0, 1, 0xff, (seed >> 16) as u8][(seed >> 28) as usize % 4],
-                        false => [(i % 255 + 1) as u8, 0][usize::from(seed >> 22 == 0)],
-                    }
-                })
-                .collect();
-            let mut want = vec![9];
-            cobs_by_bytes(&data, &mut want);
-            let mut got = vec![9];
-            let mut w = CobsWriter::new(&mut got);
-            for piece in data.chunks(1 + n % 300) {
-                w.write(piece);
-            }
-            assert_eq!(got, want, "n {n}");
-            let k = cobs_decode(&mut got[1..]).unwrap();
-            assert_eq!(&got[1..1 + k], &data[..], "n {n}");
-        }
-        for n in [0usize, 7, 8, 9, 253, 254, 255, 1000] {
-            for at in 0..n.min(20) {
-                let mut data = vec![5u8; n];
-                data[at] = 0;
-                assert_eq!(first_zero(&data), Some(at));
-            }
-            assert_eq!(first_zero(&vec![0x80u8; n]), None);
-        }
-    }
-
-    #[test]
-    fn cobs_round_trips_and_leaves_no_zero() {
-        for n in [0usize, 1, 253, 254, 255, 256, 508, 509, 1000] {
-            for fill in [0u8, 1, 0xff] {
-                let data: Vec<u8> = (0..n).map(|i| if i % 5 == 0 { fill } else { (i % 251) as u8 + 1 }).collect();
-                let mut enc = Vec::new();
-                cobs_encode(&data, &mut enc);
-                assert!(!enc.contains(&0), "n {n}");
-                assert!(enc.len() <= data.len() + data.len() / 254 + 1, "n {n}: {}", enc.len());
-                let k = cobs_decode(&mut enc).unwrap();
-                assert_eq!(&enc[..k], &data[..], "n {n} fill {fill}");
-            }
-        }
     }
 
     /// Frames cut at any point, merged, duplicated, or with any bit

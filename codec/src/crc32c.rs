@@ -1,6 +1,6 @@
 //! CRC-32C (Castagnoli): reflected, polynomial 0x82F63B78, initial and
 //! final value all ones, as in iSCSI, SCTP and ext4. The robust framing
-//! checks every frame with it (`robust.rs`).
+//! checks every frame with it (`src/link/robust.rs`).
 //!
 //! The processor's own instruction does it where there is one (SSE 4.2 on
 //! x86_64, the CRC extension on aarch64), found at run time, eight bytes
