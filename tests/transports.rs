@@ -560,8 +560,9 @@ impl UdpForwarder {
 
 /// a -> forwarder -> `socat udp-l[,fork] exec:"r2 connect -"` for b; the
 /// forwarder impairs both directions the same way, but cuts at the MTU
-/// only from a to b: a's `r2 connect` runs socat on packet pipes, each
-/// frame one datagram of the size a probes for, while b's side is
+/// only from a to b: a's `r2 connect` runs socat on socket pairs that
+/// keep records apart, each frame one datagram of the size a probes for,
+/// while b's side is
 /// socat's byte stream (a socketpair), whose reads of up to 8 KiB
 /// socat sends as one datagram each, whatever b's packet size.
 fn lossy_udp(fork: bool, imp: Impair, len: usize, seed: u64) {

@@ -1,7 +1,7 @@
 //! `r2 connect [-n NODE] TRANSPORT`: hand a byte stream to the daemon as a
 //! link, and wait until the link ends.
 
-use super::transport::{hand_over_and_wait, Transport};
+use super::transport::{hand_over_and_wait, Fds, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::link::{Layer, Medium};
@@ -99,15 +99,15 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 const DETECT_WAIT: Duration = Duration::from_millis(500);
 
 /// What a finding of [`layer_for`] says: the layer, why, and whether the
-/// transport's datagrams are better kept apart by packet pipes (a raw
-/// interface takes only whole frames).
+/// transport's datagrams are better kept apart (a raw interface takes
+/// only whole frames, and a UDP socket sends each read as one datagram).
 type Found = (Layer, String, bool);
 
 /// The layer that what a transport's processes hold calls for. None:
 /// nothing that tells, yet. A UNIX datagram socket tells less than the
 /// others (`weak`): libraries open one for a moment (logging, name
 /// services) before the program opens what it is run for, and a UDP
-/// transport taken for one would lose its packet pipes.
+/// transport taken for one would lose its datagrams kept apart.
 fn layer_for(held: &[Held]) -> Option<(Found, bool)> {
     let robust = Layer::Robust;
     if let Some(Held::Packet(i)) = held.iter().find(|h| matches!(h, Held::Packet(_))) {
@@ -177,17 +177,17 @@ pub(super) fn start(a: &Args) -> Result<(Transport, Layer, String)> {
             LayerFlag::Robust => (Transport::stdio(), Layer::Robust(Medium::Bytes), "--layer robust".into()),
         });
     }
-    let mut t = Transport::command(&a.transport, false)?;
+    let mut t = Transport::command(&a.transport, Fds::Pipes)?;
     if a.layer == LayerFlag::Stream {
         return Ok((t, Layer::Stream, "--layer stream".into()));
     }
     let found = detect(&mut t);
     let (t, layer, why) = match found {
-        // Run again on packet pipes, so that each frame is one read of
-        // the transport's, and one datagram.
+        // Run again on socket pairs that keep records apart, so that
+        // each frame is one read of the transport's, and one datagram.
         Some((layer, why, true)) => {
             t.end();
-            (Transport::command(&a.transport, true)?, layer, why)
+            (Transport::command(&a.transport, Fds::Records)?, layer, why)
         }
         Some((layer, why, false)) => (t, layer, why),
         None => (t, Layer::Adapt, "nothing the transport holds tells: whatever the neighbour speaks".into()),

@@ -10,6 +10,20 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+/// What a command's stdin and stdout are: each a channel whose one end is
+/// the program's and the other the daemon's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fds {
+    /// Pipes: byte streams.
+    Pipes,
+    /// Packet pipes (O_DIRECT): each write of up to 4096 bytes is one read
+    /// (a larger write is several).
+    PacketPipes,
+    /// `SOCK_SEQPACKET` socket pairs: each write, of any size the socket
+    /// buffer holds, is one read; a read shorter than it drops the rest.
+    Records,
+}
+
 /// The fds the daemon will read from and write to, and the child behind
 /// them (None for stdio).
 pub struct Transport {
@@ -19,20 +33,27 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts `sh -c CMD` with its stdin and stdout on pipes (packet pipes
-    /// with `packet`); stderr is shared with this process.
-    pub fn command(cmd: &str, packet: bool) -> Result<Transport> {
-        let pipe = || {
-            let mut flags = OFlag::O_CLOEXEC;
-            if packet {
-                flags |= OFlag::O_DIRECT;
+    /// Starts `sh -c CMD` with its stdin and stdout on a channel of kind
+    /// `fds` each; stderr is shared with this process.
+    pub fn command(cmd: &str, fds: Fds) -> Result<Transport> {
+        let channel = || match fds {
+            Fds::Pipes | Fds::PacketPipes => {
+                let mut flags = OFlag::O_CLOEXEC;
+                if fds == Fds::PacketPipes {
+                    flags |= OFlag::O_DIRECT;
+                }
+                let (r, w) = nix::unistd::pipe2(flags).map_err(|e| Error::Failed(format!("pipe: {e}")))?;
+                crate::sys::grow_pipe(r.as_fd());
+                Ok::<_, Error>((r, w))
             }
-            let (r, w) = nix::unistd::pipe2(flags).map_err(|e| Error::Failed(format!("pipe: {e}")))?;
-            crate::sys::grow_pipe(r.as_fd());
-            Ok::<_, Error>((r, w))
+            Fds::Records => {
+                use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+                socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                    .map_err(|e| Error::Failed(format!("socketpair: {e}")))
+            }
         };
-        let (to_child_r, to_child_w) = pipe()?;
-        let (from_child_r, from_child_w) = pipe()?;
+        let (to_child_r, to_child_w) = channel()?;
+        let (from_child_r, from_child_w) = channel()?;
         let child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(cmd)

@@ -1,7 +1,7 @@
 //! `r2 tunnel [-p] PATH TRANSPORT`: join a program (or this process's
 //! stdio) to the tunnel process of the node at the end of PATH.
 
-use super::transport::{hand_over_and_wait, Transport};
+use super::transport::{hand_over_and_wait, Fds, Transport};
 use super::{Command, Error, Global, Result};
 use crate::client::Control;
 use crate::wire::control::Request;
@@ -58,7 +58,11 @@ pub fn parse(p: &mut lexopt::Parser, g: &mut Global) -> Result<Command> {
 
 pub fn run(g: &Global, a: Args) -> Result<i32> {
     let control = Control::connect(&g.socket())?;
-    let t = if a.transport == "-" { Transport::stdio() } else { Transport::command(&a.transport, a.packet)? };
+    let t = if a.transport == "-" {
+        Transport::stdio()
+    } else {
+        Transport::command(&a.transport, if a.packet { Fds::PacketPipes } else { Fds::Pipes })?
+    };
     hand_over_and_wait(control, &Request::Tunnel { path: a.path, packet: a.packet }, t)
 }
 

@@ -26,7 +26,7 @@ use super::reliable::{Micros, Reliable};
 use super::robust::{Found, Robust, MAX_ENCODED};
 use super::secure::Secure;
 use super::{lock, LinkError, Received, SharedOutput};
-use crate::sys::fd::{read_append, wait_ready, write_all, WakeFd};
+use crate::sys::fd::{hung_up, read_append, wait_ready, write_all, WakeFd};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info};
 use nix::poll::PollFlags;
@@ -128,14 +128,18 @@ pub fn run(
         super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &sink))?;
     }
     sink.ready(out, Layer::Robust(e.medium), Some(Watch(shared.clone())));
-    let packet_reads = is_packet_pipe(&rfd);
+    let packet_reads = keeps_records(&rfd);
     super::spawn(format!("rx{}", e.name), move || {
         reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &sink, &poke, &wake, &e.counts)
     })
 }
 
-fn is_packet_pipe(fd: &OwnedFd) -> bool {
+/// Whether each read of `fd` is one write of its other end: a packet pipe
+/// (O_DIRECT) or a `SOCK_SEQPACKET` socket.
+fn keeps_records(fd: &OwnedFd) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::SockType};
     nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|f| f & nix::libc::O_DIRECT != 0)
+        || getsockopt(fd, SockType).is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket)
 }
 
 /// Puts a queued message into the state, in its class.
@@ -166,7 +170,8 @@ fn reader(
     let max = 2 * MAX_ENCODED;
     buf.reserve(max);
     // The source of this read's frame, where reads keep frames apart: a
-    // read into an empty buffer from a packet pipe is one whole frame.
+    // read into an empty buffer from a packet pipe or a socket that keeps
+    // records is one whole frame.
     let mut source = None;
     let mut heard = false;
     loop {
@@ -197,7 +202,12 @@ fn reader(
         if std::mem::take(&mut heard) {
             let _ = poke.try_send(());
         }
-        buf.drain(..at.min(buf.len()));
+        // Where reads keep datagrams apart, what is left of one after its
+        // last whole frame is never the start of the next one's.
+        match packet_reads {
+            true => buf.clear(),
+            false => drop(buf.drain(..at.min(buf.len()))),
+        }
         let fresh = buf.is_empty();
         match wait_ready(rfd.as_fd(), PollFlags::POLLIN, Some(wake)) {
             Ok(true) => {}
@@ -206,6 +216,8 @@ fn reader(
         }
         let room = max - buf.len().min(max - 1);
         match read_append(rfd.as_fd(), &mut buf, room) {
+            // An empty datagram, kept apart as a record of its own: not the end.
+            Ok(Some(0)) if packet_reads && !hung_up(rfd.as_fd()) => {}
             Ok(Some(0)) => return sink.ended(None),
             Ok(_) => {}
             Err(e) => return sink.ended(Some(LinkError::Read(super::ReadError::Io(e)))),

@@ -185,9 +185,37 @@ pub fn read_split(
     }
 }
 
+/// Whether the other end of `fd` has closed: where a read of no bytes can
+/// also be an empty record (a `SOCK_SEQPACKET` socket), this tells them
+/// apart.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_record_is_no_hang_up() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        assert_eq!(nix::unistd::write(&b, &[]).unwrap(), 0);
+        let mut buf = Vec::new();
+        assert_eq!(read_append(a.as_fd(), &mut buf, 16).unwrap(), Some(0));
+        assert!(!hung_up(a.as_fd()));
+        drop(b);
+        assert_eq!(read_append(a.as_fd(), &mut buf, 16).unwrap(), Some(0));
+        assert!(hung_up(a.as_fd()));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert!(!hung_up(r.as_fd()));
+        drop(w);
+        assert!(hung_up(r.as_fd()));
+    }
 
     #[test]
     fn a_waker_stops_a_blocked_read() {
