@@ -296,13 +296,15 @@ impl UdpPair {
         UdpPair { conn, srv, b, a, s }
     }
 
-    /// The layers on both sides are robust; a's says why (its transport
-    /// holds a UDP socket).
+    /// The layers on both sides are robust, for datagrams; each says why
+    /// (a's transport holds a UDP socket; b's `r2 connect -` was started
+    /// by socat, which does).
     fn check_layers(&self) {
         let la = layer(&self.s, &self.a, &self.b.id);
         assert!(la.starts_with("sealed robust (datagrams): the transport holds a UDP socket"), "a: {la}");
         let lb = layer(&self.s, &self.b, &self.a.id);
-        assert!(lb.starts_with("sealed robust"), "b: {lb}");
+        let why = "sealed robust (datagrams): this program's stdio, from a process that holds a UDP socket";
+        assert!(lb.starts_with(why), "b: {lb}");
         let f = ls_l(&self.s, &self.a, &self.b.id);
         assert!(f[9].starts_with("socat udp:127.0.0.1:"), "a's transport: {f:?}");
         eprintln!("a: {la}\nb: {lb}");

@@ -26,8 +26,10 @@ minute), each attempt logged, until a signal (exit 0) or the daemon's end
 
 The link layer follows from what the transport holds: the stream layer over
 TCP, UNIX sockets and pipes; the robust layer (checked frames, retransmission,
-congestion control) over UDP, raw Ethernet and serial lines; with - or a
-transport that holds none of these, whatever the neighbour speaks first.
+congestion control) over UDP, raw Ethernet and serial lines, and over - run by
+a process that holds a UDP socket (socat udp-l:PORT exec:\"r2 connect -\");
+with - or a transport that holds none of these, whatever the neighbour speaks
+first.
 
 A link starts with a Noise handshake in which each daemon proves the key that
 is its id; every message after it is encrypted and authenticated. With
@@ -166,10 +168,25 @@ fn detect(t: &mut Transport) -> Option<Found> {
     None
 }
 
+/// Whether the process that started this one holds a UDP socket, as a
+/// `socat udp-l:PORT exec:"r2 connect -"` does: then this program's stdio
+/// carries datagrams, each read of socat's one, and the robust layer's
+/// frames may be as large as datagrams (not a byte stream's 1200 bytes).
+/// Not init's, which holds the sockets of every socket unit.
+fn parent_holds_udp() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    parent > 1 && held(&[parent], &own_sockets()).contains(&Held::Udp)
+}
+
 /// Runs the transport and chooses the link's layer.
 pub(super) fn start(a: &Args) -> Result<(Transport, Layer, String)> {
     if a.transport == "-" {
         return Ok(match a.layer {
+            LayerFlag::Auto if parent_holds_udp() => (
+                Transport::stdio(),
+                Layer::Robust(Medium::Datagrams),
+                "this program's stdio, from a process that holds a UDP socket".into(),
+            ),
             LayerFlag::Auto => {
                 (Transport::stdio(), Layer::Adapt, "this program's stdio: whatever the neighbour speaks".into())
             }

@@ -202,12 +202,10 @@ fn reader(
         if std::mem::take(&mut heard) {
             let _ = poke.try_send(());
         }
-        // Where reads keep datagrams apart, what is left of one after its
-        // last whole frame is never the start of the next one's.
-        match packet_reads {
-            true => buf.clear(),
-            false => drop(buf.drain(..at.min(buf.len()))),
-        }
+        // What is left after the last whole frame is joined to the next
+        // read, even where reads keep datagrams apart: the peer's socat
+        // may cut its byte stream anywhere (see r2(7), Robust frames).
+        buf.drain(..at.min(buf.len()));
         let fresh = buf.is_empty();
         match wait_ready(rfd.as_fd(), PollFlags::POLLIN, Some(wake)) {
             Ok(true) => {}
