@@ -167,8 +167,9 @@ pub struct Shortcut {
 /// Where the messages of a shortcut are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lane {
-    /// A link's reader: transit messages (keyed by [`relay_key`]) and the
-    /// Data of far-side tunnel ends (keyed by [`delivery_key`]).
+    /// A link's reader: transit messages (keyed by [`relay_key`]), the
+    /// Data of far-side tunnel ends (keyed by [`delivery_key`]) and that of
+    /// callers' ends one hop away (keyed by [`caller_delivery_key`]).
     Link(PortId),
     /// The reader of the endpoint on this port, when it is the caller's
     /// end of a tunnel: the Data messages it makes of its program's output.
@@ -181,7 +182,9 @@ pub enum Lane {
 /// Where the messages of a shortcut go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// Out on this link.
+    /// Out on this link; or, for a key read on a link that is a
+    /// [`caller_delivery_key`], to the caller's tunnel end on this
+    /// endpoint port.
     Port(PortId),
     /// To the tunnel node's instance for this neighbour, as the packet of
     /// an [`Action::Tunnel`].
@@ -238,6 +241,25 @@ pub fn delivery_key(msg: &[u8]) -> Option<&[u8]> {
         && msg[HEADER + 1..2 * HEADER] == NodeId::TUNNEL.0
         && (msg[2 * HEADER] == DATA || msg[2 * HEADER] == SEALED);
     ok.then(|| &msg[..DELIVERY_KEY])
+}
+
+/// The first bytes of a message read on a link that decide where the Data
+/// for the caller's end of a one-hop tunnel goes: `To(e, From(0, Data …`
+/// up to the Data tag, where `e` is the caller's endpoint. None for
+/// anything else, or a tag alone. A link's reader looks these up among its
+/// delivery shortcuts too (the same length as a [`delivery_key`]).
+pub fn caller_delivery_key(msg: &[u8]) -> Option<&[u8]> {
+    let key = msg.get(..DELIVERY_KEY)?;
+    (msg.len() > DELIVERY_KEY && is_caller_delivery(key)).then_some(key)
+}
+
+/// Whether `key` is a [`caller_delivery_key`].
+pub fn is_caller_delivery(key: &[u8]) -> bool {
+    key.len() == DELIVERY_KEY
+        && key[0] == Kind::To as u8
+        && key[HEADER] == Kind::From as u8
+        && key[HEADER + 1..2 * HEADER] == NodeId::TUNNEL.0
+        && key[2 * HEADER] == DATA
 }
 
 /// The first bytes of a message from an endpoint that is a tunnel's Data
@@ -688,11 +710,27 @@ impl Router {
 
     /// After sending the message that `o` was read as, as the one send
     /// just pushed: if it left by a link, tell the daemon how to send the
-    /// next like it.
-    fn shortcut(&self, o: Origin, out: &mut Vec<Action>) {
+    /// next like it; if it is the Data of a one-hop tunnel read on a link
+    /// for an endpoint (the caller's end), how to deliver the next, keyed
+    /// by its [`caller_delivery_key`].
+    fn shortcut(&self, mut o: Origin, out: &mut Vec<Action>) {
         let Some(Action::Send { port, packet }) = out.last() else { return };
-        if !matches!(self.ports.get(port), Some(Port::Link { .. })) {
-            return;
+        match self.ports.get(port) {
+            Some(Port::Link { .. }) => {}
+            Some(Port::Endpoint { .. }) if matches!(o.lane, Lane::Link(_)) => {
+                // Sent as From(n0, From(0, Data …): the key reads the
+                // message as it came, To(e, From(0, Data ….
+                let b = packet.bytes();
+                if o.key.len() != HEADER || b.len() <= DELIVERY_KEY {
+                    return;
+                }
+                o.key.extend_from_slice(&b[HEADER..DELIVERY_KEY]);
+                if !is_caller_delivery(&o.key) {
+                    return;
+                }
+                o.rest -= DELIVERY_KEY - HEADER;
+            }
+            _ => return,
         }
         let Some(head) = packet.len().checked_sub(o.rest).and_then(|n| packet.bytes().get(..n)) else { return };
         let (to, head) = (Exit::Port(*port), head.to_vec());

@@ -6,7 +6,8 @@
 //! ([`Action::Shortcut`]). The loop gives that to the [`Registry`], which
 //! puts it in the table of the reader it is for: a link's reader relays
 //! transit messages to another link ([`LinkRoutes::relay`]) and delivers
-//! the Data of far-side tunnel ends to their programs itself, spliced
+//! the Data of far-side tunnel ends, and of callers' ends one hop away, to
+//! their programs itself, spliced where the input is a pipe
 //! ([`LinkRoutes::deliver`]); a tunnel's reader sends the Data it reads
 //! straight to the link it leaves by ([`Outbound`]). So a message costs one
 //! thread hand-over per hop instead of two.
@@ -36,7 +37,7 @@ use super::e2e::{SealHold, Sealed};
 use super::session::Key;
 use crate::link::{lock, Output, Sent, SharedOutput};
 use crate::noise::seal::{OVERHEAD, UNORDERED};
-use crate::router::{names, relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
+use crate::router::{is_caller_delivery, names, relay_key, Exit, Lane, PortId, Shortcut, DELIVERY_KEY};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::message::MAX_MESSAGE;
@@ -121,13 +122,17 @@ impl Pending {
     }
 }
 
-/// Where a link's reader delivers the Data messages of one far-side tunnel
-/// end itself: that end's program input; and for a tunnel sealed end to
-/// end, its keys, to open the Sealed messages the Data is in.
+/// Where a link's reader delivers the Data messages of one tunnel end
+/// itself (a far-side end, or the caller's end of a one-hop tunnel): that
+/// end's program input; and for a tunnel sealed end to end, its keys, to
+/// open the Sealed messages the Data is in.
 struct Inbound {
     out: Weak<Mutex<Output>>,
     key: Key,
     sealed: Option<Sealed>,
+    /// The input splices: the reader may move a large message's data
+    /// into it without reading it (else it delivers messages read whole).
+    splices: bool,
 }
 
 /// What a link's reader did with a whole message by a delivery shortcut.
@@ -209,7 +214,7 @@ impl LinkRoutes {
     /// first [`DELIVERY_KEY`] bytes) itself, so may splice its data: the
     /// table says where, and none of its messages waits for the loop.
     pub fn delivers(&self, key: &[u8]) -> bool {
-        self.pending.none() && lock(&self.deliveries).get(key).is_some_and(|i| i.sealed.is_none())
+        self.pending.none() && lock(&self.deliveries).get(key).is_some_and(|i| i.sealed.is_none() && i.splices)
     }
 
     /// The reader read a large message whose first bytes are `p` and
@@ -249,7 +254,7 @@ impl LinkRoutes {
         let (out, peer, sealed) = {
             let table = lock(&self.deliveries);
             match table.get(&p.bytes()[..DELIVERY_KEY]) {
-                Some(Inbound { out, key: Key::Instance(peer), sealed: Some(s) }) => match out.upgrade() {
+                Some(Inbound { out, key: Key::Instance(peer), sealed: Some(s), .. }) => match out.upgrade() {
                     Some(o) => (o, *peer, s.clone()),
                     None => return Err(p),
                 },
@@ -490,29 +495,39 @@ impl Registry {
         let end = match s.from {
             Lane::Link(from) => {
                 let Some(table) = self.links.get(&from) else { return };
-                match s.to {
-                    Exit::Port(to) => {
+                // A relay onward (Err: by this link), or a delivery of a
+                // tunnel end's Data: to the instance for a neighbour, or to
+                // the caller's end on an endpoint's port.
+                let exit = match s.to {
+                    Exit::Port(to) if is_caller_delivery(&s.key) => Ok(Key::Caller(to)),
+                    Exit::Port(to) => Err(to),
+                    Exit::Tunnel(peer) => Ok(Key::Instance(peer)),
+                };
+                match exit {
+                    Err(to) => {
                         let Some(out) = output(to) else { return };
                         let mut relays = lock(&table.relays);
                         if relays.len() < MAX_ROUTES {
                             relays.insert(s.key, Route::new(&out, s.head));
                         }
                     }
-                    Exit::Tunnel(peer) => {
-                        let key = Key::Instance(peer);
+                    Ok(key) => {
                         let Some((out, sealed)) = input(key) else { return };
                         // Data in Sealed messages for an end sealed end to
-                        // end, whole; in the clear for one that is not, spliced.
+                        // end, whole; in the clear for one that is not,
+                        // spliced where its input is a pipe (a caller's
+                        // program may write to a file or a terminal).
                         let fits = match &sealed {
                             Some(_) => s.key.last() == Some(&SEALED),
-                            None => s.key.last() == Some(&DATA) && lock(&out).splices(),
+                            None => s.key.last() == Some(&DATA),
                         };
                         if !fits {
                             return;
                         }
+                        let splices = lock(&out).splices();
                         let mut table = lock(&table.deliveries);
                         if table.len() < MAX_ROUTES && !table.contains_key(&s.key) {
-                            table.insert(s.key, Inbound { out: Arc::downgrade(&out), key, sealed });
+                            table.insert(s.key, Inbound { out: Arc::downgrade(&out), key, sealed, splices });
                         }
                     }
                 }
@@ -811,6 +826,38 @@ mod tests {
         let got = frames(r, 3);
         assert_eq!((got[0].bytes(), got[2].bytes()), (&b"first"[..], &b"second"[..]));
         assert_eq!(got[1].bytes(), &[7; OPEN_IN_READER][..]);
+    }
+
+    /// A link reader delivers the Data for the caller's end of a one-hop
+    /// tunnel (`To(x, From(0, Data …`) to that end's program, counted for
+    /// the caller's end; its Eof, and a relay's shortcut to the same port,
+    /// go to the loop.
+    #[test]
+    fn a_link_reader_delivers_a_callers_data() {
+        let (r, out, _writer) = output_on_pipe();
+        let x = NodeId([9; 32]);
+        let mut reg = Registry::new();
+        let routes = reg.open_link(1);
+        let msg = |m: &[u8]| {
+            let mut p = Packet::from_bytes(m);
+            p.push_header(Kind::From, NodeId::TUNNEL);
+            p.push_header(Kind::To, x);
+            p
+        };
+        let key = msg(b"\x02d").bytes()[..DELIVERY_KEY].to_vec();
+        let s = Shortcut { from: Lane::Link(1), key: key.clone(), to: Exit::Port(7), head: vec![1, DATA] };
+        let caller = |k: Key| (k == Key::Caller(7)).then(|| (out.clone(), None));
+        reg.learn(s, |_| None, caller);
+        assert!(routes.delivers(&key), "a large one's data may be spliced");
+        let got = routes.deliver_whole(msg(b"\x02hello"));
+        assert!(matches!(got, Ok(Delivery::Data(Delivered { key: Key::Caller(7), n: 5, done: true }))), "{got:?}");
+        let mut buf = [0u8; 16];
+        let n = nix::unistd::read(&r, &mut buf).unwrap();
+        assert!(buf[..n].ends_with(b"hello"), "{:?}", &buf[..n]);
+        assert!(routes.deliver_whole(msg(b"\x03")).is_err(), "Eof");
+        assert!(routes.relay(msg(b"\x02d")).is_err(), "no relay was learnt");
+        reg.forget_of(x);
+        assert!(!routes.delivers(&key), "forgotten with the node it names");
     }
 
     /// A virtual neighbour's end voids the shortcuts that name it and its

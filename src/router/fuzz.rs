@@ -6,8 +6,8 @@
 //! and once every port has closed the router holds nothing.
 
 use super::{
-    delivery_key, is_shortcut_tag, names, relay_key, tunnel_data_key, Action, Event, Exit, Lane, PortId, Router,
-    Shortcut, Timers,
+    caller_delivery_key, delivery_key, is_shortcut_tag, names, relay_key, tunnel_data_key, Action, Event, Exit, Lane,
+    PortId, Router, Shortcut, Timers,
 };
 use crate::wire::message::{Kind, MAX_MESSAGE};
 use crate::wire::{FailCode, NodeId, Packet};
@@ -39,9 +39,10 @@ impl ShortcutModel {
                 let on_link = self.tables.get(&Lane::Link(*port));
                 let lane = if on_link.is_some() { Lane::Link(*port) } else { Lane::Endpoint(*port) };
                 let key = match lane {
-                    Lane::Link(_) => {
-                        delivery_key(b).filter(|k| on_link.is_some_and(|t| t.contains_key(*k))).or(relay_key(b))
-                    }
+                    Lane::Link(_) => delivery_key(b)
+                        .or(caller_delivery_key(b))
+                        .filter(|k| on_link.is_some_and(|t| t.contains_key(*k)))
+                        .or(relay_key(b)),
                     _ => tunnel_data_key(b),
                 };
                 (lane, key?, b)

@@ -586,6 +586,40 @@ fn tunnel_data_teaches_every_kind_of_shortcut() {
     assert_eq!(checked, vec![1, 3, 2], "A sends, B relays both ways, C delivers and sends back");
 }
 
+/// The caller's end of a one-hop tunnel: its link's reader learns to
+/// deliver the far side's Data to the caller's end (keyed by the message
+/// as it comes, `To(x, From(0, Data …`), and predicts exactly what the
+/// router does with the next; control messages do not teach it.
+#[test]
+fn a_callers_link_learns_to_deliver_its_data() {
+    let (mut net, links) = chain(2);
+    net.routers[1] = Router::new(id(2), Timers::default()).with_tunnels();
+    net.cut(0, links[0].0);
+    net.link(0, 1);
+    let x = id(98);
+    let ep = net.endpoint(0, x);
+    let path = [id(2), NodeId::TUNNEL];
+    net.send(0, ep, &nest_to(&path, b"\x01\x00\x10\x00\x00"));
+    net.queue.push_back((1, Event::FromTunnel { to: x, packet: Packet::from_bytes(b"\x04\0\0\0\x01") }));
+    net.run();
+    assert!(!net.shortcuts[0].lanes().contains(&"link"), "a Credit teaches nothing");
+    for round in 0..2 {
+        net.send(0, ep, &nest_to(&path, b"\x02data"));
+        net.queue.push_back((1, Event::FromTunnel { to: x, packet: Packet::from_bytes(b"\x02back") }));
+        net.run();
+        let got = net.take(0, ep);
+        assert_eq!(got.last(), Some(&nest_from(&path, b"\x02back")), "round {round}");
+    }
+    let lanes = net.shortcuts[0].lanes();
+    assert!(lanes.contains(&"link") && lanes.contains(&"endpoint"), "the caller's side: {lanes:?}");
+    assert_eq!(net.shortcuts[0].checked, 2, "A sends its Data and delivers the far side's by shortcut");
+    let key = |m: &[u8]| caller_delivery_key(m).map(<[u8]>::len);
+    assert_eq!(key(&to_msg(x, &nest_from(&[NodeId::TUNNEL], b"\x02d"))), Some(DELIVERY_KEY));
+    assert_eq!(key(&to_msg(x, &nest_from(&[NodeId::TUNNEL], b"\x02"))), None, "Data without data");
+    assert_eq!(key(&to_msg(x, &nest_from(&[NodeId::TUNNEL], b"\x03"))), None, "Eof");
+    assert_eq!(key(&to_msg(x, &nest_from(&[id(3), NodeId::TUNNEL], b"\x02d"))), None, "more than one hop");
+}
+
 /// Control messages of a tunnel never teach a shortcut: only Data (and
 /// Datagrams, in packet mode) go by one.
 #[test]
