@@ -7,8 +7,9 @@
 /// The delimiter, which no encoded byte is.
 pub const ZERO: u8 = 0;
 
-/// Eight bytes as one word, the first in the lowest byte.
-fn word(chunk: &[u8]) -> u64 {
+/// Eight bytes as one word, the first in the lowest byte (as the CRC
+/// instructions take them too).
+pub(crate) fn word(chunk: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(chunk);
     u64::from_le_bytes(w)

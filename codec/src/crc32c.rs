@@ -8,6 +8,8 @@
 //! table takes a byte at a time, several times slower, with the same
 //! result.
 
+use crate::cobs::word;
+
 /// The CRC-32C of `bytes`.
 pub fn crc32c(bytes: &[u8]) -> u32 {
     Crc32c::new().take(bytes).value()
@@ -47,13 +49,6 @@ impl Crc32c {
     pub fn value(self) -> u32 {
         !self.0
     }
-}
-
-/// Eight bytes as the instructions take them.
-fn word(chunk: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(chunk);
-    u64::from_le_bytes(w)
 }
 
 #[cfg(target_arch = "x86_64")]

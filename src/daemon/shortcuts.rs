@@ -290,15 +290,12 @@ impl LinkRoutes {
             let table = lock(&self.deliveries);
             // The packet may hold no more than the key: the rest is in the body.
             match p.bytes().get(..DELIVERY_KEY).and_then(|k| table.get(k)) {
-                Some(i) if i.sealed.is_none() => i.out.upgrade().map(|o| (o, i.key)),
+                Some(i) if i.sealed.is_none() && (body.is_none() || i.splices) => i.out.upgrade().map(|o| (o, i.key)),
                 _ => None,
             }
         };
         let Some((out, key)) = out else { return Err((p, body)) };
         let mut out = lock(&out);
-        if body.is_some() && !out.splices() {
-            return Err((p, body));
-        }
         p.advance(DELIVERY_KEY);
         Ok(hand_over(&mut out, key, p, body))
     }
