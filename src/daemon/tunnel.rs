@@ -25,12 +25,13 @@ use crate::wire::control::Traffic;
 use crate::wire::message::MAX_DATA;
 use crate::wire::tunnel::{data_head, DATA, DATAGRAM};
 use crate::wire::Packet;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::Sender;
 use nix::poll::PollFlags;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 
 /// The size of one packet in packet mode (pipe(7): PIPE_BUF).
 pub const PACKET: usize = 4096;
@@ -42,8 +43,7 @@ pub struct TunnelEnd {
     /// (`shortcuts::LinkRoutes::deliver`); dropped at Eof.
     to_program: Option<SharedOutput>,
     _stop_reader: Waker,
-    credit: Arc<AtomicI64>,
-    credit_wake: Sender<()>,
+    credit: Arc<Credit>,
     since: std::time::Instant,
     /// Data given to the program.
     input: Traffic,
@@ -67,27 +67,17 @@ impl TunnelEnd {
         events: &Sender<Input>,
     ) -> std::io::Result<TunnelEnd> {
         let (stop, wake) = crate::sys::fd::wake_pair()?;
-        let credit = Arc::new(AtomicI64::new(0));
-        let (credit_wake, credit_rx) = bounded(1);
+        let credit = Arc::new(Credit::default());
         let (out, writer) = output(wfd, Arc::new(Raw { packets: packet }));
         start_writer(key, writer, events.clone())?;
-        let reader = Reader {
-            key,
-            fd: rfd,
-            stop: wake,
-            credit: credit.clone(),
-            credit_rx,
-            headroom,
-            packet,
-            outbound: outbound.clone(),
-        };
+        let reader =
+            Reader { key, fd: rfd, stop: wake, credit: credit.clone(), headroom, packet, outbound: outbound.clone() };
         reader.start(events.clone())?;
         Ok(TunnelEnd {
             session,
             to_program: Some(Arc::new(Mutex::new(out))),
             _stop_reader: stop,
             credit,
-            credit_wake,
             since: std::time::Instant::now(),
             input: Traffic::default(),
             outbound,
@@ -118,8 +108,7 @@ impl TunnelEnd {
 
     /// The peer granted `n` more bytes.
     pub fn add_credit(&self, n: u32) {
-        self.credit.fetch_add(n as i64, Ordering::AcqRel);
-        let _ = self.credit_wake.try_send(());
+        self.credit.add(n);
     }
 
     /// The program's input, while it takes data.
@@ -143,13 +132,73 @@ impl TunnelEnd {
     }
 }
 
+impl Drop for TunnelEnd {
+    fn drop(&mut self) {
+        self.credit.close();
+    }
+}
+
+/// The bytes the peer lets a tunnel's reader send, and the end's closing,
+/// each of which wakes the reader. It sleeps by `thread::park`, which does
+/// not spin: a channel's blocking receive spins and yields the CPU before
+/// it sleeps, which a hundred readers waiting for credit at once turn into
+/// thousands of context switches (see `sys::splice`).
+#[derive(Default)]
+struct Credit {
+    bytes: AtomicI64,
+    closed: AtomicBool,
+    reader: OnceLock<Thread>,
+}
+
+impl Credit {
+    fn add(&self, n: u32) {
+        self.bytes.fetch_add(n as i64, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// `n` bytes were read, to be sent.
+    fn take(&self, n: usize) {
+        self.bytes.fetch_sub(n as i64, Ordering::AcqRel);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.reader.get() {
+            t.unpark();
+        }
+    }
+
+    /// The credit once it is at least `need` bytes, waiting for it on the
+    /// calling thread (the reader's, always); None once the end is closed.
+    fn wait(&self, need: i64) -> Option<usize> {
+        let _ = self.reader.set(std::thread::current());
+        loop {
+            let c = self.bytes.load(Ordering::Acquire);
+            if c >= need {
+                return Some(c as usize);
+            }
+            if self.closed() {
+                return None;
+            }
+            std::thread::park();
+        }
+    }
+}
+
 /// The reader of a program's output.
 struct Reader {
     key: Key,
     fd: OwnedFd,
     stop: WakeFd,
-    credit: Arc<AtomicI64>,
-    credit_rx: Receiver<()>,
+    credit: Arc<Credit>,
     headroom: usize,
     packet: bool,
     outbound: Arc<Outbound>,
@@ -208,14 +257,10 @@ impl Reader {
         // stalled link keeps it, so look now and then whether the tunnel
         // end is gone.
         let got = loop {
-            match pipes.free().recv_timeout(STALLED) {
-                Ok(p) => break p,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(TryRecvError::Disconnected) = self.credit_rx.try_recv() {
-                        return Spliced::Stop;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return Spliced::NoPipe,
+            match pipes.wait_free(STALLED) {
+                Some(p) => break p,
+                None if self.credit.closed() => return Spliced::Stop,
+                None => {}
             }
         };
         let Some(mut body) = pipes.body(got) else { return Spliced::NoPipe };
@@ -226,7 +271,7 @@ impl Reader {
             Err(e) if e.kind() == ErrorKind::Unsupported => return Spliced::Unsupported,
             Err(e) => return Spliced::Failed(e),
         };
-        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+        self.credit.take(n);
         match self.outbound.send_with(self.header(), Some(body)) {
             Ok(()) => Spliced::Sent(n),
             // The way out changed meanwhile: the loop gets the data itself.
@@ -258,15 +303,7 @@ impl Reader {
         let mut can_splice = !self.packet;
         let mut bulk = false;
         loop {
-            let avail = loop {
-                let c = self.credit.load(Ordering::Acquire);
-                if c >= need {
-                    break c as usize;
-                }
-                if self.credit_rx.recv().is_err() {
-                    return;
-                }
-            };
+            let Some(avail) = self.credit.wait(need) else { return };
             let max = if self.packet { MAX_DATA } else { avail.min(MAX_DATA) };
             // Wait for data before holding a buffer: an idle tunnel holds none.
             match wait_ready(self.fd.as_fd(), PollFlags::POLLIN, Some(&self.stop)) {
@@ -309,7 +346,7 @@ impl Reader {
                     Ok(None) => continue,
                     Ok(Some(0)) => None,
                     Ok(Some(n)) if self.packet => {
-                        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                        self.credit.take(n);
                         offset += n as u64;
                         match self.outbound.send(self.packet_of(&mut buf, n, offset - n as u64)) {
                             Ok(()) => continue,
@@ -317,7 +354,7 @@ impl Reader {
                         }
                     }
                     Ok(Some(n)) => {
-                        self.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                        self.credit.take(n);
                         bulk = n >= buffers::SMALL;
                         match self.outbound.send(self.packet_of(&mut buf, n, 0)) {
                             Ok(()) => continue,

@@ -8,16 +8,21 @@
 //! ([`Pipes`]); a body written out whole gives its pipe back, one dropped
 //! before that closes it. The process keeps at most [`MAX_PIPES`] pipes
 //! for bodies, so that busy tunnels cannot run it out of fds; a reader
-//! without one reads the data instead.
+//! without one reads the data instead. A reader waiting for its pipe to
+//! come back sleeps on a condition variable, which does not spin: a
+//! channel's blocking receive spins and yields the CPU before it sleeps,
+//! and with a hundred tunnel readers waiting so, those yields were a tenth
+//! of the daemons' CPU time.
 
 use crate::wire::Packet;
-use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use nix::poll::PollFlags;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The most pipes for bodies in this process (two fds each).
 pub const MAX_PIPES: usize = 256;
@@ -64,32 +69,51 @@ impl Drop for Pipe {
     }
 }
 
-/// Where a written-out body's pipe goes: `Some` for reuse, `None` when the
-/// pipe was closed with data in it.
-type Home = Sender<Option<Pipe>>;
+/// A reader's free slots for pipes: `Some` a pipe to reuse, `None` room
+/// for one to be made (or made again, after one was closed with data in it).
+struct Slots {
+    free: Mutex<Vec<Option<Pipe>>>,
+    back: Condvar,
+}
+
+impl Slots {
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<Pipe>>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A written-out body's pipe comes home, or its room if it was closed.
+    fn put(&self, p: Option<Pipe>) {
+        self.lock().push(p);
+        self.back.notify_one();
+    }
+}
 
 /// A reader's pipes for bodies: at most as many as it was made with, each
 /// made when first needed.
 pub struct Pipes {
-    home: Home,
-    back: Receiver<Option<Pipe>>,
+    slots: Arc<Slots>,
 }
 
 impl Pipes {
     pub fn new(n: usize) -> Pipes {
-        let (home, back) = bounded(n);
-        for _ in 0..n {
-            let _ = home.send(None);
-        }
-        Pipes { home, back }
+        let free = (0..n).map(|_| None).collect();
+        Pipes { slots: Arc::new(Slots { free: Mutex::new(free), back: Condvar::new() }) }
     }
 
-    /// Where free pipes wait, for a reader that waits for one.
-    pub fn free(&self) -> &Receiver<Option<Pipe>> {
-        &self.back
+    /// Waits at most `timeout` for a free slot: None if none came back.
+    pub fn wait_free(&self, timeout: Duration) -> Option<Option<Pipe>> {
+        let free = self.slots.lock();
+        let (mut free, _) =
+            self.slots.back.wait_timeout_while(free, timeout, |f| f.is_empty()).unwrap_or_else(|e| e.into_inner());
+        free.pop()
     }
 
-    /// An empty body in the pipe `got` from [`Pipes::free`]; None if no
+    /// A free slot, if there is one now.
+    pub fn try_free(&self) -> Option<Option<Pipe>> {
+        self.slots.lock().pop()
+    }
+
+    /// An empty body in the pipe `got` from [`Pipes::wait_free`]; None if no
     /// pipe can be made (the slot stays free, to try again later).
     pub fn body(&self, got: Option<Pipe>) -> Option<Body> {
         let pipe = match got {
@@ -97,17 +121,17 @@ impl Pipes {
             None => match Pipe::new() {
                 Some(p) => p,
                 None => {
-                    let _ = self.home.try_send(None);
+                    self.slots.put(None);
                     return None;
                 }
             },
         };
-        Some(Body { pipe: Some(pipe), len: 0, home: self.home.clone() })
+        Some(Body { pipe: Some(pipe), len: 0, home: self.slots.clone() })
     }
 
     /// An empty body, if a pipe is free now.
     pub fn try_body(&self) -> Option<Body> {
-        self.back.try_recv().ok().and_then(|p| self.body(p))
+        self.try_free().and_then(|p| self.body(p))
     }
 }
 
@@ -115,7 +139,7 @@ impl Pipes {
 pub struct Body {
     pipe: Option<Pipe>,
     len: usize,
-    home: Home,
+    home: Arc<Slots>,
 }
 
 /// One splice(2) of at most `len` bytes from `src` to `dst`, again if a
@@ -231,7 +255,7 @@ impl Body {
 impl Drop for Body {
     fn drop(&mut self) {
         if let Some(p) = self.pipe.take() {
-            let _ = self.home.try_send((self.len == 0).then_some(p));
+            self.home.put((self.len == 0).then_some(p));
         }
     }
 }
@@ -239,6 +263,23 @@ impl Drop for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader waiting for its pipe waits until a body gives it back, and
+    /// no longer than it asked to.
+    #[test]
+    fn a_reader_waits_for_its_pipe_to_come_back() {
+        let pipes = Pipes::new(1);
+        let b = pipes.try_body().unwrap();
+        let t = std::time::Instant::now();
+        assert!(pipes.wait_free(Duration::from_millis(50)).is_none(), "none is free");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let giver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20)); // let the reader wait: not a wait for a condition
+            drop(b);
+        });
+        assert!(matches!(pipes.wait_free(Duration::from_secs(10)), Some(Some(_))), "an empty body's pipe is back");
+        giver.join().unwrap();
+    }
 
     /// Bytes go from one pipe through a body into another unchanged; the
     /// emptied pipe is reused, one dropped full is closed and made anew.
@@ -262,8 +303,8 @@ mod tests {
             at += nix::unistd::read(&dst_r, &mut got[at..]).unwrap();
         }
         assert_eq!(got, data);
-        assert!(matches!(pipes.free().try_recv(), Ok(Some(_))), "an emptied body's pipe comes back");
-        let _ = pipes.home.send(None);
+        assert!(matches!(pipes.try_free(), Some(Some(_))), "an emptied body's pipe comes back");
+        pipes.slots.put(None);
         let mut b = pipes.try_body().unwrap();
         assert!(b.fill(src_r.as_fd(), 100).unwrap_err().kind() == io::ErrorKind::WouldBlock);
         nix::unistd::write(&src_w, b"abc").unwrap();
@@ -274,6 +315,6 @@ mod tests {
         nix::unistd::write(&src_w, b"def").unwrap();
         b.fill(src_r.as_fd(), 100).unwrap();
         drop(b);
-        assert!(matches!(pipes.free().try_recv(), Ok(None)), "a body dropped full is closed");
+        assert!(matches!(pipes.try_free(), Some(None)), "a body dropped full is closed");
     }
 }
