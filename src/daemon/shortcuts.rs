@@ -410,9 +410,12 @@ impl Outbound {
         lock(&self.route).is_some()
     }
 
-    /// Whether the way out is known and takes messages with a body.
+    /// Whether the way out is known and takes messages with a body, and
+    /// none of the reader's messages waits for the loop: whether a body
+    /// read now would go on by the shortcut (else the reader reads the
+    /// data into memory, as the loop needs it).
     pub fn splices(&self) -> bool {
-        !self.sealed_key() && lock(&self.route).as_ref().is_some_and(|r| r.splices)
+        self.pending.none() && !self.sealed_key() && lock(&self.route).as_ref().is_some_and(|r| r.splices)
     }
 
     /// Data messages go to `out`, after `head`.
@@ -684,6 +687,24 @@ mod tests {
         drop(end);
         let _other = reg.open_tunnel(Key::Caller(8), vec![DATA]);
         assert_eq!(reg.tunnels.len(), 1, "a gone end leaves the registry");
+    }
+
+    /// A reader splices only while a body would go on by the shortcut: not
+    /// while one of its messages waits for the loop, which would need the
+    /// data read back into memory.
+    #[test]
+    fn a_reader_splices_only_while_nothing_waits_for_the_loop() {
+        let (_r, out, _writer) = output_on_pipe();
+        let mut reg = Registry::new();
+        let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, DATA]);
+        assert!(!end.splices(), "no way out yet");
+        let s = Shortcut { from: Lane::Endpoint(7), key: vec![1, 2, DATA], to: Exit::Port(2), head: vec![9, DATA] };
+        reg.learn(s, |_| Some(out.clone()), |_| None);
+        assert!(end.splices(), "a pipe's output takes bodies");
+        end.pending.handing_over();
+        assert!(!end.splices(), "a message waits for the loop");
+        end.pending.handled();
+        assert!(end.splices());
     }
 
     /// A packet-mode end's way is taught by its Datagrams, not by Data of

@@ -72,19 +72,31 @@ impl Drop for Pipe {
 /// A reader's free slots for pipes: `Some` a pipe to reuse, `None` room
 /// for one to be made (or made again, after one was closed with data in it).
 struct Slots {
-    free: Mutex<Vec<Option<Pipe>>>,
+    state: Mutex<Free>,
     back: Condvar,
 }
 
+#[derive(Default)]
+struct Free {
+    slots: Vec<Option<Pipe>>,
+    /// Readers waiting for a slot: only then is a wake-up (a futex call)
+    /// worth making.
+    waiting: usize,
+}
+
 impl Slots {
-    fn lock(&self) -> MutexGuard<'_, Vec<Option<Pipe>>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Free> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A written-out body's pipe comes home, or its room if it was closed.
     fn put(&self, p: Option<Pipe>) {
-        self.lock().push(p);
-        self.back.notify_one();
+        let mut free = self.lock();
+        free.slots.push(p);
+        if free.waiting > 0 {
+            drop(free);
+            self.back.notify_one();
+        }
     }
 }
 
@@ -96,21 +108,27 @@ pub struct Pipes {
 
 impl Pipes {
     pub fn new(n: usize) -> Pipes {
-        let free = (0..n).map(|_| None).collect();
-        Pipes { slots: Arc::new(Slots { free: Mutex::new(free), back: Condvar::new() }) }
+        let free = Free { slots: (0..n).map(|_| None).collect(), waiting: 0 };
+        Pipes { slots: Arc::new(Slots { state: Mutex::new(free), back: Condvar::new() }) }
     }
 
     /// Waits at most `timeout` for a free slot: None if none came back.
     pub fn wait_free(&self, timeout: Duration) -> Option<Option<Pipe>> {
-        let free = self.slots.lock();
-        let (mut free, _) =
-            self.slots.back.wait_timeout_while(free, timeout, |f| f.is_empty()).unwrap_or_else(|e| e.into_inner());
-        free.pop()
+        let mut free = self.slots.lock();
+        if free.slots.is_empty() {
+            free.waiting += 1;
+            free = match self.slots.back.wait_timeout_while(free, timeout, |f| f.slots.is_empty()) {
+                Ok((f, _)) => f,
+                Err(e) => e.into_inner().0,
+            };
+            free.waiting -= 1;
+        }
+        free.slots.pop()
     }
 
     /// A free slot, if there is one now.
     pub fn try_free(&self) -> Option<Option<Pipe>> {
-        self.slots.lock().pop()
+        self.slots.lock().slots.pop()
     }
 
     /// An empty body in the pipe `got` from [`Pipes::wait_free`]; None if no
@@ -225,27 +243,15 @@ impl Body {
         Ok(Packet::from_parts(b, start))
     }
 
-    /// Appends all of the body to `buf`.
+    /// Appends all of the body to `buf` (into its spare capacity: nothing
+    /// is zeroed first).
     pub fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.reserve(self.len);
         while self.len > 0 {
-            let at = buf.len();
-            buf.resize(at + self.len, 0);
-            let r = nix::unistd::read(self.pipe()?.r.as_fd(), &mut buf[at..]);
-            match r {
-                Ok(0) => {
-                    buf.truncate(at);
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                Ok(n) => {
-                    buf.truncate(at + n);
-                    self.len -= n;
-                }
-                Err(Errno::EINTR) => buf.truncate(at),
-                Err(e) => {
-                    buf.truncate(at);
-                    return Err(e.into());
-                }
+            match super::fd::read_append(self.pipe()?.r.as_fd(), buf, self.len)? {
+                Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Some(n) => self.len -= n,
+                // The body's bytes are in its pipe already: never the case.
+                None => return Err(io::ErrorKind::WouldBlock.into()),
             }
         }
         Ok(())
