@@ -50,6 +50,7 @@ impl Sink for PortSink {
     }
 
     fn message(&self, p: Packet) -> bool {
+        self.routes.pending.catch_up();
         let p = match self.routes.relay(p) {
             Ok(()) => return true,
             Err(p) => p,
@@ -64,6 +65,7 @@ impl Sink for PortSink {
     /// first message that goes to the loop counts as handed over at once,
     /// so that none after it takes a shortcut past it.
     fn messages(&self, ps: &mut Vec<Packet>) -> bool {
+        self.routes.pending.catch_up();
         let mut to_loop = Vec::new();
         for p in ps.drain(..) {
             let Err(p) = self.routes.relay(p) else { continue };
@@ -92,6 +94,7 @@ impl Sink for PortSink {
     }
 
     fn wants_body(&self, key: &[u8]) -> bool {
+        self.routes.pending.catch_up();
         self.routes.delivers(key)
     }
 
