@@ -30,6 +30,20 @@ impl PortSink {
         self.inputs.send(Input::Router(Event::Received { port: self.port, packet })).is_ok()
     }
 
+    /// Waits for the loop to catch up if a shortcut would take `p` (see
+    /// `shortcuts::Pending`).
+    fn catch_up_for(&self, p: &Packet) {
+        if !self.routes.pending.none() && self.routes.has_way_for(p.bytes()) {
+            self.routes.pending.catch_up();
+        }
+    }
+
+    /// Hands the loop messages already counted as handed over.
+    fn hand_over(&self, ps: &mut Vec<Packet>) -> bool {
+        let packets = std::mem::take(ps);
+        self.inputs.send(Input::Received { port: self.port, packets }).is_ok()
+    }
+
     /// Tells the loop what a delivery shortcut did.
     fn delivered(&self, d: Delivery) -> bool {
         let input = match d {
@@ -50,7 +64,7 @@ impl Sink for PortSink {
     }
 
     fn message(&self, p: Packet) -> bool {
-        self.routes.pending.catch_up();
+        self.catch_up_for(&p);
         let p = match self.routes.relay(p) {
             Ok(()) => return true,
             Err(p) => p,
@@ -65,9 +79,15 @@ impl Sink for PortSink {
     /// first message that goes to the loop counts as handed over at once,
     /// so that none after it takes a shortcut past it.
     fn messages(&self, ps: &mut Vec<Packet>) -> bool {
-        self.routes.pending.catch_up();
         let mut to_loop = Vec::new();
         for p in ps.drain(..) {
+            // Before waiting for the loop, give it what this batch has for it.
+            if !self.routes.pending.none() && self.routes.has_way_for(p.bytes()) {
+                if !to_loop.is_empty() && !self.hand_over(&mut to_loop) {
+                    return false;
+                }
+                self.routes.pending.catch_up();
+            }
             let Err(p) = self.routes.relay(p) else { continue };
             let p = match self.routes.deliver_whole(p) {
                 // None went to the loop before: a reader delivers only
@@ -83,10 +103,7 @@ impl Sink for PortSink {
             self.routes.pending.handing_over();
             to_loop.push(p);
         }
-        match to_loop.len() {
-            0 => true,
-            _ => self.inputs.send(Input::Received { port: self.port, packets: to_loop }).is_ok(),
-        }
+        to_loop.is_empty() || self.hand_over(&mut to_loop)
     }
 
     fn body_key(&self) -> Option<usize> {
@@ -94,7 +111,9 @@ impl Sink for PortSink {
     }
 
     fn wants_body(&self, key: &[u8]) -> bool {
-        self.routes.pending.catch_up();
+        if self.routes.has_way_for(key) {
+            self.routes.pending.catch_up();
+        }
         self.routes.delivers(key)
     }
 

@@ -106,12 +106,14 @@ impl Route {
 /// The messages a reader has handed to the loop that the loop has not yet
 /// handled and acted on: while there are any, the reader takes no shortcut.
 ///
-/// A reader about to hand on more waits first, up to [`CATCH_UP`], for the
-/// loop to act on those ([`Pending::catch_up`]). Else, on a busy machine,
+/// A reader with a message that a shortcut would take waits first, up to
+/// [`CATCH_UP`], for the loop to act on those ([`Pending::catch_up`]). Else, on a busy machine,
 /// the loop is always behind a reader that keeps handing it messages, and
 /// none of them ever goes by a shortcut again: with 100 tunnels through
 /// one link, perf showed the far daemon's loop writing their data itself.
 /// Waiting loses nothing: while any is pending, all go to the loop anyway.
+/// Messages with no shortcut (Credit, a packet-mode tunnel's Datagrams) do
+/// not wait: the reader and the loop work on those side by side.
 #[derive(Default)]
 pub struct Pending {
     count: AtomicUsize,
@@ -249,6 +251,19 @@ impl LinkRoutes {
         r.send(p, k)?;
         self.relayed.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether a shortcut says where a message that starts with `bytes`
+    /// goes (relayed or delivered), whatever waits for the loop: whether it
+    /// is worth waiting for the loop to catch up ([`Pending::catch_up`]).
+    /// Messages that always go to the loop (Credit, Datagrams) are not.
+    pub fn has_way_for(&self, bytes: &[u8]) -> bool {
+        if let Some(k) = relay_key(bytes) {
+            if lock(&self.relays).contains_key(k) {
+                return true;
+            }
+        }
+        bytes.get(..DELIVERY_KEY).is_some_and(|k| lock(&self.deliveries).contains_key(k))
     }
 
     /// Whether the reader delivers a message that starts with `key` (the
@@ -446,8 +461,7 @@ impl Outbound {
     }
 
     /// Whether the way out is known.
-    #[cfg(test)]
-    fn known(&self) -> bool {
+    pub fn knows_the_way(&self) -> bool {
         lock(&self.route).is_some()
     }
 
@@ -720,11 +734,11 @@ mod tests {
             reg.learn(s, |_| Some(out.clone()), |_| None);
         };
         learn(&mut reg, vec![1, 3, DATA]);
-        assert!(!end.known());
+        assert!(!end.knows_the_way());
         learn(&mut reg, vec![1, 2, DATA]);
-        assert!(end.known());
+        assert!(end.knows_the_way());
         reg.forget();
-        assert!(!end.known());
+        assert!(!end.knows_the_way());
         drop(end);
         let _other = reg.open_tunnel(Key::Caller(8), vec![DATA]);
         assert_eq!(reg.tunnels.len(), 1, "a gone end leaves the registry");
@@ -787,11 +801,11 @@ mod tests {
             reg.learn(s, |_| Some(out.clone()), |_| None);
         };
         learn(&mut reg, vec![1, 2, DATA], vec![9, DATA]);
-        assert!(!end.known(), "taught by Data");
+        assert!(!end.knows_the_way(), "taught by Data");
         learn(&mut reg, vec![1, 2, DATAGRAM], vec![9, DATA]);
-        assert!(!end.known(), "a head that would make it Data");
+        assert!(!end.knows_the_way(), "a head that would make it Data");
         learn(&mut reg, vec![1, 2, DATAGRAM], vec![9, DATAGRAM]);
-        assert!(end.known());
+        assert!(end.knows_the_way());
         let dg = [&[DATAGRAM][..], &5u64.to_be_bytes(), b"ip packet"].concat();
         assert!(end.send(Packet::from_bytes(&dg)).is_ok());
         assert_eq!(end.read().bytes, 9, "the data, not the tag and offset");
@@ -829,7 +843,7 @@ mod tests {
         let end = reg.open_tunnel(Key::Caller(7), vec![1, 2, SEALED]);
         let s = Shortcut { from: Lane::Endpoint(7), key: vec![1, 2, SEALED], to: Exit::Port(2), head: vec![9, SEALED] };
         reg.learn(s, |_| Some(out.clone()), |_| None);
-        assert!(end.known() && !end.splices(), "sealed data is read, to be sealed");
+        assert!(end.knows_the_way() && !end.splices(), "sealed data is read, to be sealed");
         let data = |d: &[u8]| Packet::from_bytes(&TunnelMsg::Data(d).encode());
         assert!(end.send(data(b"too early")).is_err(), "no keys yet: the loop's");
         end.seal_with(caller.clone());
@@ -977,13 +991,16 @@ mod tests {
             reg.learn(s, |_| Some(out.clone()), |_| None);
             end
         });
-        assert!(ends.iter().all(|e| e.known()) && routes.delivers(&key(e1)) && routes.delivers(&key(e2)));
+        assert!(ends.iter().all(|e| e.knows_the_way()) && routes.delivers(&key(e1)) && routes.delivers(&key(e2)));
+        assert!(routes.has_way_for(&key(e1)) && routes.has_way_for(to(1, b"x").bytes()), "worth waiting for");
         reg.forget_of(e1);
         assert!(!routes.delivers(&key(e1)) && routes.delivers(&key(e2)));
-        assert!(!ends[0].known() && ends[1].known());
+        assert!(!routes.has_way_for(&key(e1)) && !routes.has_way_for(to(1, b"x").bytes()), "goes to the loop anyway");
+        assert!(routes.has_way_for(&key(e2)) && routes.has_way_for(to(2, b"x").bytes()));
+        assert!(!ends[0].knows_the_way() && ends[1].knows_the_way());
         assert!(routes.relay(to(1, b"x")).is_err(), "a relay to e1");
         assert!(routes.relay(to(2, b"x")).is_ok(), "a relay to e2");
         reg.forget();
-        assert!(!routes.delivers(&key(e2)) && !ends[1].known());
+        assert!(!routes.delivers(&key(e2)) && !ends[1].knows_the_way());
     }
 }

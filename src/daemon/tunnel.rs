@@ -313,7 +313,9 @@ impl Reader {
             }
             // Let the loop act on what this reader gave it, so that this
             // message may take the shortcut (see shortcuts::Pending).
-            self.outbound.pending.catch_up();
+            if self.outbound.knows_the_way() {
+                self.outbound.pending.catch_up();
+            }
             let packet = if can_splice && bulk && self.outbound.splices() {
                 match self.splice_once(&pipes, max) {
                     Spliced::Sent(n) => {
