@@ -30,10 +30,10 @@ impl PortSink {
         self.inputs.send(Input::Router(Event::Received { port: self.port, packet })).is_ok()
     }
 
-    /// Waits for the loop to catch up if a shortcut would take `p` (see
+    /// Waits for the loop to catch up if a shortcut would deliver `p` (see
     /// `shortcuts::Pending`).
     fn catch_up_for(&self, p: &Packet) {
-        if !self.routes.pending.none() && self.routes.has_way_for(p.bytes()) {
+        if !self.routes.pending.none() && self.routes.would_deliver(p.bytes()) {
             self.routes.pending.catch_up();
         }
     }
@@ -82,7 +82,7 @@ impl Sink for PortSink {
         let mut to_loop = Vec::new();
         for p in ps.drain(..) {
             // Before waiting for the loop, give it what this batch has for it.
-            if !self.routes.pending.none() && self.routes.has_way_for(p.bytes()) {
+            if !self.routes.pending.none() && self.routes.would_deliver(p.bytes()) {
                 if !to_loop.is_empty() && !self.hand_over(&mut to_loop) {
                     return false;
                 }
@@ -111,7 +111,7 @@ impl Sink for PortSink {
     }
 
     fn wants_body(&self, key: &[u8]) -> bool {
-        if self.routes.has_way_for(key) {
+        if self.routes.would_deliver(key) {
             self.routes.pending.catch_up();
         }
         self.routes.delivers(key)

@@ -311,11 +311,6 @@ impl Reader {
                 Ok(false) => return,
                 Err(e) => log::debug!("tunnel {:?}: {e}", self.key),
             }
-            // Let the loop act on what this reader gave it, so that this
-            // message may take the shortcut (see shortcuts::Pending).
-            if self.outbound.knows_the_way() {
-                self.outbound.pending.catch_up();
-            }
             let packet = if can_splice && bulk && self.outbound.splices() {
                 match self.splice_once(&pipes, max) {
                     Spliced::Sent(n) => {
