@@ -30,12 +30,11 @@ impl PortSink {
         self.inputs.send(Input::Router(Event::Received { port: self.port, packet })).is_ok()
     }
 
-    /// Waits for the loop to catch up if a shortcut would deliver `p` (see
-    /// `shortcuts::Pending`).
-    fn catch_up_for(&self, p: &Packet) {
-        if !self.routes.pending.none() && self.routes.would_deliver(p.bytes()) {
-            self.routes.pending.catch_up();
-        }
+    /// Whether a message that starts with `bytes` waits behind the loop
+    /// although a shortcut would deliver it: then the reader lets the loop
+    /// catch up first (see `shortcuts::Pending`).
+    fn behind_the_loop(&self, bytes: &[u8]) -> bool {
+        !self.routes.pending.none() && self.routes.would_deliver(bytes)
     }
 
     /// Hands the loop messages already counted as handed over.
@@ -64,7 +63,9 @@ impl Sink for PortSink {
     }
 
     fn message(&self, p: Packet) -> bool {
-        self.catch_up_for(&p);
+        if self.behind_the_loop(p.bytes()) {
+            self.routes.pending.catch_up();
+        }
         let p = match self.routes.relay(p) {
             Ok(()) => return true,
             Err(p) => p,
@@ -82,7 +83,7 @@ impl Sink for PortSink {
         let mut to_loop = Vec::new();
         for p in ps.drain(..) {
             // Before waiting for the loop, give it what this batch has for it.
-            if !self.routes.pending.none() && self.routes.would_deliver(p.bytes()) {
+            if self.behind_the_loop(p.bytes()) {
                 if !to_loop.is_empty() && !self.hand_over(&mut to_loop) {
                     return false;
                 }
@@ -111,7 +112,7 @@ impl Sink for PortSink {
     }
 
     fn wants_body(&self, key: &[u8]) -> bool {
-        if self.routes.would_deliver(key) {
+        if self.behind_the_loop(key) {
             self.routes.pending.catch_up();
         }
         self.routes.delivers(key)

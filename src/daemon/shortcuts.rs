@@ -264,18 +264,16 @@ impl LinkRoutes {
     /// at half the speed.
     pub fn would_deliver(&self, bytes: &[u8]) -> bool {
         let Some(k) = bytes.get(..DELIVERY_KEY) else { return false };
-        if k[DELIVERY_KEY - 1] == SEALED {
-            // As deliver_sealed: only ordered ones (a Datagram, sealed
-            // unordered, always goes to the loop), and on a sealed link only
-            // small ones.
-            let counter = bytes.get(DELIVERY_KEY..DELIVERY_KEY + 8).and_then(|c| c.try_into().ok());
-            if !counter.is_some_and(|c| u64::from_be_bytes(c) & UNORDERED == 0)
-                || (bytes.len() > OPEN_IN_READER && self.link_sealed.load(Ordering::Relaxed))
-            {
-                return false;
-            }
-        }
-        lock(&self.deliveries).contains_key(k)
+        (k[DELIVERY_KEY - 1] != SEALED || self.opens_in_reader(bytes)) && lock(&self.deliveries).contains_key(k)
+    }
+
+    /// Whether the reader may open the Sealed message `bytes` itself: an
+    /// ordered one (a Datagram, sealed unordered, goes to the loop, which
+    /// keeps count of the lost), and on a sealed link only a small one.
+    fn opens_in_reader(&self, bytes: &[u8]) -> bool {
+        let counter = bytes.get(DELIVERY_KEY..DELIVERY_KEY + 8).and_then(|c| c.try_into().ok());
+        counter.is_some_and(|c| u64::from_be_bytes(c) & UNORDERED == 0)
+            && !(bytes.len() > OPEN_IN_READER && self.link_sealed.load(Ordering::Relaxed))
     }
 
     /// Whether the reader delivers a message that starts with `key` (the
@@ -312,11 +310,7 @@ impl LinkRoutes {
     /// unordered one) goes to the loop, which keeps count of the lost; and
     /// on a sealed link only small ones ([`OPEN_IN_READER`]).
     fn deliver_sealed(&self, mut p: Packet) -> Result<Delivery, Packet> {
-        let counter = p.bytes().get(DELIVERY_KEY..DELIVERY_KEY + 8).and_then(|c| c.try_into().ok());
-        if !self.pending.none() || !counter.is_some_and(|c| u64::from_be_bytes(c) & UNORDERED == 0) {
-            return Err(p);
-        }
-        if p.len() > OPEN_IN_READER && self.link_sealed.load(Ordering::Relaxed) {
+        if !self.pending.none() || !self.opens_in_reader(p.bytes()) {
             return Err(p);
         }
         let (out, peer, sealed) = {
