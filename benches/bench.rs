@@ -1294,9 +1294,24 @@ enum Leg {
 /// Ports for the bench's TCP and UDP listeners, each used once.
 static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
+/// Names for the baselines' UNIX sockets, each used once.
+static SOCKET_NAME: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A port for a listener: below the kernel's ephemeral range (32768 and
+/// up here), where a connection's own end may sit and make `bind` fail,
+/// never one handed out before, and one nothing holds now.
 fn port() -> u16 {
-    let base = 30000 + (std::process::id() % 100) as u16 * 100;
-    base + PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100
+    let base = 12000 + (std::process::id() % 10) as u16 * 2000;
+    loop {
+        let n = PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 2000, "the bench ran out of listening ports (R2_BENCH_REPS too high?)");
+        let p = base + n;
+        let free = std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        if free {
+            return p;
+        }
+    }
 }
 
 /// Whether a TCP listener is on `port` of 127.0.0.1 (or any address).
@@ -1319,7 +1334,7 @@ fn socat_path(env: &mut Env, legs: &[Leg], rtt: bool, first: &str) -> String {
         .iter()
         .map(|leg| match leg {
             Leg::Unix => {
-                let name = format!("sp{}", port());
+                let name = format!("sp{}", SOCKET_NAME.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                 (format!("UNIX-LISTEN:{name}"), format!("UNIX-CONNECT:{name}"), Ok(name))
             }
             Leg::Tcp(_) => {
