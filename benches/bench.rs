@@ -33,8 +33,9 @@
 //!    tcp` link (the same processes; UDP has no socat baseline that carries a
 //!    stream), with socat's default socket buffers and with `rcvbuf=4194304`
 //!    on both (a user's setting for a fast link: with the default 208 KiB the
-//!    receiving socket drops frames as the congestion window probes). Each is measured plaintext (both ends `--plaintext`), which is
-//!    what the socat paths are and what the targets are for, and sealed (the
+//!    receiving socket drops frames as the congestion window probes). Each
+//!    is measured plaintext (both ends `--plaintext`), which is what the
+//!    socat paths are and what the targets are for, and sealed (the
 //!    default), whose cost is set beside OpenSSH in section 7.
 //! 2. Hops: 2 and 4 pipeline links (3 and 5 daemons) beside 3 and 5 socats
 //!    over UNIX sockets; a round trip's cost per extra hop, from 1 to 4 links,
@@ -1583,7 +1584,7 @@ fn main() {
     let k64 = Some(65536);
     // socat's rcvbuf as a user would raise it for a fast UDP link (up to
     // net.core.rmem_max, which caps it).
-    const MIB4: Option<u32> = Some(4 << 20);
+    let rcvbuf_4m = Some(4 << 20);
     let mut links = vec![
         Row::new("pipes dd|cat|cat|cat; socat 2", Run::Pipes(vec![Leg::Unix]), mib, 0),
         Row::new("r2 pipeline link, plaintext", path(&qs, 1), mib, 0),
@@ -1596,7 +1597,7 @@ fn main() {
         Row::new("r2 socat -b 65536 tcp, sealed", pair(&mut env, "bs", Via::Tcp(k64), false), mib, 6),
         Row::new("r2 socat udp link, plaintext", pair(&mut env, "u", Via::Udp(None), true), tr_mib, 4),
         Row::new("r2 socat udp link, sealed", pair(&mut env, "us", Via::Udp(None), false), tr_mib, 5),
-        Row::new("r2 udp, rcvbuf=4194304, plaintext", pair(&mut env, "ur", Via::Udp(MIB4), true), tr_mib, 4),
+        Row::new("r2 udp, rcvbuf=4194304, plaintext", pair(&mut env, "ur", Via::Udp(rcvbuf_4m), true), tr_mib, 4),
     ];
     let link_targets = [
         (1, "≥ 0.8 bulk; ≤ 1.0, 1.5 rtt"),
