@@ -144,13 +144,14 @@ pub enum Action {
     /// within [`MAX_MESSAGE`]). The reader of `from` may send such messages
     /// on itself until [`Action::ForgetShortcuts`] (r2d.8, "Shortcuts").
     Shortcut(Shortcut),
-    /// A neighbour or a connection has ended: every shortcut is void.
+    /// A link neighbour or a connection has ended: every shortcut is void.
     ForgetShortcuts,
-    /// Virtual neighbour `n`, or its connection to the tunnel node, has
-    /// ended: the shortcuts whose key or head names it, or that lead to or
-    /// from its tunnel end, are void. The others stay: nothing they depend
-    /// on changed (a virtual neighbour is a leaf, reached through its
-    /// carrier, and all that goes to or from it names it).
+    /// Virtual neighbour or endpoint `n`, or its connection to the tunnel
+    /// node, has ended: the shortcuts whose key or head names it, or that
+    /// lead to or from its tunnel end, are void. The others stay: nothing
+    /// they depend on changed (a virtual neighbour or an endpoint is a
+    /// leaf, reached through its carrier or on its own port, carrying no
+    /// other node, and all that goes to or from it names it).
     ForgetShortcutsOf(NodeId),
 }
 
@@ -218,11 +219,12 @@ pub fn names(bytes: &[u8], n: NodeId) -> bool {
 }
 
 /// What an ending of neighbour `n` (reached by `via`), or of its tunnel,
-/// voids: the shortcuts that name it if it is virtual, else all.
+/// voids: the shortcuts that name it if it is a leaf (virtual, or an
+/// endpoint), else all (a link may carry any number of ways).
 fn forget_for(n: NodeId, via: Via) -> Action {
     match via {
-        Via::Virtual(_) => Action::ForgetShortcutsOf(n),
-        _ => Action::ForgetShortcuts,
+        Via::Virtual(_) | Via::Endpoint(_) => Action::ForgetShortcutsOf(n),
+        Via::Link(_) => Action::ForgetShortcuts,
     }
 }
 

@@ -25,8 +25,8 @@
 //! only while none of its earlier messages waits for the loop (so nothing
 //! overtakes), and every ending of a neighbour or a connection empties the
 //! tables of what it may change ([`Action::ForgetShortcuts`],
-//! [`Registry::forget`]: all; for a virtual neighbour or its tunnel,
-//! `ForgetShortcutsOf`, [`Registry::forget_of`]: what names it) before the
+//! [`Registry::forget`]: all; for a virtual neighbour, an endpoint or its
+//! tunnel, `ForgetShortcutsOf`, [`Registry::forget_of`]: what names it) before the
 //! loop lets that reader go on (so no shortcut outlives the state it came
 //! from).
 //!
@@ -1012,5 +1012,39 @@ mod tests {
         assert!(routes.relay(to(2, b"x")).is_ok(), "a relay to e2");
         reg.forget();
         assert!(!routes.delivers(&key(e2)) && !ends[1].knows_the_way());
+    }
+
+    /// An endpoint's end (a local caller's) voids its tunnel end's way out
+    /// and the deliveries to it, which both name it, and no other caller's.
+    #[test]
+    fn forgetting_an_endpoint_keeps_the_other_callers_shortcuts() {
+        let (_r, out, _writer) = output_on_pipe();
+        let (e1, e2, far) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let mut reg = Registry::new();
+        let routes = reg.open_link(1);
+        let headed = |hs: &[(Kind, NodeId)]| {
+            let mut p = Packet::from_bytes(&[DATA]);
+            for &(k, n) in hs.iter().rev() {
+                p.push_header(k, n);
+            }
+            p.bytes().to_vec()
+        };
+        // The caller's Data, as read, and as it leaves by the link.
+        let read = headed(&[(Kind::To, far), (Kind::To, NodeId::TUNNEL)]);
+        let delivery = |e| headed(&[(Kind::To, e), (Kind::From, NodeId::TUNNEL)]);
+        let ends = [(e1, 11), (e2, 12)].map(|(e, port)| {
+            let end = reg.open_tunnel(Key::Caller(port), read.clone());
+            let head = headed(&[(Kind::From, e), (Kind::To, NodeId::TUNNEL)]);
+            let s = Shortcut { from: Lane::Endpoint(port), key: read.clone(), to: Exit::Port(1), head };
+            reg.learn(s, |_| Some(out.clone()), |_| None);
+            let s = Shortcut { from: Lane::Link(1), key: delivery(e), to: Exit::Port(port), head: vec![DATA] };
+            reg.learn(s, |_| None, |_| Some((out.clone(), None)));
+            end
+        });
+        assert!(ends.iter().all(|e| e.knows_the_way()));
+        assert!(routes.delivers(&delivery(e1)) && routes.delivers(&delivery(e2)));
+        reg.forget_of(e1);
+        assert!(!ends[0].knows_the_way() && !routes.delivers(&delivery(e1)), "e1's are void");
+        assert!(ends[1].knows_the_way() && routes.delivers(&delivery(e2)), "e2's stay");
     }
 }
