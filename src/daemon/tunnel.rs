@@ -293,9 +293,13 @@ impl Reader {
         let need = if self.packet { PACKET as i64 } else { 1 };
         let mut offset = 0u64;
         let mut buf = Vec::new();
-        // The reader's pipe for the data it splices: one, as the link's
-        // pipe is where the data waits (more measured no faster).
-        let pipes = Pipes::new(1);
+        // The reader's pipes for the data it splices: two, so that while
+        // the link's writer thread still holds one message's (a link
+        // shared by many tunnels is mostly busy), the reader fills the
+        // other instead of sleeping until the first comes back. With one,
+        // 100 tunnels through one link cost the daemons 1.16 s of CPU per
+        // GiB; with two, 0.96 (one tunnel's, 0.77 and 0.80).
+        let pipes = Pipes::new(2);
         // Whether the program's output can be spliced from (not in packet
         // mode: a splice may join packets), and whether the last read was
         // large: the reader splices while data comes in bulk and the way
