@@ -686,6 +686,15 @@ mod tests {
         Packet::new(Kind::To, NodeId([n; 32]), body)
     }
 
+    /// `body` behind the headers `hs`, the outermost first.
+    fn headed(hs: &[(Kind, NodeId)], body: &[u8]) -> Packet {
+        let mut p = Packet::from_bytes(body);
+        for &(k, n) in hs.iter().rev() {
+            p.push_header(k, n);
+        }
+        p
+    }
+
     /// A relay rewrites the key into the head; other messages, and all
     /// while one waits for the loop or after `forget`, come back.
     #[test]
@@ -891,9 +900,7 @@ mod tests {
         let sealed = |m: TunnelMsg| {
             let mut p = Packet::from_bytes(&m.encode());
             caller.seal(&mut p);
-            p.push_header(Kind::To, NodeId::TUNNEL);
-            p.push_header(Kind::From, peer);
-            p
+            headed(&[(Kind::From, peer), (Kind::To, NodeId::TUNNEL)], p.bytes())
         };
         let first = sealed(TunnelMsg::Data(b"first"));
         let key = first.bytes()[..DELIVERY_KEY].to_vec();
@@ -948,12 +955,7 @@ mod tests {
         let x = NodeId([9; 32]);
         let mut reg = Registry::new();
         let routes = reg.open_link(1);
-        let msg = |m: &[u8]| {
-            let mut p = Packet::from_bytes(m);
-            p.push_header(Kind::From, NodeId::TUNNEL);
-            p.push_header(Kind::To, x);
-            p
-        };
+        let msg = |m: &[u8]| headed(&[(Kind::To, x), (Kind::From, NodeId::TUNNEL)], m);
         let key = msg(b"\x02d").bytes()[..DELIVERY_KEY].to_vec();
         let s = Shortcut { from: Lane::Link(1), key: key.clone(), to: Exit::Port(7), head: vec![1, DATA] };
         let caller = |k: Key| (k == Key::Caller(7)).then(|| (out.clone(), None));
@@ -978,12 +980,7 @@ mod tests {
         let (e1, e2) = (NodeId([1; 32]), NodeId([2; 32]));
         let mut reg = Registry::new();
         let routes = reg.open_link(1);
-        let key = |e: NodeId| {
-            let mut p = Packet::from_bytes(&[DATA]);
-            p.push_header(Kind::To, NodeId::TUNNEL);
-            p.push_header(Kind::From, e);
-            p.bytes().to_vec()
-        };
+        let key = |e: NodeId| headed(&[(Kind::From, e), (Kind::To, NodeId::TUNNEL)], &[DATA]).bytes().to_vec();
         for e in [e1, e2] {
             let s = Shortcut { from: Lane::Link(1), key: key(e), to: Exit::Tunnel(e), head: vec![DATA] };
             reg.learn(s, |_| None, |_| Some((out.clone(), None)));
@@ -1022,19 +1019,13 @@ mod tests {
         let (e1, e2, far) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
         let mut reg = Registry::new();
         let routes = reg.open_link(1);
-        let headed = |hs: &[(Kind, NodeId)]| {
-            let mut p = Packet::from_bytes(&[DATA]);
-            for &(k, n) in hs.iter().rev() {
-                p.push_header(k, n);
-            }
-            p.bytes().to_vec()
-        };
+        let data = |hs: &[(Kind, NodeId)]| headed(hs, &[DATA]).bytes().to_vec();
         // The caller's Data, as read, and as it leaves by the link.
-        let read = headed(&[(Kind::To, far), (Kind::To, NodeId::TUNNEL)]);
-        let delivery = |e| headed(&[(Kind::To, e), (Kind::From, NodeId::TUNNEL)]);
+        let read = data(&[(Kind::To, far), (Kind::To, NodeId::TUNNEL)]);
+        let delivery = |e| data(&[(Kind::To, e), (Kind::From, NodeId::TUNNEL)]);
         let ends = [(e1, 11), (e2, 12)].map(|(e, port)| {
             let end = reg.open_tunnel(Key::Caller(port), read.clone());
-            let head = headed(&[(Kind::From, e), (Kind::To, NodeId::TUNNEL)]);
+            let head = data(&[(Kind::From, e), (Kind::To, NodeId::TUNNEL)]);
             let s = Shortcut { from: Lane::Endpoint(port), key: read.clone(), to: Exit::Port(1), head };
             reg.learn(s, |_| Some(out.clone()), |_| None);
             let s = Shortcut { from: Lane::Link(1), key: delivery(e), to: Exit::Port(port), head: vec![DATA] };
