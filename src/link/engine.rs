@@ -5,9 +5,16 @@
 //!
 //! ```text
 //! read fd ──> reader: Robust::decode ─> lock(State).on_packet ─> Sink (messages)
-//!                                              │ wake
+//!                │ an acknowledgement due         │ wake, if the sender
+//!                v (when the fd takes it at once) v has something to do
 //! queue ─────> sender: lock(State).push/transmit/on_timeout ─> frames ─> write fd
 //! ```
+//!
+//! The reader sends an acknowledgement that is due itself, if the write
+//! fd takes its frame at once, rather than wake the sender for it: on a
+//! link that carries bulk one way, the far end's sender would otherwise
+//! wake for every other packet. It wakes the sender only where the sender
+//! has work, or a timer earlier than the sender's next look.
 //!
 //! Until a link knows its peer it does not answer frames that do not
 //! start the peer's stream: every link's first packet carries its Hello
@@ -26,7 +33,7 @@ use super::reliable::{Micros, Reliable};
 use super::robust::{Found, Robust, MAX_ENCODED};
 use super::secure::Secure;
 use super::{lock, LinkError, Received, SharedOutput};
-use crate::sys::fd::{hung_up, read_append, wait_ready, write_all, WakeFd};
+use crate::sys::fd::{hung_up, read_append, wait_ready, write_all, write_now, WakeFd};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info};
 use nix::poll::PollFlags;
@@ -54,10 +61,14 @@ struct State {
     spoke: bool,
     peer_mac: Option<Mac>,
     strangers: u64,
+    /// When the sender looks at the state next, if nothing wakes it.
+    sender_looks: Micros,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Held by whichever thread writes frames to the write fd.
+    writing: Mutex<()>,
     start: Instant,
     name: String,
 }
@@ -118,19 +129,22 @@ pub fn run(
 ) -> std::io::Result<()> {
     let start = Instant::now();
     let rel = Reliable::new(e.medium.sizes(), 0);
-    let state = State { rel, peer: None, heard_stray: false, spoke: false, peer_mac: None, strangers: 0 };
-    let shared = Arc::new(Shared { state: Mutex::new(state), start, name: e.name.clone() });
+    let state =
+        State { rel, peer: None, heard_stray: false, spoke: false, peer_mac: None, strangers: 0, sender_looks: 0 };
+    let shared = Arc::new(Shared { state: Mutex::new(state), writing: Mutex::new(()), start, name: e.name.clone() });
+    let wfd = Arc::new(wfd);
     let (poke, poked) = bounded::<()>(1);
     let robust = Robust::new(e.tag);
     {
-        let (shared, sink) = (shared.clone(), sink.clone());
+        let (shared, sink, wfd) = (shared.clone(), sink.clone(), wfd.clone());
         let medium = e.medium;
-        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, wfd, queue, poked, &sink))?;
+        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, &wfd, queue, poked, &sink))?;
     }
     sink.ready(out, Layer::Robust(e.medium), Some(Watch(shared.clone())));
     let packet_reads = keeps_records(&rfd);
     super::spawn(format!("rx{}", e.name), move || {
-        reader(&shared, robust, e.medium, packet_reads, rfd, e.input, &sink, &poke, &wake, &e.counts)
+        let ends = Ends { rfd, wfd, sink, poke, wake };
+        reader(&shared, robust, e.medium, packet_reads, &ends, e.input, &e.counts)
     })
 }
 
@@ -153,19 +167,28 @@ fn push(st: &mut State, p: Pending) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the reader reads, writes (acknowledgements), tells and wakes.
+struct Ends {
+    rfd: OwnedFd,
+    wfd: Arc<OwnedFd>,
+    sink: Arc<Secure>,
+    /// Wakes the sender.
+    poke: Sender<()>,
+    /// Stops the reader.
+    wake: WakeFd,
+}
+
 fn reader(
     shared: &Shared,
     robust: Robust,
     medium: Medium,
     packet_reads: bool,
-    rfd: OwnedFd,
+    ends: &Ends,
     mut buf: Vec<u8>,
-    sink: &Secure,
-    poke: &Sender<()>,
-    wake: &WakeFd,
     counts: &Received,
 ) {
+    let Ends { rfd, sink, poke, wake, .. } = ends;
+    let mut answer = Answer { direct: true, packet: Vec::new(), frame: Vec::new() };
     let mut delivered = Vec::new();
     let max = 2 * MAX_ENCODED;
     buf.reserve(max);
@@ -199,7 +222,7 @@ fn reader(
         if !delivered.is_empty() && !sink.messages(&mut delivered) {
             return;
         }
-        if std::mem::take(&mut heard) {
+        if std::mem::take(&mut heard) && answer.send(shared, robust, medium, &ends.wfd) {
             let _ = poke.try_send(());
         }
         // What is left after the last whole frame is joined to the next
@@ -224,6 +247,48 @@ fn reader(
             (Medium::Ethernet(_), true) => ethernet::source(&buf),
             _ => None,
         };
+    }
+}
+
+/// The reader's own acknowledgements.
+struct Answer {
+    /// Whether the write fd can be written without blocking
+    /// (`write_now`); if not, the sender sends every acknowledgement.
+    direct: bool,
+    packet: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl Answer {
+    /// Sends the acknowledgement that is due, if there is one and the
+    /// write fd takes it at once; whether the sender must look at the
+    /// state (it has work, or a timer earlier than its next look).
+    fn send(&mut self, shared: &Shared, robust: Robust, medium: Medium, wfd: &OwnedFd) -> bool {
+        // The sender writes, or will: it sends the acknowledgement too.
+        let writing = if self.direct { shared.writing.try_lock().ok() } else { None };
+        let mut st = lock(&shared.state);
+        let now = shared.now();
+        if let (Some(_writing), Some(_)) = (&writing, st.peer) {
+            if st.rel.acknowledge(now, &mut self.packet) {
+                frame(&robust, medium, st.peer_mac, &self.packet, &mut self.frame);
+                // A frame of at most PIPE_BUF bytes goes into a pipe whole or
+                // not at all. (One cut short by a socket is a frame lost: the
+                // peer's framing finds the next.)
+                let whole = self.frame.len() <= nix::libc::PIPE_BUF
+                    && match write_now(wfd.as_fd(), &[IoSlice::new(&self.frame)]) {
+                        Ok(n) => n == self.frame.len(),
+                        Err(e) => {
+                            debug!("link {}: the sender sends the acknowledgements ({e})", shared.name);
+                            self.direct = false;
+                            false
+                        }
+                    };
+                if !whole {
+                    st.rel.acknowledge_again(now);
+                }
+            }
+        }
+        st.peer.is_none() || st.rel.has_work() || st.rel.next_timeout().is_some_and(|t| t < st.sender_looks)
     }
 }
 
@@ -294,7 +359,7 @@ fn sender(
     shared: &Shared,
     robust: Robust,
     medium: Medium,
-    wfd: OwnedFd,
+    wfd: &OwnedFd,
     queue: Receiver<Pending>,
     poked: Receiver<()>,
     sink: &Secure,
@@ -359,13 +424,17 @@ fn sender(
             }
             wait.min(Duration::from_millis(500))
         };
+        st.sender_looks = now + wait.as_micros() as Micros;
         drop(st);
-        for f in frames.drain(..) {
-            if let Err(e) = write_all(wfd.as_fd(), &mut [IoSlice::new(&f)]) {
-                info!("link {}: write error: {e}", shared.name);
-                return sink.ended(Some(LinkError::Write(e)));
+        if !frames.is_empty() {
+            let _writing = lock(&shared.writing);
+            for f in frames.drain(..) {
+                if let Err(e) = write_all(wfd.as_fd(), &mut [IoSlice::new(&f)]) {
+                    info!("link {}: write error: {e}", shared.name);
+                    return sink.ended(Some(LinkError::Write(e)));
+                }
+                spare.push(f);
             }
-            spare.push(f);
         }
         if wait.is_zero() {
             continue;

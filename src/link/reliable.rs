@@ -839,6 +839,33 @@ impl Reliable {
         true
     }
 
+    /// Writes into `out` (cleared first) a packet that carries only the
+    /// acknowledgement due at `now`; false if none is due. It is what
+    /// [`Reliable::transmit`] would send first, for a link's reader to send
+    /// at once, without waking its sender.
+    pub fn acknowledge(&mut self, now: Micros, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        if !self.ack_now(now) {
+            return false;
+        }
+        packet::start(self.next_number, out);
+        self.write_ack(now, out);
+        if out.len() <= NUMBER {
+            out.clear();
+            return false;
+        }
+        // Not ack-eliciting: nothing to remember of it.
+        self.next_number += 1;
+        self.counts.packets_sent += 1;
+        true
+    }
+
+    /// The packet of [`Reliable::acknowledge`] did not get out whole: the
+    /// acknowledgement is due again, for `transmit`.
+    pub fn acknowledge_again(&mut self, now: Micros) {
+        self.ack_due = Some(now);
+    }
+
     fn write_ack(&mut self, now: Micros, out: &mut Vec<u8>) {
         let Some((_, at)) = self.largest_received else { return };
         if self.ack_due.is_none() && self.eliciting_unacked == 0 {

@@ -47,6 +47,8 @@ struct Sim {
     sent_packets: [u64; 2],
     max_unacked: u64,
     max_out_of_order: u64,
+    /// Acknowledgements due are sent by [`Reliable::acknowledge`] first.
+    acks_alone: bool,
 }
 
 impl Sim {
@@ -61,22 +63,32 @@ impl Sim {
             sent_packets: [0; 2],
             max_unacked: 0,
             max_out_of_order: 0,
+            acks_alone: false,
+        }
+    }
+
+    /// Puts a packet from end `i` on the wire, or loses it.
+    fn put(&mut self, i: usize, buf: &[u8]) {
+        self.sent_packets[i] += 1;
+        if buf.len() > self.path.mtu || self.rng.chance(self.path.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.path.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let extra = if self.rng.chance(self.path.reorder) { self.path.delay * 2 } else { 0 };
+            self.wire.push(InFlight { at: self.now + self.path.delay + extra, to: 1 - i, bytes: buf.to_vec() });
         }
     }
 
     fn send_all(&mut self) {
         let mut buf = Vec::new();
         for i in 0..2 {
+            // As a link's reader does: an acknowledgement due goes alone.
+            if self.acks_alone && self.ends[i].acknowledge(self.now, &mut buf) {
+                self.put(i, &buf);
+            }
             while self.ends[i].transmit(self.now, &mut buf) {
-                self.sent_packets[i] += 1;
-                if buf.len() > self.path.mtu || self.rng.chance(self.path.loss) {
-                    continue;
-                }
-                let copies = if self.rng.chance(self.path.duplicate) { 2 } else { 1 };
-                for _ in 0..copies {
-                    let extra = if self.rng.chance(self.path.reorder) { self.path.delay * 2 } else { 0 };
-                    self.wire.push(InFlight { at: self.now + self.path.delay + extra, to: 1 - i, bytes: buf.clone() });
-                }
+                self.put(i, &buf);
             }
             self.max_unacked = self.max_unacked.max(self.ends[i].unacked_bytes());
             self.max_out_of_order = self.max_out_of_order.max(self.ends[i].out_of_order_bytes);
@@ -130,8 +142,13 @@ fn messages(n: usize, seed: u64) -> Vec<Packet> {
 const SIZES: Sizes = Sizes { base: 1200, max: 1200 };
 
 fn exchange(seed: u64, path: Path, n: usize) -> Sim {
+    exchange_with(seed, path, n, false)
+}
+
+fn exchange_with(seed: u64, path: Path, n: usize, acks_alone: bool) -> Sim {
     let ms = messages(n, seed);
     let mut sim = Sim::new(seed, path, SIZES);
+    sim.acks_alone = acks_alone;
     for m in &ms {
         sim.ends[0].push(m.clone());
         sim.ends[1].push(m.clone());
@@ -165,11 +182,43 @@ fn lossy_reordering_duplicating_paths_deliver_everything_exactly_once() {
     for seed in 1..=12u64 {
         let loss = [0, 5, 10, 30][seed as usize % 4];
         let path = Path { loss, duplicate: 5, reorder: 10, delay: 5_000 + seed * 1000, mtu: 1500 };
-        let sim = exchange(seed, path, 120);
+        // Also with acknowledgements sent alone, as a link's reader does.
+        let sim = exchange_with(seed, path, 120, seed % 2 == 0);
         if loss > 0 {
             assert!(sim.ends[0].counts.retransmitted_bytes > 0, "seed {seed}");
         }
     }
+}
+
+/// An acknowledgement that is due goes alone, once; one that is not due
+/// yet waits for its delay, and data is left to `transmit`.
+#[test]
+fn an_acknowledgement_due_goes_alone() {
+    let path = Path { loss: 0, duplicate: 0, reorder: 0, delay: 1_000, mtu: 1500 };
+    let mut sim = Sim::new(5, path, SIZES);
+    sim.ends[0].push(Packet::new(Kind::To, NodeId([9; 32]), &[7; 4000]));
+    let mut sent = vec![Vec::new(); 3];
+    for p in &mut sent {
+        assert!(sim.ends[0].transmit(0, p));
+    }
+    let mut out = Vec::new();
+    let receiver = &mut sim.ends[1];
+    assert!(!receiver.acknowledge(10, &mut out), "nothing received");
+    receiver.on_packet(10, &sent[0]).unwrap();
+    assert!(!receiver.acknowledge(10, &mut out) && out.is_empty(), "one packet: the ack may wait");
+    receiver.on_packet(20, &sent[1]).unwrap();
+    assert!(receiver.acknowledge(20, &mut out), "two packets: at once");
+    let (_, frames) = packet::decode(&out).unwrap();
+    assert!(matches!(frames[..], [Frame::Ack { .. }]), "{frames:?}");
+    assert!(!receiver.acknowledge(20, &mut out), "once");
+    assert!(!receiver.transmit(20, &mut out), "and transmit has nothing left to send");
+    receiver.on_packet(30, &sent[2]).unwrap();
+    assert!(!receiver.acknowledge(29 + MAX_ACK_DELAY, &mut out));
+    assert!(receiver.acknowledge(30 + MAX_ACK_DELAY, &mut out), "its delay is up");
+    let sender = &mut sim.ends[0];
+    assert!(sender.in_flight() > 0);
+    sender.on_packet(40 + MAX_ACK_DELAY, &out).unwrap();
+    assert_eq!(sender.in_flight(), 0, "the last acknowledges all three");
 }
 
 #[test]
