@@ -41,8 +41,19 @@ fn first_where(b: &[u8], v: u8, equal: bool) -> Option<usize> {
         }
         at += BLOCK;
     }
+    in_words(blocks.remainder(), v, equal).map(|i| at + i)
+}
+
+/// [`first_where`] eight bytes at a time, then one: for what is left
+/// after the blocks, for blocks on other processors, and for the tests to
+/// hold the vector code to.
+#[inline(always)]
+fn in_words(b: &[u8], v: u8, equal: bool) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let all = u64::from_le_bytes([v; 8]);
-    let mut words = blocks.remainder().chunks_exact(8);
+    let mut words = b.chunks_exact(8);
+    let mut at = 0;
     for w in &mut words {
         // The high bit of each byte that is `v` (exact for the lowest one:
         // a borrow may mark one above it), or a bit of each that is not.
@@ -56,11 +67,8 @@ fn first_where(b: &[u8], v: u8, equal: bool) -> Option<usize> {
     words.remainder().iter().position(|&x| (x == v) == equal).map(|i| at + i)
 }
 
-const LOW: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-use in_block_by_words as in_block;
+use in_words as in_block;
 
 /// [`first_where`] within a block of [`BLOCK`] bytes.
 #[cfg(target_arch = "x86_64")]
@@ -76,15 +84,14 @@ fn in_block(block: &[u8], v: u8, equal: bool) -> Option<usize> {
     let eq = unsafe {
         let t = _mm_set1_epi8(v as i8);
         let e = [0, 1, 2, 3].map(|i| _mm_cmpeq_epi8(_mm_loadu_si128(p.add(i)), t));
-        // Most blocks have no hit: one look at all four first.
-        let (any, all) = (
-            _mm_or_si128(_mm_or_si128(e[0], e[1]), _mm_or_si128(e[2], e[3])),
-            _mm_and_si128(_mm_and_si128(e[0], e[1]), _mm_and_si128(e[2], e[3])),
-        );
-        match equal {
-            true if _mm_movemask_epi8(any) == 0 => return None,
-            false if _mm_movemask_epi8(all) == 0xffff => return None,
-            _ => {}
+        // Most blocks have no hit: one look at all four first (no byte
+        // equal, or all of them).
+        let none = match equal {
+            true => _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(e[0], e[1]), _mm_or_si128(e[2], e[3]))) == 0,
+            false => _mm_movemask_epi8(_mm_and_si128(_mm_and_si128(e[0], e[1]), _mm_and_si128(e[2], e[3]))) == 0xffff,
+        };
+        if none {
+            return None;
         }
         e.iter().enumerate().fold(0u64, |m, (i, &x)| m | u64::from(_mm_movemask_epi8(x) as u16) << (16 * i))
     };
@@ -110,18 +117,6 @@ fn in_block(block: &[u8], v: u8, equal: bool) -> Option<usize> {
             vget_lane_u64::<0>(vreinterpret_u64_u8(vshrn_n_u16::<4>(vreinterpretq_u16_u8(hits))))
         };
         (nibbles != 0).then(|| 16 * i + (nibbles.trailing_zeros() / 4) as usize)
-    })
-}
-
-/// [`first_where`] within a block of [`BLOCK`] bytes, a word at a time:
-/// for other processors, and for the tests to hold the vector code to.
-#[cfg(any(test, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
-fn in_block_by_words(block: &[u8], v: u8, equal: bool) -> Option<usize> {
-    let all = u64::from_le_bytes([v; 8]);
-    block.chunks_exact(8).enumerate().find_map(|(i, w)| {
-        let x = word(w) ^ all;
-        let m = if equal { x.wrapping_sub(LOW) & !x & HIGH } else { x };
-        (m != 0).then(|| 8 * i + (m.trailing_zeros() / 8) as usize)
     })
 }
 
@@ -309,7 +304,7 @@ mod tests {
                 })
                 .collect();
             for (v, equal) in [(0, true), (1, false), (1, true), (2, false)] {
-                assert_eq!(in_block(&block, v, equal), in_block_by_words(&block, v, equal), "{block:?} {v} {equal}");
+                assert_eq!(in_block(&block, v, equal), in_words(&block, v, equal), "{block:?} {v} {equal}");
             }
         }
     }

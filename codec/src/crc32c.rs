@@ -157,13 +157,7 @@ fn by_table(crc: u32, bytes: &[u8]) -> u32 {
         let mut t = [0u32; 256];
         let mut i = 0;
         while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { POLY ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
+            t[i] = zeros(i as u32, 1);
             i += 1;
         }
         t

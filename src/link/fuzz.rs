@@ -120,9 +120,10 @@ pub fn reliable(data: &[u8]) {
                 // b's acknowledgement alone, as a link's reader sends it,
                 // or lost on the way out and due again.
                 if op[0] & 0x20 != 0 && b.acknowledge(now, &mut pkt) {
-                    match op[0] & 0x10 != 0 {
-                        true => b.acknowledge_again(now),
-                        false => drop(a.on_packet(now, &pkt)),
+                    if op[0] & 0x10 != 0 {
+                        b.acknowledge_again(now);
+                    } else {
+                        let _ = a.on_packet(now, &pkt);
                     }
                 }
                 if b.transmit(now, &mut pkt) {
