@@ -2,10 +2,10 @@
 //! (with any fds passed along), then handed to the event loop.
 
 use super::input::Input;
+use crate::sys::channel::Sender;
 use crate::sys::fdpass::recv_with_fds;
 use crate::wire::control::{frame_len, Reply, Request};
 use crate::wire::NodeId;
-use crossbeam_channel::Sender;
 use log::{debug, warn};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::geteuid;

@@ -33,8 +33,8 @@ use super::reliable::{Micros, Reliable};
 use super::robust::{Found, Robust, MAX_ENCODED};
 use super::secure::Secure;
 use super::{lock, LinkError, Received, SharedOutput};
+use crate::sys::channel::{Poke, Receiver, TryRecvError, Waited};
 use crate::sys::fd::{hung_up, read_append, wait_ready, write_all, write_now, WakeFd};
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info};
 use nix::poll::PollFlags;
 use std::io::IoSlice;
@@ -133,12 +133,12 @@ pub fn run(
         State { rel, peer: None, heard_stray: false, spoke: false, peer_mac: None, strangers: 0, sender_looks: 0 };
     let shared = Arc::new(Shared { state: Mutex::new(state), writing: Mutex::new(()), start, name: e.name.clone() });
     let wfd = Arc::new(wfd);
-    let (poke, poked) = bounded::<()>(1);
+    let poke = queue.poke();
     let robust = Robust::new(e.tag);
     {
         let (shared, sink, wfd) = (shared.clone(), sink.clone(), wfd.clone());
         let medium = e.medium;
-        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, &wfd, queue, poked, &sink))?;
+        super::spawn(format!("tx{}", e.name), move || sender(&shared, robust, medium, &wfd, queue, &sink))?;
     }
     sink.ready(out, Layer::Robust(e.medium), Some(Watch(shared.clone())));
     let packet_reads = keeps_records(&rfd);
@@ -173,7 +173,7 @@ struct Ends {
     wfd: Arc<OwnedFd>,
     sink: Arc<Secure>,
     /// Wakes the sender.
-    poke: Sender<()>,
+    poke: Poke,
     /// Stops the reader.
     wake: WakeFd,
 }
@@ -223,7 +223,7 @@ fn reader(
             return;
         }
         if std::mem::take(&mut heard) && answer.send(shared, robust, medium, &ends.wfd) {
-            let _ = poke.try_send(());
+            poke.poke();
         }
         // What is left after the last whole frame is joined to the next
         // read, even where reads keep datagrams apart: the peer's socat
@@ -355,15 +355,7 @@ fn frame(robust: &Robust, medium: Medium, peer_mac: Option<Mac>, packet: &[u8], 
     }
 }
 
-fn sender(
-    shared: &Shared,
-    robust: Robust,
-    medium: Medium,
-    wfd: &OwnedFd,
-    queue: Receiver<Pending>,
-    poked: Receiver<()>,
-    sink: &Secure,
-) {
+fn sender(shared: &Shared, robust: Robust, medium: Medium, wfd: &OwnedFd, queue: Receiver<Pending>, sink: &Secure) {
     let listen_until = shared.start + LISTEN;
     let mut queue_open = true;
     let mut drain_until = None;
@@ -439,23 +431,17 @@ fn sender(
         if wait.is_zero() {
             continue;
         }
-        if queue_open {
-            select! {
-                recv(queue) -> m => match m {
-                    Ok(p) => push(&mut lock(&shared.state), p),
-                    Err(_) => {
-                        queue_open = false;
-                        drain_until = Some(Instant::now() + DRAIN);
-                    }
-                },
-                recv(poked) -> _ => {},
-                default(wait) => {},
+        if !queue_open {
+            queue.sleep(wait);
+            continue;
+        }
+        match queue.wait_timeout(wait) {
+            Waited::Message(p) => push(&mut lock(&shared.state), p),
+            Waited::Disconnected => {
+                queue_open = false;
+                drain_until = Some(Instant::now() + DRAIN);
             }
-        } else {
-            match poked.recv_timeout(wait) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-            }
+            Waited::Poked | Waited::TimedOut => {}
         }
     }
 }

@@ -21,11 +21,11 @@
 use super::framing::{Framing, Header};
 use crate::noise::seal::Sealer;
 use crate::sys::buffers;
+use crate::sys::channel::{unbounded, Receiver, Sender};
 use crate::sys::fd::{write_all, write_nonblocking, write_now};
 use crate::sys::splice::Body;
 use crate::wire::control::Traffic;
 use crate::wire::{tunnel, Packet};
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,10 +1,11 @@
 //! Operating-system plumbing shared by the link layer, the daemon and the
-//! clients: where the socket and id file live, passing fds over UNIX
-//! sockets, blocking I/O on fds that a wake pipe can interrupt, reused
-//! message buffers, data moved between fds by splice, and the kernel's
-//! randomness.
+//! clients: where the socket and id file live, channels whose receiver
+//! sleeps without spinning, passing fds over UNIX sockets, blocking I/O on
+//! fds that a wake pipe can interrupt, reused message buffers, data moved
+//! between fds by splice, and the kernel's randomness.
 
 pub mod buffers;
+pub mod channel;
 pub mod fd;
 pub mod fdpass;
 pub mod held;
