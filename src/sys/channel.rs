@@ -17,8 +17,8 @@
 //! fence and one load more than crossbeam's send. Each side's fence orders
 //! its write before its read, so either the receiver's second look finds
 //! the message or the sender sees the receiver waiting; a sender's wake-up
-//! takes the lock that the receiver holds until it sleeps, so none is
-//! lost. A [`Poke`] wakes the receiver without a message.
+//! first takes the lock that the receiver holds until it sleeps, so none
+//! is lost. A [`Poke`] wakes the receiver without a message.
 
 pub use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -42,10 +42,13 @@ impl Wake {
     }
 
     /// Wakes the receiver if it waits; call after the write it is to see.
+    /// Taking the lock (and leaving it) is what makes sure that the
+    /// receiver sleeps on the condition variable by now; it is notified
+    /// after, so that it does not wake to a lock still held.
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) {
-            let _held = self.lock();
+            drop(self.lock());
             self.cv.notify_one();
         }
     }
