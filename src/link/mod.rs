@@ -147,11 +147,7 @@ pub trait Sink: Send + Sync + 'static {
 /// An output that senders share: the loop, and readers by shortcut.
 pub type SharedOutput = Arc<Mutex<Output>>;
 
-/// Locks a mutex; a thread that panicked holding it left nothing half done
-/// that matters here, so its poison is ignored.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use crate::sys::lock;
 
 /// A running link: its counters, and its threads' waker. Its output
 /// goes to the sink once the layer is known. Dropping it stops the

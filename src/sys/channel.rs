@@ -22,7 +22,7 @@
 
 pub use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What a sender and the receiver share, besides the queue.
@@ -37,10 +37,6 @@ struct Wake {
 }
 
 impl Wake {
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Wakes the receiver if it waits; call after the write it is to see.
     /// Taking the lock (and leaving it) is what makes sure that the
     /// receiver sleeps on the condition variable by now; it is notified
@@ -48,7 +44,7 @@ impl Wake {
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) {
-            drop(self.lock());
+            drop(super::lock(&self.lock));
             self.cv.notify_one();
         }
     }
@@ -177,7 +173,9 @@ impl<T> Receiver<T> {
     /// for ever).
     fn wait(&self, deadline: Option<Instant>, take: bool) -> Waited<T> {
         let look = || {
-            if self.wake.poked.swap(false, Ordering::Relaxed) {
+            // Loaded first: most channels are never poked, and a swap is
+            // a locked instruction on every receive.
+            if self.wake.poked.load(Ordering::Relaxed) && self.wake.poked.swap(false, Ordering::Relaxed) {
                 return Some(Waited::Poked);
             }
             match take.then(|| self.rx.try_recv()) {
@@ -189,7 +187,7 @@ impl<T> Receiver<T> {
         if let Some(w) = look() {
             return w;
         }
-        let mut held = self.wake.lock();
+        let mut held = super::lock(&self.wake.lock);
         self.wake.waiting.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let waited = loop {

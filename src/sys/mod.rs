@@ -13,6 +13,12 @@ pub mod paths;
 pub mod random;
 pub mod splice;
 
+/// Locks a mutex; a thread that panicked holding it left nothing half done
+/// that matters here, so its poison is ignored.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Marks every inherited fd above 2 close-on-exec, so that the programs r2
 /// starts get only their standard fds. Call before the first thread starts.
 pub fn cloexec_inherited() {

@@ -86,7 +86,7 @@ struct Free {
 
 impl Slots {
     fn lock(&self) -> MutexGuard<'_, Free> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.state)
     }
 
     /// A written-out body's pipe comes home, or its room if it was closed.
