@@ -248,6 +248,21 @@ fn congestion_window_grows_and_shrinks_on_loss() {
 }
 
 #[test]
+fn past_slow_start_the_window_grows_by_a_tcp_segment_per_round_trip_whatever_the_packet_size() {
+    let mut r = Reliable::new(SIZES, 0);
+    r.search.size = 8136;
+    r.cwnd_limited = true;
+    r.cwnd = 100_000;
+    r.ssthresh = 100_000;
+    // A window's worth acknowledged, in pieces: about one segment more
+    // (a little less, as the window grows on the way), not one packet.
+    for _ in 0..10 {
+        r.grow(10_000);
+    }
+    assert!((100_000 + 1400..=100_000 + 1448).contains(&r.cwnd), "{}", r.cwnd);
+}
+
+#[test]
 fn a_congestion_event_takes_the_window_to_seven_tenths_once_per_round_trip() {
     let mut r = Reliable::new(SIZES, 0);
     r.cwnd = 100_000;
