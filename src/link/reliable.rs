@@ -10,11 +10,12 @@
 //! NewReno congestion control (slow start, then growth by a TCP segment
 //! per round trip, a decrease to 0.7 of the window on loss once per round
 //! trip, as CUBIC and so Linux's TCP do, a floor of two packets) with
-//! pacing at 1.25 x cwnd per smoothed round trip. The reliable messages form one stream (the stream framing's
-//! `length message`), sent and retransmitted by offset, so a message
-//! larger than a packet is split and joined for free; the sender keeps at
-//! most [`WINDOW`] bytes unacknowledged and the receiver at most as many
-//! out of order, so memory is bounded per link. Best-effort messages (a
+//! pacing at 1.25 x cwnd per smoothed round trip. The reliable messages
+//! form one stream (the stream framing's `length message`), sent and
+//! retransmitted by offset, so a message larger than a packet is split and
+//! joined for free; the sender keeps at most [`WINDOW`] bytes
+//! unacknowledged and the receiver at most as many out of order, so memory
+//! is bounded per link. Best-effort messages (a
 //! packet-mode tunnel's data, RFC 9221) go in pieces that are never
 //! retransmitted: a message whose piece is lost is dropped whole. The
 //! packet size starts at the size that works on any path and is probed
